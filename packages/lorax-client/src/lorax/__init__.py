@@ -1,0 +1,3 @@
+"""lorax-client."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""lorax-engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""lorax-gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""lorax-kernels."""
+
+__version__ = "0.1.0"
