@@ -1,3 +1,21 @@
-"""lorax-kernels."""
+"""lorax-kernels: multi-LoRA (SGMV) and paged-attention ops with plain-PyTorch references.
+
+Every op dispatches on the device of its inputs: Triton kernels registered as torch custom ops on
+CUDA, the readable fp32 reference (``lorax_kernels.<op>.reference``) elsewhere.
+"""
+
+from lorax_kernels.decode_attention import paged_decode_attention
+from lorax_kernels.kv_cache import reshape_and_cache_
+from lorax_kernels.prefill_attention import paged_prefill_attention
+from lorax_kernels.sgmv import LoraBatchMeta, lora_expand_, lora_shrink
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "LoraBatchMeta",
+    "lora_expand_",
+    "lora_shrink",
+    "paged_decode_attention",
+    "paged_prefill_attention",
+    "reshape_and_cache_",
+]

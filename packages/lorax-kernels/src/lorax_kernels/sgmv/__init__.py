@@ -1,0 +1,167 @@
+"""Multi-LoRA shrink/expand (SGMV): one launch for a batch that mixes any adapters and ranks.
+
+``lora_shrink`` and ``lora_expand_`` dispatch on the device of their inputs: the Triton kernels
+(``sgmv.triton``) on CUDA, registered as torch custom ops so they can be captured in CUDA graphs;
+the fp32 reference (``sgmv.reference``) everywhere else.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from lorax_kernels.sgmv.meta import LoraBatchMeta
+from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
+
+__all__ = ["LoraBatchMeta", "lora_expand_", "lora_shrink"]
+
+
+@torch.library.custom_op("lorax_kernels::lora_shrink", mutates_args=())
+def _shrink_op(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    token_slots: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    tile_slot: torch.Tensor,
+    tile_start: torch.Tensor,
+    tile_end: torch.Tensor,
+    num_tiles: int,
+    block_m: int,
+) -> torch.Tensor:
+    return lora_shrink_ref(x, lora_a, slot_ranks, token_slots[: x.shape[0]])
+
+
+@_shrink_op.register_fake
+def _shrink_fake(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    token_slots: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    tile_slot: torch.Tensor,
+    tile_start: torch.Tensor,
+    tile_end: torch.Tensor,
+    num_tiles: int,
+    block_m: int,
+) -> torch.Tensor:
+    return x.new_empty((lora_a.shape[0], x.shape[0], lora_a.shape[2]), dtype=torch.float32)
+
+
+@torch.library.custom_op("lorax_kernels::lora_expand_", mutates_args=("y",))
+def _expand_op(
+    y: torch.Tensor,
+    h: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: list[int],
+    token_slots: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    tile_slot: torch.Tensor,
+    tile_start: torch.Tensor,
+    tile_end: torch.Tensor,
+    num_tiles: int,
+    block_m: int,
+) -> None:
+    lora_expand_ref_(
+        y, h, lora_b, slot_ranks, slot_scales, slice_offsets, token_slots[: y.shape[0]]
+    )
+
+
+@_expand_op.register_fake
+def _expand_fake(
+    y: torch.Tensor,
+    h: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: list[int],
+    token_slots: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    tile_slot: torch.Tensor,
+    tile_start: torch.Tensor,
+    tile_end: torch.Tensor,
+    num_tiles: int,
+    block_m: int,
+) -> None:
+    return None
+
+
+def _check_meta(num_tokens: int, num_slots: int, meta: LoraBatchMeta) -> None:
+    if num_tokens != meta.num_tokens:
+        raise ValueError(
+            f"batch has {num_tokens} tokens but meta was updated for {meta.num_tokens}"
+        )
+    if num_slots != meta.num_slots:
+        raise ValueError(f"slot table has {num_slots} slots, meta expects {meta.num_slots}")
+
+
+def lora_shrink(
+    x: torch.Tensor, lora_a: torch.Tensor, slot_ranks: torch.Tensor, meta: LoraBatchMeta
+) -> torch.Tensor:
+    """LoRA down-projection of every token with its own adapter slot.
+
+    x: ``[num_tokens, in_features]``; lora_a: ``[num_slices, num_slots, max_rank, in_features]``
+    (model dtype); slot_ranks: ``[num_slots]`` int32. Returns ``h``: ``[num_slices, num_tokens,
+    max_rank]`` float32 with ``h[s, t, :r] = x[t] @ lora_a[s, slot(t), :r]^T`` and zeros past the
+    slot's rank and for tokens without adapter.
+    """
+    if x.dim() != 2 or lora_a.dim() != 4 or x.shape[1] != lora_a.shape[3]:
+        raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
+    _check_meta(x.shape[0], lora_a.shape[1], meta)
+    return _shrink_op(
+        x,
+        lora_a,
+        slot_ranks,
+        meta.token_slots,
+        meta.sorted_ids,
+        meta.tile_slot,
+        meta.tile_start,
+        meta.tile_end,
+        meta.num_tiles,
+        meta.block_m,
+    )
+
+
+def lora_expand_(
+    y: torch.Tensor,
+    h: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: tuple[int, ...] | list[int],
+    meta: LoraBatchMeta,
+) -> None:
+    """LoRA up-projection added in place: ``y[t, slice s] += scale * h[s, t, :r] @ B^T``.
+
+    y: ``[num_tokens, out_total]``; h: ``[num_slices, num_tokens, max_rank]`` (from
+    :func:`lora_shrink`); lora_b: ``[num_slices, num_slots, max_out_features, max_rank]``;
+    slot_scales: ``[num_slots]`` float32; slice_offsets: ``num_slices + 1`` column offsets of the
+    slices in ``y``. Tokens without adapter are left untouched.
+    """
+    num_slices = lora_b.shape[0]
+    offsets = [int(o) for o in slice_offsets]
+    if len(offsets) != num_slices + 1 or offsets[0] != 0 or offsets[-1] != y.shape[1]:
+        raise ValueError(f"slice_offsets {offsets} do not cut y's {y.shape[1]} columns")
+    if any(hi - lo > lora_b.shape[2] or hi < lo for lo, hi in itertools.pairwise(offsets)):
+        raise ValueError(f"a slice in {offsets} is wider than lora_b's {lora_b.shape[2]} rows")
+    if h.shape != (num_slices, y.shape[0], lora_b.shape[3]):
+        raise ValueError(f"h has shape {tuple(h.shape)}, lora_b {tuple(lora_b.shape)}")
+    _check_meta(y.shape[0], lora_b.shape[1], meta)
+    _expand_op(
+        y,
+        h,
+        lora_b,
+        slot_ranks,
+        slot_scales,
+        offsets,
+        meta.token_slots,
+        meta.sorted_ids,
+        meta.tile_slot,
+        meta.tile_start,
+        meta.tile_end,
+        meta.num_tiles,
+        meta.block_m,
+    )
