@@ -1,0 +1,1 @@
+"""Deployment checks: images, compose file, Helm chart, docs site."""
