@@ -217,7 +217,7 @@ def test_gateway_is_slim_python(dockerfiles: dict[str, Dockerfile]) -> None:
 
 def test_engine_writes_only_under_data(dockerfiles: dict[str, Dockerfile]) -> None:
     env = dockerfiles["engine"].final.env()
-    for variable in ("HF_HOME", "TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
+    for variable in ("HF_HOME", "LORAX_ENGINE_CACHE", "TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
         assert env[variable].startswith("/data/"), variable
     created = " ".join(run.args for run in dockerfiles["engine"].final.all("RUN"))
     assert "chown lorax:lorax /data" in created
