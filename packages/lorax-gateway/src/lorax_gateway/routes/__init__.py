@@ -1,0 +1,1 @@
+"""Route handlers of the public API (API.md)."""

@@ -1,0 +1,445 @@
+"""OpenAI-compatible routes: ``/v1/completions`` and ``/v1/chat/completions``.
+
+Each choice (``n``, and each prompt of a prompt list) is one engine request. Streams of several
+choices are merged as their chunks arrive; the stream ends with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+from litestar import Request, post
+from litestar.params import JSONBody
+
+from lorax_gateway.errors import GatewayError
+from lorax_gateway.openai_schemas import ChatCompletionRequest, CommonFields, CompletionRequest
+from lorax_gateway.routes.common import context_of, service_of, sse, sse_stream
+from lorax_gateway.service import EngineStream, GenerationResult, GenerationService, RequestContext
+
+_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+_TAG = ["OpenAI"]
+
+
+def _adapter(svc: GenerationService, model: str) -> str | None:
+    return None if model in ("", svc.base_model_id) else model
+
+
+def _engine_params(
+    body: CommonFields, svc: GenerationService, max_new: int | None
+) -> dict[str, Any]:
+    try:
+        stops = body.stop_list()
+        response_format = body.response_format.to_engine() if body.response_format else None
+    except ValueError as exc:
+        raise GatewayError("validation", str(exc)) from exc
+    params: dict[str, Any] = {
+        "adapter_id": _adapter(svc, body.model),
+        "adapter_source": body.adapter_source,
+        "api_token": body.api_token,
+        "max_new_tokens": max_new,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "repetition_penalty": body.repetition_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "presence_penalty": body.presence_penalty,
+        "seed": body.seed,
+        "stop": stops,
+        "ignore_eos_token": body.ignore_eos_token,
+    }
+    if body.temperature is not None:
+        params["temperature"] = body.temperature
+        params["do_sample"] = body.temperature > 0
+    if response_format is not None:
+        params["response_format"] = response_format.model_dump(by_alias=True, exclude_none=True)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+async def _open_all(
+    svc: GenerationService, ctx: RequestContext, requests: list[dict[str, Any]], adapter: str | None
+) -> list[EngineStream]:
+    streams: list[EngineStream] = []
+    try:
+        for request in requests:
+            streams.append(await svc.open(ctx, request, adapter))
+    except BaseException:
+        for stream in streams:
+            await stream.close()
+        raise
+    return streams
+
+
+def _requests(
+    ctx: RequestContext, prompts: list[str], n: int, params: dict[str, Any], extra: dict[str, Any]
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for p, prompt in enumerate(prompts):
+        for i in range(n):
+            choice_params = dict(params)
+            if n > 1 and "seed" in params:
+                choice_params["seed"] = params["seed"] + i  # distinct but reproducible choices
+            out.append(
+                {
+                    "request_id": f"{ctx.request_id}-{p * n + i}"
+                    if len(prompts) * n > 1
+                    else ctx.request_id,
+                    "inputs": prompt,
+                    "parameters": choice_params,
+                    "tenant": ctx.tenant.id if ctx.tenant else None,
+                    **extra,
+                }
+            )
+    return out
+
+
+def _usage(results: list[GenerationResult], n: int) -> dict[str, int]:
+    # The prompt is counted once per prompt, not once per choice.
+    prompt = sum(int(r.end.get("prompt_tokens") or 0) for r in results[::n])
+    completion = sum(int(r.end.get("generated_tokens") or 0) for r in results)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _completion_logprobs(tokens: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    texts = [str(t.get("text", "")) for t in tokens]
+    offsets: list[int] = []
+    for text in texts:
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": texts,
+        "token_logprobs": [t.get("logprob") for t in tokens],
+        "top_logprobs": [
+            {a["text"]: a["logprob"] for a in t.get("alternative_tokens", [])} or None
+            for t in tokens
+        ],
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(tokens: list[dict[str, Any]]) -> dict[str, Any]:
+    def entry(t: dict[str, Any]) -> dict[str, Any]:
+        text = str(t.get("text", ""))
+        return {"token": text, "logprob": t.get("logprob"), "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            {**entry(t), "top_logprobs": [entry(a) for a in t.get("alternative_tokens", [])]}
+            for t in tokens
+            if not t.get("special")
+        ]
+    }
+
+
+async def _merge(
+    streams: list[EngineStream], out: MemoryObjectSendStream[tuple[int, dict[str, Any]]]
+) -> None:
+    async def pump(index: int, stream: EngineStream) -> None:
+        events = stream.events()
+        try:
+            async for event in events:
+                await out.send((index, event))
+        finally:
+            await events.aclose()
+
+    async with out, anyio.create_task_group() as tg:
+        for index, stream in enumerate(streams):
+            tg.start_soon(pump, index, stream)
+
+
+async def _events(
+    streams: list[EngineStream],
+) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+    """(choice index, event) pairs of all streams; one stream is relayed without tasks."""
+    if len(streams) == 1:
+        events = streams[0].events()
+        try:
+            async for event in events:
+                yield 0, event
+        finally:
+            await events.aclose()
+        return
+    send, receive = anyio.create_memory_object_stream[tuple[int, dict[str, Any]]](64)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_merge, streams, send)
+        try:
+            async with receive:
+                async for item in receive:
+                    yield item
+        finally:
+            tg.cancel_scope.cancel()
+            for stream in streams:
+                await stream.close()
+
+
+async def _stream_body(
+    streams: list[EngineStream],
+    chat: bool,
+    model: str,
+    include_usage: bool,
+    n: int,
+    echo_prompts: list[str] | None,
+    logprobs: bool,
+) -> AsyncIterator[bytes]:
+    cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    created = int(time.time())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(choice: dict[str, Any]) -> bytes:
+        return sse(
+            {
+                "id": cid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                **usage_field,
+            }
+        )
+
+    prompt_tokens = completion_tokens = 0
+    if chat:
+        for i in range(len(streams)):
+            yield chunk(
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            )
+    elif echo_prompts is not None:
+        for i in range(len(streams)):
+            yield chunk(
+                {"index": i, "text": echo_prompts[i // n], "logprobs": None, "finish_reason": None}
+            )
+    async for index, event in _events(streams):
+        kind = event.get("type")
+        if kind == "token":
+            token = event["token"]
+            if token.get("special"):
+                continue
+            text = str(token.get("text", ""))
+            if chat:
+                lp = _chat_logprobs([token]) if logprobs else None
+                yield chunk(
+                    {
+                        "index": index,
+                        "delta": {"content": text},
+                        "logprobs": lp,
+                        "finish_reason": None,
+                    }
+                )
+            else:
+                lp = _completion_logprobs([token], 0) if logprobs else None
+                yield chunk({"index": index, "text": text, "logprobs": lp, "finish_reason": None})
+        elif kind == "end":
+            if index % n == 0:
+                prompt_tokens += int(event.get("prompt_tokens") or 0)
+            completion_tokens += int(event.get("generated_tokens") or 0)
+            reason = _FINISH.get(str(event.get("finish_reason")), "stop")
+            if chat:
+                yield chunk(
+                    {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+                )
+            else:
+                yield chunk({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
+        elif kind == "error":
+            yield sse({"error": event.get("error"), "error_type": event.get("error_type")})
+            return
+    if include_usage:
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        yield sse(
+            {
+                "id": cid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+        )
+    yield b"data: [DONE]\n\n"
+
+
+async def _collect(streams: list[EngineStream]) -> list[GenerationResult]:
+    results: list[GenerationResult | None] = [None] * len(streams)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def run(i: int, stream: EngineStream) -> None:
+                results[i] = await stream.collect()
+
+            for i, stream in enumerate(streams):
+                tg.start_soon(run, i, stream)
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        raise first if isinstance(first, Exception) else group from None
+    finally:
+        for stream in streams:
+            await stream.close()
+    return [r for r in results if r is not None]
+
+
+def _tool_calls(text: str) -> list[dict[str, Any]] | None:
+    """A JSON tool call (``{"name", "arguments"}`` or a list of them) in the model's output."""
+    try:
+        parsed = json.loads(text.strip())
+    except ValueError:
+        return None
+    parsed_any: Any = parsed
+    items = cast(list[Any], parsed_any) if isinstance(parsed_any, list) else [parsed_any]
+    calls: list[dict[str, Any]] = []
+    for raw in items:
+        if not isinstance(raw, dict):
+            return None
+        item = cast(dict[str, Any], raw)
+        if not isinstance(item.get("name"), str):
+            return None
+        args: Any = item.get("arguments", item.get("parameters", {}))
+        calls.append(
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": item["name"],
+                    "arguments": args if isinstance(args, str) else json.dumps(args),
+                },
+            }
+        )
+    return calls or None
+
+
+@post("/v1/completions", summary="Completions (OpenAI)", tags=_TAG, status_code=200)
+async def completions(request: Request[Any, Any, Any], data: JSONBody[CompletionRequest]) -> Any:
+    """OpenAI text completions, streaming or not."""
+    svc = service_of(request)
+    ctx = context_of(request, "completions")
+    adapter = _adapter(svc, data.model)
+    svc.check_adapters(ctx, [adapter] if adapter else [])
+    params = _engine_params(data, svc, data.max_tokens)
+    svc.check_response_format(params.get("response_format"))
+    if data.logprobs is not None:
+        params["details"] = True
+        if data.logprobs > 0:
+            params["return_k_alternatives"] = data.logprobs
+    if data.best_of is not None and data.best_of > 1:
+        params["best_of"] = data.best_of
+    prompts = data.prompts()
+    streams = await _open_all(svc, ctx, _requests(ctx, prompts, data.n, params, {}), adapter)
+    model = data.model or svc.base_model_id
+    if data.stream:
+        body = _stream_body(
+            streams,
+            False,
+            model,
+            data.include_usage,
+            data.n,
+            prompts if data.echo else None,
+            data.logprobs is not None,
+        )
+        return sse_stream(body, {"x-adapter-id": adapter or ""})
+    results = await _collect(streams)
+    choices: list[dict[str, Any]] = []
+    for i, result in enumerate(results):
+        prefix = prompts[i // data.n] if data.echo else ""
+        text = prefix + str(result.end.get("generated_text") or "")
+        tokens = [t for t in result.tokens if not t.get("special")]
+        choices.append(
+            {
+                "index": i,
+                "text": text,
+                "logprobs": _completion_logprobs(tokens, len(prefix))
+                if data.logprobs is not None
+                else None,
+                "finish_reason": _FINISH.get(str(result.end.get("finish_reason")), "stop"),
+            }
+        )
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": _usage(results, data.n),
+    }
+
+
+@post("/v1/chat/completions", summary="Chat completions (OpenAI)", tags=_TAG, status_code=200)
+async def chat_completions(
+    request: Request[Any, Any, Any], data: JSONBody[ChatCompletionRequest]
+) -> Any:
+    """OpenAI chat completions through the model's (or the adapter's) chat template."""
+    svc = service_of(request)
+    ctx = context_of(request, "chat_completions")
+    adapter = _adapter(svc, data.model)
+    svc.check_adapters(ctx, [adapter] if adapter else [])
+    params = _engine_params(data, svc, data.max_new_tokens)
+    svc.check_response_format(params.get("response_format"))
+    if data.logprobs:
+        params["details"] = True
+        if data.top_logprobs:
+            params["return_k_alternatives"] = data.top_logprobs
+    try:
+        messages = [m.engine_dict() for m in data.messages]
+    except ValueError as exc:
+        raise GatewayError("validation", str(exc)) from exc
+    tools = data.tools if data.tool_choice != "none" else None
+    extra: dict[str, Any] = {}
+    if svc.backend.renders_chat:
+        prompt = ""
+        extra = {"messages": messages, "tools": tools, "tool_choice": data.tool_choice}
+    else:
+        try:
+            prompt = await svc.backend.apply_chat_template(messages, adapter, tools)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise GatewayError("validation", f"chat template failed: {exc}") from exc
+    streams = await _open_all(svc, ctx, _requests(ctx, [prompt], data.n, params, extra), adapter)
+    model = data.model or svc.base_model_id
+    if data.stream:
+        body = _stream_body(streams, True, model, data.include_usage, data.n, None, data.logprobs)
+        return sse_stream(body, {"x-adapter-id": adapter or ""})
+    results = await _collect(streams)
+    choices: list[dict[str, Any]] = []
+    for i, result in enumerate(results):
+        text = str(result.end.get("generated_text") or "")
+        reason = _FINISH.get(str(result.end.get("finish_reason")), "stop")
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        calls = _tool_calls(text) if tools else None
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            reason = "tool_calls"
+        choices.append(
+            {
+                "index": i,
+                "message": message,
+                "logprobs": _chat_logprobs(result.tokens) if data.logprobs else None,
+                "finish_reason": reason,
+            }
+        )
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": _usage(results, data.n),
+    }
+
+
+ROUTES = [completions, chat_completions]
