@@ -28,6 +28,23 @@ def _decode_op(
     )
 
 
+@_decode_op.register_kernel("cuda")
+def _decode_cuda(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    from lorax_kernels.decode_attention.triton import paged_decode_attention
+
+    return paged_decode_attention(
+        q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window
+    )
+
+
 @_decode_op.register_fake
 def _decode_fake(
     q: torch.Tensor,

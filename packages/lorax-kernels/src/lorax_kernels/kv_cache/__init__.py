@@ -20,6 +20,19 @@ def _cache_op(
     reshape_and_cache_ref_(k, v, k_cache, v_cache, slot_mapping)
 
 
+@_cache_op.register_kernel("cuda")
+def _cache_cuda(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    from lorax_kernels.kv_cache.triton import reshape_and_cache_
+
+    reshape_and_cache_(k, v, k_cache, v_cache, slot_mapping)
+
+
 @_cache_op.register_fake
 def _cache_fake(
     k: torch.Tensor,

@@ -29,6 +29,24 @@ def _prefill_op(
     )
 
 
+@_prefill_op.register_kernel("cuda")
+def _prefill_cuda(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    from lorax_kernels.prefill_attention.triton import paged_prefill_attention
+
+    return paged_prefill_attention(
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale, sliding_window
+    )
+
+
 @_prefill_op.register_fake
 def _prefill_fake(
     q: torch.Tensor,

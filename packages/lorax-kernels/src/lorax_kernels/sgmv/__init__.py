@@ -33,6 +33,26 @@ def _shrink_op(
     return lora_shrink_ref(x, lora_a, slot_ranks, token_slots[: x.shape[0]])
 
 
+@_shrink_op.register_kernel("cuda")
+def _shrink_cuda(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    token_slots: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    tile_slot: torch.Tensor,
+    tile_start: torch.Tensor,
+    tile_end: torch.Tensor,
+    num_tiles: int,
+    block_m: int,
+) -> torch.Tensor:
+    from lorax_kernels.sgmv.triton import shrink
+
+    return shrink(
+        x, lora_a, slot_ranks, sorted_ids, tile_slot, tile_start, tile_end, num_tiles, block_m
+    )
+
+
 @_shrink_op.register_fake
 def _shrink_fake(
     x: torch.Tensor,
@@ -67,6 +87,40 @@ def _expand_op(
 ) -> None:
     lora_expand_ref_(
         y, h, lora_b, slot_ranks, slot_scales, slice_offsets, token_slots[: y.shape[0]]
+    )
+
+
+@_expand_op.register_kernel("cuda")
+def _expand_cuda(
+    y: torch.Tensor,
+    h: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: list[int],
+    token_slots: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    tile_slot: torch.Tensor,
+    tile_start: torch.Tensor,
+    tile_end: torch.Tensor,
+    num_tiles: int,
+    block_m: int,
+) -> None:
+    from lorax_kernels.sgmv.triton import expand_
+
+    expand_(
+        y,
+        h,
+        lora_b,
+        slot_ranks,
+        slot_scales,
+        slice_offsets,
+        sorted_ids,
+        tile_slot,
+        tile_start,
+        tile_end,
+        num_tiles,
+        block_m,
     )
 
 

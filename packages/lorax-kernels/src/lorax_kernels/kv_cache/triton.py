@@ -1,0 +1,67 @@
+"""Triton kernel writing new K/V rows into the paged cache.
+
+A cache slot's ``[num_kv_heads, head_dim]`` row is contiguous in the
+``[num_blocks, block_size, num_kv_heads, head_dim]`` layout, so each program copies one token's
+row of K and of V as flat vectors.
+"""
+
+# Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
+# typed in a way pyright understands.
+# pyright: reportCallIssue=false, reportArgumentType=false, reportAttributeAccessIssue=false
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _cache_kernel(
+    k_ptr,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
+    stride_k,
+    stride_v,
+    ROW: tl.constexpr,  # num_kv_heads * head_dim
+    BLOCK: tl.constexpr,
+):
+    token = tl.program_id(0)
+    slot = tl.load(slot_ptr + token)
+    if slot >= 0:
+        for start in range(0, ROW, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < ROW
+            k = tl.load(k_ptr + token * stride_k + cols, mask=mask)
+            v = tl.load(v_ptr + token * stride_v + cols, mask=mask)
+            dst = slot.to(tl.int64) * ROW + cols
+            tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+            tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def reshape_and_cache_(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Triton version of ``reference.reshape_and_cache_ref_`` (same arguments)."""
+    num_tokens = k.shape[0]
+    if num_tokens == 0:
+        return
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("KV caches must be contiguous")
+    row = k.shape[1] * k.shape[2]
+    k2 = k.reshape(num_tokens, row)  # [num_tokens, kv_heads * head_dim]
+    v2 = v.reshape(num_tokens, row)
+    if k2.stride(1) != 1:
+        k2 = k2.contiguous()
+    if v2.stride(1) != 1:
+        v2 = v2.contiguous()
+    block = min(triton.next_power_of_2(row), 2048)
+    _cache_kernel[(num_tokens,)](
+        k2, v2, k_cache, v_cache, slot_mapping, k2.stride(0), v2.stride(0), row, block
+    )

@@ -1,0 +1,180 @@
+"""Triton paged prefill/extend attention (causal, GQA, optional sliding window).
+
+The grid is ``(num_tokens // BLOCK_M + num_seqs, num_q_heads)``: an upper bound on the query tiles
+of all sequences that depends only on static shapes. Each program finds its sequence by binary
+search over ``query_start_loc[s] // BLOCK_M + s`` (the first tile of sequence ``s``), loads
+``BLOCK_M`` queries of one head and streams the sequence's K/V pages from the window start up to
+its last query's position, gathered through the block table, with an online softmax.
+"""
+
+# Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
+# typed in a way pyright understands.
+# pyright: reportCallIssue=false, reportArgumentType=false, reportAttributeAccessIssue=false
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    query_start_ptr,
+    seq_lens_ptr,
+    out_ptr,
+    qk_scale,  # softmax scale * log2(e)
+    window,  # 0 = no sliding window
+    num_seqs,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_bt,
+    stride_ot,
+    stride_oh,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PAGE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    head = tl.program_id(1)
+    # Largest s with query_start[s] // BLOCK_M + s <= tile.
+    lo = 0
+    hi = num_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        first = tl.load(query_start_ptr + mid) // BLOCK_M + mid
+        lo = tl.where(first <= tile, mid, lo)
+        hi = tl.where(first <= tile, hi, mid - 1)
+    seq = lo
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    m0 = (tile - (q_start // BLOCK_M + seq)) * BLOCK_M
+    if m0 >= q_len:
+        return
+    length = tl.load(seq_lens_ptr + seq)
+    prefix = length - q_len
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < q_len
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    rows_q = (q_start + offs_m).to(tl.int64)
+    q = tl.load(
+        q_ptr + rows_q[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=m_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )  # [BLOCK_M, BLOCK_D]
+    pos = prefix + offs_m  # [BLOCK_M] absolute query positions
+
+    kv_hi = tl.minimum(prefix + m0 + BLOCK_M, length)  # past the tile's last query
+    kv_lo = tl.where(window > 0, tl.maximum(prefix + m0 - window + 1, 0), 0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    table = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    kv_head = (head // GROUP) * stride_kh
+    for n0 in range((kv_lo // BLOCK_N) * BLOCK_N, kv_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < kv_hi
+        block = tl.load(table + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
+        rows = block * stride_kb + (offs_n % PAGE) * stride_kt + kv_head  # [BLOCK_N]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        visible = (offs_n[None, :] <= pos[:, None]) & n_mask[None, :]
+        visible &= (window <= 0) | (offs_n[None, :] > pos[:, None] - window)
+        s = tl.where(visible, s * qk_scale, float("-inf"))  # [BLOCK_M, BLOCK_N]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(
+        out_ptr + rows_q[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=m_mask[:, None] & d_mask[None, :],
+    )
+
+
+def paged_prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    *,
+    block_m: int = 128,
+    block_n: int = 64,
+    num_warps: int = 8,
+    num_stages: int = 2,
+) -> torch.Tensor:
+    """Triton version of ``reference.paged_prefill_attention_ref`` (same arguments).
+
+    ``block_m``, ``block_n``, ``num_warps`` and ``num_stages`` are tuning knobs (benchmarks).
+    """
+    num_tokens, num_q_heads, head_dim = q.shape
+    _, page, num_kv_heads, _ = k_cache.shape
+    num_seqs = seq_lens.shape[0]
+    out = torch.empty_like(q)
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    if q.stride(2) != 1 or k_cache.stride(3) != 1 or k_cache.stride() != v_cache.stride():
+        raise ValueError("q and the caches must be contiguous in head_dim, caches alike")
+    grid = (num_tokens // block_m + num_seqs, num_q_heads)
+    _prefill_kernel[grid](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        query_start_loc,
+        seq_lens,
+        out,
+        scale * LOG2E,
+        sliding_window or 0,
+        num_seqs,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        GROUP=num_q_heads // num_kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        PAGE=page,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        IEEE=q.dtype == torch.float32,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out

@@ -1,0 +1,135 @@
+"""Triton paged attention and KV-cache write against the fp32 references.
+
+Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small shapes (started by
+test_interpreter.py in a subprocess, since the variable must be set before Triton is imported).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lorax_kernels.decode_attention.reference import paged_decode_attention_ref
+from lorax_kernels.kv_cache.reference import reshape_and_cache_ref_
+from lorax_kernels.prefill_attention.reference import paged_prefill_attention_ref
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+DEVICE = "cuda" if CUDA else "cpu"
+pytestmark = pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
+)
+TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
+DTYPES = list(TOL)
+# Triton's interpreter (3.9) computes tl.dot on bf16 operands wrongly (numpy has no bf16), so bf16
+# attention is covered on the GPU only.
+DOT_DTYPES = [d for d in DTYPES if not (INTERPRET and d == torch.bfloat16)]
+
+
+def _paged_cache(lens, kv_heads, head_dim, page, dtype, gen):
+    """Caches with every sequence's blocks scattered at random, plus a block table for each."""
+    per_seq = max(1, -(-max(lens) // page))
+    num_blocks = len(lens) * per_seq + 7
+    shape = (num_blocks, page, kv_heads, head_dim)
+    k_cache = torch.randn(shape, generator=gen).to(DEVICE, dtype)
+    v_cache = torch.randn(shape, generator=gen).to(DEVICE, dtype)
+    perm = torch.randperm(num_blocks, generator=gen)[: len(lens) * per_seq]
+    tables = perm.view(len(lens), per_seq).to(DEVICE, torch.int32)
+    return k_cache, v_cache, tables
+
+
+def _check_decode(lens, q_heads, kv_heads, head_dim, page, window, dtype, **knobs) -> None:
+    from lorax_kernels.decode_attention.triton import paged_decode_attention
+
+    gen = torch.Generator().manual_seed(sum(lens) + q_heads + kv_heads)
+    k_cache, v_cache, tables = _paged_cache(lens, kv_heads, head_dim, page, dtype, gen)
+    q = torch.randn(len(lens), q_heads, head_dim, generator=gen).to(DEVICE, dtype)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    scale = head_dim**-0.5
+    out = paged_decode_attention(q, k_cache, v_cache, tables, seq_lens, scale, window, **knobs)
+    ref = paged_decode_attention_ref(
+        q.float(), k_cache.float(), v_cache.float(), tables, seq_lens, scale, window
+    )
+    atol, rtol = TOL[dtype]
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
+
+
+def _check_prefill(q_lens, lens, q_heads, kv_heads, head_dim, page, window, dtype, **knobs):
+    from lorax_kernels.prefill_attention.triton import paged_prefill_attention
+
+    gen = torch.Generator().manual_seed(sum(lens) + sum(q_lens) + kv_heads)
+    k_cache, v_cache, tables = _paged_cache(lens, kv_heads, head_dim, page, dtype, gen)
+    q = torch.randn(sum(q_lens), q_heads, head_dim, generator=gen).to(DEVICE, dtype)
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    qsl = qsl.to(DEVICE)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    scale = head_dim**-0.5
+    out = paged_prefill_attention(
+        q, k_cache, v_cache, tables, qsl, seq_lens, scale, window, **knobs
+    )
+    ref = paged_prefill_attention_ref(
+        q.float(), k_cache.float(), v_cache.float(), tables, qsl, seq_lens, scale, window
+    )
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
+
+
+GQA = [(4, 4), (8, 2), (8, 1)]  # (q heads, kv heads): ratios 1, 4, 8
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
+@pytest.mark.parametrize(("q_heads", "kv_heads"), GQA)
+@pytest.mark.parametrize("window", [None, 7])
+def test_decode_small(q_heads, kv_heads, window, dtype) -> None:
+    lens = [1, 15, 16, 17, 70, 0]
+    _check_decode(lens, q_heads, kv_heads, 32, 4, window, dtype, block_n=16)
+    # Forced split-K: 16-token partitions, merged by the second kernel.
+    _check_decode(lens, q_heads, kv_heads, 32, 4, window, dtype, block_n=16, partition=16)
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
+@pytest.mark.parametrize(("q_heads", "kv_heads"), GQA)
+@pytest.mark.parametrize("window", [None, 9])
+def test_prefill_small(q_heads, kv_heads, window, dtype) -> None:
+    # Whole prompts, an extend over a prefix, a single-token chunk, an empty run.
+    q_lens, lens = [19, 5, 1, 0, 40], [19, 37, 8, 3, 40]
+    _check_prefill(q_lens, lens, q_heads, kv_heads, 32, 4, window, dtype, block_m=16, block_n=16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_reshape_and_cache(dtype) -> None:
+    from lorax_kernels.kv_cache.triton import reshape_and_cache_
+
+    gen = torch.Generator().manual_seed(0)
+    k_cache = torch.randn(6, 4, 2, 24, generator=gen).to(DEVICE, dtype)
+    v_cache = torch.randn(6, 4, 2, 24, generator=gen).to(DEVICE, dtype)
+    k = torch.randn(9, 2, 24, generator=gen).to(DEVICE, dtype)
+    v = torch.randn(9, 2, 24, generator=gen).to(DEVICE, dtype)
+    slots = torch.tensor([3, 4, -1, 23, 0, 9, -1, 17, 5], device=DEVICE)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    reshape_and_cache_ref_(k, v, k_ref, v_ref, slots)
+    reshape_and_cache_(k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, k_ref)
+    assert torch.equal(v_cache, v_ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("q_heads", "kv_heads"), [(32, 32), (32, 8), (32, 4)])
+@pytest.mark.parametrize("window", [None, 1000])
+def test_decode_real_shapes(q_heads, kv_heads, window, dtype) -> None:
+    lens = [1, 16, 17, 1023, 4097, 0, 300, 16384]
+    _check_decode(lens, q_heads, kv_heads, 128, 16, window, dtype)
+    _check_decode(lens[:4], q_heads, kv_heads, 128, 16, window, dtype, partition=256)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("q_heads", "kv_heads"), [(32, 32), (32, 8), (32, 4)])
+@pytest.mark.parametrize("window", [None, 500])
+def test_prefill_real_shapes(q_heads, kv_heads, window, dtype) -> None:
+    q_lens, lens = [1000, 129, 1, 2048, 0], [1000, 1500, 77, 2048, 16]
+    _check_prefill(q_lens, lens, q_heads, kv_heads, 128, 16, window, dtype)

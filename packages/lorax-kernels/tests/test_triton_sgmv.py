@@ -1,0 +1,120 @@
+"""Triton SGMV shrink/expand against the fp32 reference.
+
+Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small shapes (started by
+test_interpreter.py in a subprocess, since the variable must be set before Triton is imported).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lorax_kernels import LoraBatchMeta
+from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+DEVICE = "cuda" if CUDA else "cpu"
+pytestmark = pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
+)
+# Fixed per-dtype tolerances (atol, rtol) against the fp32 reference on the same inputs.
+TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
+DTYPES = list(TOL)
+# Triton's interpreter (3.9) computes tl.dot on bf16 operands wrongly (numpy has no bf16), so bf16
+# is covered on the GPU only.
+DOT_DTYPES = [d for d in DTYPES if not (INTERPRET and d == torch.bfloat16)]
+
+
+def _case(
+    num_tokens: int,
+    in_features: int,
+    widths: tuple[int, ...],
+    ranks: list[int],
+    dtype: torch.dtype,
+    seed: int,
+    grouped: bool,
+):
+    gen = torch.Generator().manual_seed(seed)
+    num_slots, max_rank = len(ranks), max(ranks)
+    a = torch.randn(len(widths), num_slots, max_rank, in_features, generator=gen)
+    b = torch.randn(len(widths), num_slots, max(widths), max_rank, generator=gen)
+    a /= in_features**0.5
+    b /= max_rank**0.5
+    for slot, r in enumerate(ranks):  # rows past the rank are zero (the contract)
+        a[:, slot, r:] = 0
+        b[:, slot, :, r:] = 0
+    slots = torch.randint(-1, num_slots, (num_tokens,), generator=gen, dtype=torch.int32)
+    if grouped:  # prefill-like: long runs per adapter, as the scheduler orders them
+        slots = slots.sort().values
+    x = torch.randn(num_tokens, in_features, generator=gen)
+    y = torch.randn(num_tokens, sum(widths), generator=gen)
+
+    def dev(t: torch.Tensor, float_dtype: torch.dtype = dtype) -> torch.Tensor:
+        return t.to(DEVICE, float_dtype if t.is_floating_point() else t.dtype)
+
+    return (
+        dev(x),
+        dev(a),
+        dev(b),
+        dev(torch.tensor(ranks, dtype=torch.int32)),
+        dev(torch.rand(num_slots, generator=gen) + 0.5, torch.float32),
+        dev(slots),
+        dev(y),
+    )
+
+
+def _check(x, a, b, ranks, scales, slots, y, widths, block_m=16) -> None:
+    from lorax_kernels.sgmv.triton import expand_, shrink
+
+    dtype = x.dtype
+    atol, rtol = TOL[dtype]
+    meta = LoraBatchMeta.allocate(x.shape[0] + 5, a.shape[1], DEVICE, block_m=block_m)
+    meta.update_(slots)
+    tiles = (meta.sorted_ids, meta.tile_slot, meta.tile_start, meta.tile_end)
+    h = shrink(x, a, ranks, *tiles, meta.num_tiles, meta.block_m)
+    h_ref = lora_shrink_ref(x.float(), a.float(), ranks, slots)
+    torch.testing.assert_close(h, h_ref, atol=atol, rtol=rtol)
+
+    offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
+    y_ref = y.float().clone()
+    lora_expand_ref_(y_ref, h_ref, b.float(), ranks, scales, offsets, slots)
+    out = y.clone()
+    expand_(out, h_ref, b, ranks, scales, offsets, *tiles, meta.num_tiles, meta.block_m)
+    torch.testing.assert_close(out.float(), y_ref, atol=atol, rtol=rtol)
+    no_adapter = slots < 0
+    assert torch.equal(out[no_adapter], y[no_adapter])  # untouched, bit for bit
+
+
+SMALL = [
+    # (tokens, in_features, slice widths, slot ranks, grouped)
+    (1, 32, (24,), [4], False),
+    (37, 40, (24, 8, 8), [1, 8, 0, 5, 16], False),
+    (50, 64, (48, 20), [128, 3, 64, 1], True),
+]
+LARGE = [
+    (1, 4096, (4096,), [16] * 8, False),
+    (64, 4096, (4096, 1024, 1024), [1, 8, 16, 64, 128, 0, 32, 7], False),
+    (517, 4096, (14336, 14336), [16, 64, 8, 128], True),
+    (2048, 14336, (4096,), [16, 16, 32, 1], True),
+]
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
+@pytest.mark.parametrize(("tokens", "k", "widths", "ranks", "grouped"), SMALL)
+def test_shrink_expand_small(tokens, k, widths, ranks, grouped, dtype) -> None:
+    _check(*_case(tokens, k, widths, ranks, dtype, tokens, grouped), widths)
+
+
+def test_block_m_32() -> None:
+    widths = (24, 8)
+    _check(*_case(70, 40, widths, [4, 16], torch.float32, 3, True), widths, block_m=32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("tokens", "k", "widths", "ranks", "grouped"), LARGE)
+def test_shrink_expand_real_shapes(tokens, k, widths, ranks, grouped, dtype) -> None:
+    _check(*_case(tokens, k, widths, ranks, dtype, tokens, grouped), widths)
