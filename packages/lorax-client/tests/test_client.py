@@ -144,7 +144,7 @@ async def test_generate_takes_the_first_item_of_a_list_response(make_api: Any) -
 async def test_headers_cookies_and_api_key(make_api: Any) -> None:
     api = make_api(
         lambda r: httpx.Response(200, json=GENERATED),
-        headers={"X-Team": "blue", "Authorization": "Bearer old"},
+        headers={"X-Team": "blue", "authorization": "Bearer old", "user-agent": "mine/1"},
         cookies={"session": "abc"},
         api_key="sk-123",
     )
@@ -153,7 +153,13 @@ async def test_headers_cookies_and_api_key(make_api: Any) -> None:
     assert request.headers["authorization"] == "Bearer sk-123"
     assert request.headers["x-team"] == "blue"
     assert request.headers["cookie"] == "session=abc"
-    assert request.headers["user-agent"] == f"lorax-client-python/{lorax.__version__}"
+    # Case-insensitive: the caller's user-agent replaces ours instead of being sent twice.
+    assert request.headers.get_list("user-agent") == ["mine/1"]
+    assert request.headers.get_list("authorization") == ["Bearer sk-123"]
+    assert api.client.headers["x-team"] == "blue"
+    default = make_api(lambda r: httpx.Response(200, json=GENERATED))
+    await default.call("generate", "hi")
+    assert default.requests[0].headers["user-agent"] == f"lorax-client-python/{lorax.__version__}"
 
 
 async def test_base_url_with_a_path_prefix_and_trailing_slash(mode: str) -> None:

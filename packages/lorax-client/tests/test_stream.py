@@ -145,3 +145,35 @@ def test_leaving_the_loop_early_closes_the_response(wire: Any) -> None:
     assert next(stream).token.text == "a"
     stream.close()  # what `break` out of a for loop does to a generator
     assert closed == [True]
+
+
+async def test_error_body_lost_before_the_stream(make_api: Any, wire: Any) -> None:
+    # The 503's body never arrives: the request may have reached the engine, so no retry.
+    api = make_api(
+        lambda r: httpx.Response(503, stream=wire.chunks([httpx.ReadError("reset")])),
+        retry=RetryConfig(max_retries=3, initial_backoff=0),
+    )
+    _, raised = await api.stream_until_error("hi")
+    assert isinstance(raised, errors.APIConnectionError)
+    assert len(api.requests) == 1
+
+
+async def test_async_stream_closed_early_closes_the_response(wire: Any) -> None:
+    from contextlib import aclosing
+
+    from lorax import AsyncClient
+
+    closed: list[bool] = []
+
+    class Tracking(wire.chunks):  # type: ignore[misc, name-defined]
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    body = wire.stream_body(["a", "b", "c"])
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, stream=Tracking([body])))
+    client = AsyncClient("http://a.test", session=httpx.AsyncClient(transport=transport))
+    async with aclosing(client.generate_stream("hi")) as events:
+        async for event in events:
+            assert event.token.text == "a"
+            break
+    assert closed == [True]

@@ -91,7 +91,7 @@ class ClientCore:
     """
 
     base_url: str
-    headers: dict[str, str]
+    headers: httpx.Headers
     cookies: dict[str, str]
     timeout: httpx.Timeout
     retry: RetryConfig
@@ -110,11 +110,11 @@ class ClientCore:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        merged = {"User-Agent": f"lorax-client-python/{__version__}"}
+        # httpx.Headers: a caller's "user-agent" replaces ours whatever its case.
+        merged = httpx.Headers({"User-Agent": f"lorax-client-python/{__version__}"})
         merged.update(headers or {})
         if api_key is not None:
             # An explicit api_key wins over an Authorization header given in `headers`.
-            merged = {k: v for k, v in merged.items() if k.lower() != "authorization"}
             merged["Authorization"] = f"Bearer {api_key}"
         return cls(
             base_url=base_url.rstrip("/"),
@@ -234,10 +234,12 @@ class ClientCore:
     ) -> httpx.Request:
         # The per-call timeout travels in the request, as httpx's own clients do it.
         chosen = self.timeout if timeout is NOT_GIVEN else _as_timeout(timeout)
+        headers = httpx.Headers({"Accept": accept})
+        headers.update(self.headers)
         return httpx.Request(
             method,
             self.base_url + path,
-            headers={"Accept": accept, **self.headers},
+            headers=headers,
             cookies=self.cookies,
             json=json_body,
             extensions={"timeout": chosen.as_dict()},

@@ -58,7 +58,7 @@ class _Base:
     @property
     def headers(self) -> dict[str, str]:
         """Headers sent with every request (a copy)."""
-        return dict(self._core.headers)
+        return dict(self._core.headers.items())
 
     @property
     def retry(self) -> RetryConfig:
@@ -196,7 +196,10 @@ class Client(_Base):
                 response = self._http.send(call.request, stream=stream)
                 if response.is_success or response.status_code in call.accept_statuses:
                     return response
-                response.read()  # the error body, also for a stream
+                try:
+                    response.read()  # the error body, also for a stream
+                finally:
+                    response.close()
             except httpx.TransportError as exc:
                 delay = self._core.retry_or_raise(call, attempt, exc)
             else:
@@ -331,7 +334,10 @@ class AsyncClient(_Base):
                 response = await self._http.send(call.request, stream=stream)
                 if response.is_success or response.status_code in call.accept_statuses:
                     return response
-                await response.aread()  # the error body, also for a stream
+                try:
+                    await response.aread()  # the error body, also for a stream
+                finally:
+                    await response.aclose()
             except httpx.TransportError as exc:
                 delay = self._core.retry_or_raise(call, attempt, exc)
             else:
