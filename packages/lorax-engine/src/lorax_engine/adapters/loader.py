@@ -1,0 +1,73 @@
+"""The blocking part of getting an adapter: fetch, validate, merge, keep in the CPU tier.
+
+Runs on the manager's loader threads, never on the step loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from lorax_engine.adapters.host_cache import HostAdapterCache
+from lorax_engine.adapters.merge import merge_adapters
+from lorax_engine.adapters.peft_loader import LoadLimits, ModelSpecLike, load_peft_lora
+from lorax_engine.adapters.ref import AdapterRef
+from lorax_engine.adapters.sources.base import SourceRegistry
+from lorax_engine.adapters.weights import LoraWeights
+
+log = logging.getLogger(__name__)
+
+
+class AdapterLoader:
+    """Turns an :class:`AdapterRef` into host :class:`LoraWeights`, through the CPU tier.
+
+    Thread-safe: the host cache is, and everything else here is read-only.
+    """
+
+    def __init__(
+        self,
+        sources: SourceRegistry,
+        spec: ModelSpecLike,
+        limits: LoadLimits,
+        host_cache: HostAdapterCache,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.sources = sources
+        self.spec = spec
+        self.limits = limits
+        self.host_cache = host_cache
+        self.dtype = dtype
+
+    def load(self, ref: AdapterRef) -> LoraWeights:
+        """The adapter's weights: from the CPU tier when there, else fetched (and cached)."""
+        key = ref.cache_key()
+        cached = self.host_cache.get(key)
+        if cached is not None:
+            return cached
+        started = time.perf_counter()
+        if ref.merged is not None:
+            components = [self.load(ref.component(i)) for i in ref.merged.ids]
+            weights = merge_adapters(key, components, ref.merged)
+        else:
+            fetched = self.sources.fetch(ref)
+            weights = load_peft_lora(
+                fetched.directory,
+                key,
+                self.spec,
+                self.limits,
+                self.dtype,
+                display_name=ref.adapter_id,
+            )
+        stored = self.host_cache.put(weights)
+        # The key carries no credential (only an HMAC of it), so it is safe to log.
+        log.info(
+            "loaded adapter %s: rank %d, %d modules, %.1f MiB in %.2fs",
+            key,
+            stored.rank,
+            len(stored.modules),
+            stored.nbytes / 2**20,
+            time.perf_counter() - started,
+        )
+        return stored

@@ -1,0 +1,372 @@
+"""The adapter manager: background loading and GPU slot residency (docs/internals.md section 4).
+
+Tiers: disk (the sources' caches) -> CPU (:class:`HostAdapterCache`) -> GPU slots (the runner's
+``LoraSlots``). ``request`` starts loading in the background and returns at once; ``step`` (on
+the engine thread, once per step) collects finished loads, finishes promotions and starts new
+ones. An adapter is READY once its slot holds it; a slot that a running request has acquired is
+never evicted, and eviction moves the adapter back to the CPU tier.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from lorax_engine.adapters.errors import AdapterError, AdapterLoadError
+from lorax_engine.adapters.loader import AdapterLoader
+from lorax_engine.adapters.ref import AdapterRef
+from lorax_engine.adapters.weights import LoraWeights
+
+log = logging.getLogger(__name__)
+
+
+class AdapterState(enum.Enum):
+    """Where a request's adapter stands. READY: in a GPU slot, ``acquire`` gives the slot."""
+
+    READY = "ready"
+    LOADING = "loading"
+    FAILED = "failed"
+
+
+class SlotWriter(Protocol):
+    """What the manager needs of the runner's ``LoraSlots``."""
+
+    def write_(self, slot: int, weights: LoraWeights) -> None: ...
+
+
+@dataclass(slots=True)
+class ManagerConfig:
+    """Residency settings.
+
+    ``num_slots``: GPU slots (``--max-active-adapters``, bounded by ``--adapter-memory-fraction``).
+    ``cycle_time_s``: how long an adapter that still has waiting requests keeps its slot before
+    another adapter's waiting requests may take it (``--adapter-cycle-time-s``).
+    ``failure_ttl_s``: how long a failed load answers new requests before it is tried again.
+    """
+
+    num_slots: int
+    cycle_time_s: float = 2.0
+    loader_threads: int = 4
+    failure_ttl_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.num_slots <= 0:
+            raise ValueError("num_slots must be positive")
+        if self.cycle_time_s < 0 or self.failure_ttl_s < 0:
+            raise ValueError("cycle_time_s and failure_ttl_s must be >= 0")
+        if self.loader_threads <= 0:
+            raise ValueError("loader_threads must be positive")
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """One adapter (one cache key) that someone wants or that occupies a slot."""
+
+    key: str
+    ref: AdapterRef
+    future: Future[LoraWeights] | None = None
+    weights: LoraWeights | None = None
+    error: AdapterError | None = None
+    failed_at: float = 0.0
+    slot: int | None = None
+    promoting: Any = None  # torch.cuda.Event while the host-to-device copy is in flight
+    promoted_at: float = 0.0
+    last_used: float = 0.0
+    waiting: dict[int, float] = field(default_factory=dict[int, float])  # handle id -> since
+    running: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class AdapterHandle:
+    """One request's claim on an adapter; ``key`` is its loggable cache key ("" = base model)."""
+
+    key: str
+    id: int
+    _entry: _Entry | None = field(repr=False)
+    acquired: bool = False
+    released: bool = False
+
+
+class AdapterManager:
+    """Turns requests' adapter references into GPU slots without blocking the step loop.
+
+    ``request``/``state``/``acquire``/``release``/``step`` are meant for the engine thread;
+    ``prefetch`` and ``preload`` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        loader: AdapterLoader,
+        slots: SlotWriter,
+        config: ManagerConfig,
+        *,
+        device: torch.device | str = "cpu",
+        on_loaded: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.loader = loader
+        self.config = config
+        self._slots = slots
+        self._device = torch.device(device)
+        self._on_loaded = on_loaded
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(config.loader_threads, thread_name_prefix="adapter-load")
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        self._owners: list[_Entry | None] = [None] * config.num_slots
+        self._ids = itertools.count(1)
+        # Promotions copy on their own stream so they overlap the forward pass on the main one.
+        self._stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
+        self.stats = {"loads": 0, "load_failures": 0, "promotions": 0, "evictions": 0}
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def request(self, ref: AdapterRef) -> AdapterHandle:
+        """Register one request's need for ``ref`` and start loading it if needed. Non-blocking."""
+        if ref.is_base:
+            return AdapterHandle("", next(self._ids), None)
+        with self._lock:
+            entry = self._entry_for(ref)
+            handle = AdapterHandle(entry.key, next(self._ids), entry)
+            entry.waiting[handle.id] = self._clock()
+            return handle
+
+    def prefetch(self, ref: AdapterRef) -> None:
+        """Start loading ``ref`` into the CPU tier (e.g. for a request still in the gateway)."""
+        if ref.is_base:
+            return
+        with self._lock:
+            self._entry_for(ref)
+
+    def state(self, handle: AdapterHandle) -> AdapterState:
+        entry = handle._entry
+        if entry is None:
+            return AdapterState.READY
+        with self._lock:
+            if entry.error is not None:
+                return AdapterState.FAILED
+            if entry.slot is not None and entry.promoting is None:
+                return AdapterState.READY
+            return AdapterState.LOADING
+
+    def error(self, handle: AdapterHandle) -> AdapterError | None:
+        """The load failure of a FAILED handle (answer its request with ``error.to_event()``)."""
+        return None if handle._entry is None else handle._entry.error
+
+    def acquire(self, handle: AdapterHandle) -> int:
+        """Pin the adapter's slot for a request entering the running batch; -1 for the base model."""
+        entry = handle._entry
+        if entry is None:
+            return -1
+        with self._lock:
+            if handle.acquired:
+                raise RuntimeError(f"handle {handle.id} is already acquired")
+            if self.state(handle) is not AdapterState.READY or entry.slot is None:
+                raise RuntimeError(f"adapter {entry.key} is not ready")
+            entry.waiting.pop(handle.id, None)
+            entry.running += 1
+            entry.last_used = self._clock()
+            handle.acquired = True
+            return entry.slot
+
+    def release(self, handle: AdapterHandle, *, requeue: bool = False) -> None:
+        """The request no longer runs: finished or cancelled, or (``requeue``) preempted.
+
+        A preempted request keeps its claim, so its adapter stays wanted, but unpins the slot.
+        """
+        entry = handle._entry
+        if entry is None or handle.released:
+            return
+        with self._lock:
+            if handle.acquired:
+                entry.running -= 1
+                entry.last_used = self._clock()
+                handle.acquired = False
+            if requeue:
+                entry.waiting.setdefault(handle.id, self._clock())
+            else:
+                entry.waiting.pop(handle.id, None)
+                handle.released = True
+
+    # ---- the step loop --------------------------------------------------------------------
+
+    def step(self, priority: Sequence[str] = ()) -> None:
+        """Collect finished loads, finish promotions and start new ones. Never blocks on I/O.
+
+        ``priority``: cache keys the scheduler wants first (e.g. its active adapters); the rest
+        follow by how long their oldest request has waited.
+        """
+        with self._lock:
+            now = self._clock()
+            for entry in list(self._entries.values()):
+                self._collect(entry, now)
+            for entry in self._wanted(priority):
+                if not self._promote(entry, now):
+                    break
+            self._forget_idle()
+
+    def _collect(self, entry: _Entry, now: float) -> None:
+        if entry.future is not None and entry.future.done():
+            future, entry.future = entry.future, None
+            exc = future.exception()
+            if exc is None:
+                entry.weights = future.result()
+                self.stats["loads"] += 1
+            else:
+                entry.error = (
+                    exc
+                    if isinstance(exc, AdapterError)
+                    else AdapterLoadError(
+                        f"loading adapter {entry.key} failed ({exc.__class__.__name__})",
+                        code="load_failed",
+                    )
+                )
+                entry.failed_at = now
+                self.stats["load_failures"] += 1
+                log.warning("adapter %s failed to load: %s", entry.key, entry.error.message)
+        if entry.promoting is not None and entry.promoting.query():
+            # Later kernels on the main stream must see the finished copy.
+            torch.cuda.current_stream(self._device).wait_event(entry.promoting)
+            entry.promoting = None
+
+    def _wanted(self, priority: Sequence[str]) -> list[_Entry]:
+        """Loaded, not resident, with waiting requests: the next promotions, in order."""
+        rank = {key: i for i, key in enumerate(priority)}
+        wanted = [
+            e
+            for e in self._entries.values()
+            if e.weights is not None and e.slot is None and e.waiting and e.error is None
+        ]
+        wanted.sort(key=lambda e: (rank.get(e.key, len(rank)), min(e.waiting.values())))
+        return wanted
+
+    def _promote(self, entry: _Entry, now: float) -> bool:
+        """Give ``entry`` a slot (evicting an idle one if needed); False when none can be had."""
+        slot = self._free_slot(now)
+        if slot is None:
+            return False
+        assert entry.weights is not None
+        self._write(slot, entry, now)
+        return True
+
+    def _free_slot(self, now: float) -> int | None:
+        free = [s for s, owner in enumerate(self._owners) if owner is None]
+        if free:
+            return free[0]
+        # Never a slot the running batch uses or one still being written. Adapters nobody waits
+        # for go first (least recently used first); one with waiting requests only after it held
+        # the slot for a whole cycle, so a hot adapter cannot keep cold ones out for ever and a
+        # fresh promotion is not undone before its requests ran.
+        idle = [
+            (bool(o.waiting), o.last_used, s)
+            for s, o in enumerate(self._owners)
+            if o is not None
+            and o.running == 0
+            and o.promoting is None
+            and (not o.waiting or now - o.promoted_at >= self.config.cycle_time_s)
+        ]
+        if not idle:
+            return None
+        _, _, slot = min(idle)
+        self._evict(slot)
+        return slot
+
+    def _evict(self, slot: int) -> None:
+        victim = self._owners[slot]
+        assert victim is not None
+        assert victim.weights is not None
+        # Back to the CPU tier: the host copy was kept, so this is bookkeeping, not a copy.
+        self.loader.host_cache.put(victim.weights)
+        victim.slot = None
+        self._owners[slot] = None
+        self.stats["evictions"] += 1
+
+    def _write(self, slot: int, entry: _Entry, now: float) -> None:
+        weights = entry.weights
+        assert weights is not None
+        if self._stream is not None:
+            # Host tensors are pinned, so these copies are asynchronous; the entry keeps the
+            # weights referenced until the event says the copy is done.
+            self._stream.wait_stream(torch.cuda.current_stream(self._device))
+            with torch.cuda.stream(self._stream):
+                self._slots.write_(slot, weights)
+                event = torch.cuda.Event()
+                event.record(self._stream)
+            entry.promoting = event
+        else:
+            self._slots.write_(slot, weights)
+        # While resident the slot owns the host copy; the CPU tier's budget is for the rest.
+        self.loader.host_cache.pop(entry.key)
+        entry.slot = slot
+        entry.promoted_at = now
+        entry.last_used = now
+        self._owners[slot] = entry
+        self.stats["promotions"] += 1
+
+    def _forget_idle(self) -> None:
+        for key, e in list(self._entries.items()):
+            idle = not e.waiting and e.running == 0 and e.slot is None and e.future is None
+            if idle and (
+                e.error is None or self._clock() - e.failed_at >= self.config.failure_ttl_s
+            ):
+                del self._entries[key]
+
+    # ---- loading --------------------------------------------------------------------------
+
+    def _entry_for(self, ref: AdapterRef) -> _Entry:
+        key = ref.cache_key()
+        entry = self._entries.get(key)
+        stale = (
+            entry is not None
+            and entry.error is not None
+            and self._clock() - entry.failed_at >= self.config.failure_ttl_s
+        )
+        if entry is None or stale:
+            entry = _Entry(key, ref)
+            self._entries[key] = entry
+        if entry.weights is None and entry.future is None and entry.error is None:
+            entry.future = self._pool.submit(self.loader.load, ref)
+            if self._on_loaded is not None:
+                callback = self._on_loaded
+                entry.future.add_done_callback(lambda _f: callback())
+        return entry
+
+    def preload(self, refs: Iterable[AdapterRef], timeout_s: float | None = None) -> None:
+        """Load ``refs`` now (``--preloaded-adapter-ids``) and put them in free GPU slots.
+
+        Blocks until all are loaded; raises the first failure, so a bad id fails start-up.
+        Dynamic loading stays on: these adapters are only first in the caches.
+        """
+        refs = list(refs)
+        with self._lock:
+            entries = [self._entry_for(r) for r in refs if not r.is_base]
+        for entry in entries:
+            if entry.future is not None:
+                entry.future.exception(timeout=timeout_s)
+        with self._lock:
+            now = self._clock()
+            for entry in entries:
+                self._collect(entry, now)
+                if entry.error is not None:
+                    raise entry.error
+            for entry in entries:
+                if entry.slot is None and None in self._owners:
+                    self._write(self._owners.index(None), entry, now)
+
+    def resident(self) -> dict[str, int]:
+        """Cache key -> slot of every adapter in a GPU slot (for metrics and tests)."""
+        with self._lock:
+            return {o.key: s for s, o in enumerate(self._owners) if o is not None}
+
+    def shutdown(self) -> None:
+        """Stop the loader threads (loads in flight are abandoned)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,304 @@
+"""Read a PEFT LoRA adapter directory into validated :class:`LoraWeights`.
+
+The directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` (PEFT's and Ludwig's
+format). Pickled weights (``adapter_model.bin``) are refused: unpickling runs arbitrary code.
+Every problem raises its own :class:`AdapterError` with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+
+from lorax_engine.adapters.errors import AdapterIncompatibleError, AdapterLoadError
+from lorax_engine.adapters.weights import TARGET_ORDER, LoraWeights, ModuleKey
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.ckpt")
+MAX_CONFIG_BYTES = 1 << 20
+
+# base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight (an adapter name may follow A/B).
+_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_LLAMA_MODULE = re.compile(
+    r"^(?:base_model\.model\.)?(?:model\.)?layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<target>\w+)$"
+)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class ModelSpecLike(Protocol):
+    """The part of ``lorax_engine.lora.ModelLoraSpec`` that validation reads."""
+
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def targets(self) -> Mapping[str, tuple[int, int]]: ...
+
+
+@dataclass(slots=True)
+class LoadLimits:
+    """Server limits an adapter must respect (``--max-lora-rank``, ``--max-adapter-bytes``)."""
+
+    max_rank: int = 64
+    max_bytes: int = 2 << 30
+
+    def __post_init__(self) -> None:
+        if self.max_rank <= 0:
+            raise ValueError("max_rank must be positive")
+        if self.max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+
+
+def load_peft_lora(
+    directory: Path,
+    adapter_key: str,
+    spec: ModelSpecLike,
+    limits: LoadLimits,
+    dtype: torch.dtype = torch.float32,
+    *,
+    display_name: str | None = None,
+) -> LoraWeights:
+    """Load and validate the adapter in ``directory`` for the model ``spec`` describes.
+
+    ``display_name`` names the adapter in error messages (its id, never a local cache path).
+    """
+    name = display_name or adapter_key
+    config = _read_config(directory / CONFIG_NAME, name)
+    default_rank, default_alpha, rslora = _check_config(config, name, limits)
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        if any((directory / p).exists() for p in PICKLE_NAMES):
+            raise AdapterLoadError(
+                f"adapter {name!r} ships only pickled weights; pickles are refused, save it with "
+                "safetensors (PEFT save_pretrained(safe_serialization=True))",
+                code="pickle_refused",
+            )
+        raise AdapterLoadError(f"adapter {name!r} has no {WEIGHTS_NAME}", code="missing_weights")
+    size = weights_path.stat().st_size
+    if size > limits.max_bytes:
+        raise AdapterIncompatibleError(
+            f"adapter {name!r} is {size} bytes, above the server's limit of {limits.max_bytes}",
+            code="too_large",
+        )
+    raw = _read_tensors(weights_path, name)
+    pairs = _group_modules(raw, spec, name)
+
+    rank_pattern: Mapping[str, Any] = config.get("rank_pattern") or {}
+    alpha_pattern: Mapping[str, Any] = config.get("alpha_pattern") or {}
+    ranks: dict[ModuleKey, int] = {}
+    scales: dict[ModuleKey, float] = {}
+    for key, (a, b) in pairs.items():
+        module_name = f"model.layers.{key[0]}.{_block(key[1])}.{key[1]}"
+        want_rank = int(_pattern_value(rank_pattern, module_name, default_rank))
+        alpha = float(_pattern_value(alpha_pattern, module_name, default_alpha))
+        in_features, out_features = spec.targets[key[1]]
+        if tuple(a.shape) != (want_rank, in_features) or tuple(b.shape) != (
+            out_features,
+            want_rank,
+        ):
+            raise AdapterIncompatibleError(
+                f"adapter {name!r} layer {key[0]} {key[1]}: A {tuple(a.shape)} and B "
+                f"{tuple(b.shape)} do not fit the base model ({spec.architecture}: in_features "
+                f"{in_features}, out_features {out_features}, rank {want_rank})",
+                code="shape_mismatch",
+            )
+        if want_rank > limits.max_rank:
+            raise AdapterIncompatibleError(
+                f"adapter {name!r} has rank {want_rank}, above --max-lora-rank {limits.max_rank}",
+                code="rank_too_large",
+            )
+        ranks[key] = want_rank
+        scales[key] = alpha / math.sqrt(want_rank) if rslora else alpha / want_rank
+
+    rank = max(ranks.values())
+    # The adapter's scale is the config's default; modules on another scale are folded below.
+    base_scale = default_alpha / math.sqrt(default_rank) if rslora else default_alpha / default_rank
+    if len(set(scales.values())) == 1:
+        base_scale = next(iter(scales.values()))
+    modules: dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, (a, b) in pairs.items():
+        a32, b32 = a.to(torch.float32), b.to(torch.float32)
+        if scales[key] != base_scale:
+            # A per-module alpha/rank (PEFT patterns): fold the ratio into B so one scale serves all.
+            b32 = b32 * (scales[key] / base_scale)
+        pad = rank - ranks[key]
+        if pad:
+            a32 = torch.cat([a32, a32.new_zeros(pad, a32.shape[1])], dim=0)  # [rank, in]
+            b32 = torch.cat([b32, b32.new_zeros(b32.shape[0], pad)], dim=1)  # [out, rank]
+        modules[key] = (a32.to(dtype).contiguous(), b32.to(dtype).contiguous())
+    return LoraWeights(adapter_key, rank, base_scale, modules)
+
+
+def _read_config(path: Path, name: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise AdapterLoadError(f"adapter {name!r} has no {CONFIG_NAME}", code="missing_config")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise AdapterLoadError(
+            f"adapter {name!r}: {CONFIG_NAME} is too large", code="corrupt_config"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterLoadError(
+            f"adapter {name!r}: {CONFIG_NAME} is not valid JSON ({exc.__class__.__name__})",
+            code="corrupt_config",
+        ) from None
+    if not isinstance(config, dict):
+        raise AdapterLoadError(
+            f"adapter {name!r}: {CONFIG_NAME} must be a JSON object", code="corrupt_config"
+        )
+    return config
+
+
+def _check_config(
+    config: Mapping[str, Any], name: str, limits: LoadLimits
+) -> tuple[int, float, bool]:
+    """Refuse what the runner cannot apply; return ``(r, lora_alpha, use_rslora)``."""
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterIncompatibleError(
+            f"adapter {name!r} is a {peft_type} adapter; only LoRA is supported",
+            code="unsupported_adapter_type",
+        )
+    for flag, what in (("use_dora", "DoRA"), ("use_qalora", "QA-LoRA")):
+        if config.get(flag):
+            raise AdapterIncompatibleError(
+                f"adapter {name!r} uses {what}, which is not supported",
+                code="unsupported_adapter_type",
+            )
+    if config.get("bias", "none") not in (None, "none"):
+        raise AdapterIncompatibleError(
+            f"adapter {name!r} trains biases (bias={config.get('bias')!r}); not supported",
+            code="unsupported_target",
+        )
+    if config.get("modules_to_save"):
+        raise AdapterIncompatibleError(
+            f"adapter {name!r} saves full modules {list(config['modules_to_save'])}; only LoRA "
+            "targets are supported",
+            code="unsupported_target",
+        )
+    r, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise AdapterLoadError(
+            f"adapter {name!r}: 'r' must be a positive integer", code="corrupt_config"
+        )
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise AdapterLoadError(
+            f"adapter {name!r}: 'lora_alpha' must be a number", code="corrupt_config"
+        )
+    patterns = config.get("rank_pattern") or {}
+    if not isinstance(patterns, dict) or not isinstance(config.get("alpha_pattern") or {}, dict):
+        raise AdapterLoadError(
+            f"adapter {name!r}: rank_pattern/alpha_pattern must be objects", code="corrupt_config"
+        )
+    top = max([r, *(int(v) for v in patterns.values())])
+    if top > limits.max_rank:
+        raise AdapterIncompatibleError(
+            f"adapter {name!r} has rank {top}, above --max-lora-rank {limits.max_rank}",
+            code="rank_too_large",
+        )
+    return r, float(alpha), bool(config.get("use_rslora", False))
+
+
+def _read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    except Exception as exc:  # safetensors raises its own error types and OSError for bad headers
+        raise AdapterLoadError(
+            f"adapter {name!r}: {WEIGHTS_NAME} is not a readable safetensors file "
+            f"({exc.__class__.__name__})",
+            code="corrupt_weights",
+        ) from None
+    for key, t in tensors.items():
+        if t.dtype not in _FLOAT_DTYPES:
+            raise AdapterLoadError(
+                f"adapter {name!r}: tensor {key} has dtype {t.dtype}, expected floating point",
+                code="corrupt_weights",
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise AdapterLoadError(
+                f"adapter {name!r}: tensor {key} contains NaN or infinity", code="corrupt_weights"
+            )
+    return tensors
+
+
+def _group_modules(
+    raw: Mapping[str, torch.Tensor], spec: ModelSpecLike, name: str
+) -> dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]]:
+    halves: dict[ModuleKey, dict[str, torch.Tensor]] = {}
+    for key, tensor in raw.items():
+        m = _KEY.match(key)
+        if m is None:
+            raise AdapterIncompatibleError(
+                f"adapter {name!r}: tensor {key} is not a LoRA A/B weight (embeddings, biases and "
+                "DoRA magnitudes are not supported)",
+                code="unsupported_target",
+            )
+        module = _LLAMA_MODULE.match(m["module"])
+        if module is None:
+            leaf = m["module"].rsplit(".", 1)[-1]
+            if leaf in ("lm_head", "embed_tokens", "embed_out", "wte"):
+                raise AdapterIncompatibleError(
+                    f"adapter {name!r} targets {leaf}; supported targets are "
+                    f"{', '.join(t for t in TARGET_ORDER if t in spec.targets)}",
+                    code="unsupported_target",
+                )
+            raise AdapterIncompatibleError(
+                f"adapter {name!r} was trained for a different architecture: module "
+                f"{m['module']} does not exist in {spec.architecture}",
+                code="architecture_mismatch",
+            )
+        layer, target = int(module["layer"]), module["target"]
+        if target not in spec.targets:
+            raise AdapterIncompatibleError(
+                f"adapter {name!r} targets {target}; supported targets are "
+                f"{', '.join(t for t in TARGET_ORDER if t in spec.targets)}",
+                code="unsupported_target",
+            )
+        if layer >= spec.num_layers:
+            raise AdapterIncompatibleError(
+                f"adapter {name!r} has weights for layer {layer} but {spec.architecture} has "
+                f"{spec.num_layers} layers",
+                code="architecture_mismatch",
+            )
+        if tensor.dim() != 2:
+            raise AdapterLoadError(
+                f"adapter {name!r}: tensor {key} must be 2-D, got {tuple(tensor.shape)}",
+                code="corrupt_weights",
+            )
+        halves.setdefault((layer, target), {})[m["ab"]] = tensor
+    if not halves:
+        raise AdapterLoadError(f"adapter {name!r} contains no LoRA weights", code="corrupt_weights")
+    pairs: dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, ab in halves.items():
+        if set(ab) != {"A", "B"}:
+            missing = "B" if "A" in ab else "A"
+            raise AdapterLoadError(
+                f"adapter {name!r}: layer {key[0]} {key[1]} has no lora_{missing}",
+                code="corrupt_weights",
+            )
+        pairs[key] = (ab["A"], ab["B"])
+    return pairs
+
+
+def _block(target: str) -> str:
+    return "self_attn" if target in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+
+
+def _pattern_value(patterns: Mapping[str, Any], module_name: str, default: float) -> float:
+    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup: a key matches a module name's suffix."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module_name):
+            return float(value)
+    return default

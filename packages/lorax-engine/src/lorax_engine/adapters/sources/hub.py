@@ -1,0 +1,69 @@
+"""Adapters from the Hugging Face Hub (``org/name`` or ``org/name@revision``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorax_engine.adapters.errors import AdapterLoadError, AdapterNotFoundError
+from lorax_engine.adapters.peft_loader import CONFIG_NAME, WEIGHTS_NAME
+from lorax_engine.adapters.ref import AdapterRef, split_revision
+from lorax_engine.adapters.sources.base import FetchedAdapter
+
+
+class HubSource:
+    """Downloads an adapter's config and safetensors weights with ``huggingface_hub``.
+
+    The request's ``api_token`` is the credential (without one, the server's own, e.g.
+    ``HF_TOKEN``). The Hub checks access on every fetch, so a request without the credential never
+    gets a private adapter from the shared download cache. A missing repo, revision or a refused
+    credential are one answer (404), so a private adapter's existence is not disclosed.
+    """
+
+    def __init__(self, cache_dir: Path | None = None, endpoint: str | None = None) -> None:
+        self._cache_dir = cache_dir
+        self._endpoint = endpoint
+
+    def fetch(self, ref: AdapterRef) -> FetchedAdapter:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        repo, revision = split_revision(ref.adapter_id or "")
+        label = ref.adapter_id
+        try:
+            path = snapshot_download(
+                repo,
+                revision=revision,
+                cache_dir=self._cache_dir,
+                token=ref.api_token,
+                allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+                endpoint=self._endpoint,
+            )
+        except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError):
+            raise AdapterNotFoundError(
+                f"adapter {label!r} not found on the hub, or not accessible with the given credential",
+                code="not_found",
+            ) from None
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403, 404):
+                raise AdapterNotFoundError(
+                    f"adapter {label!r} not found on the hub, or not accessible with the given "
+                    "credential",
+                    code="not_found",
+                ) from None
+            # The exception text may carry request details; only its kind and status leave here.
+            raise AdapterLoadError(
+                f"downloading adapter {label!r} from the hub failed (HTTP {status})",
+                code="fetch_failed",
+            ) from None
+        except Exception as exc:  # network, disk and validation errors of huggingface_hub
+            raise AdapterLoadError(
+                f"downloading adapter {label!r} from the hub failed ({exc.__class__.__name__})",
+                code="fetch_failed",
+            ) from None
+        return FetchedAdapter(Path(str(path)))

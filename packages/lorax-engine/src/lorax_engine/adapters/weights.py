@@ -1,0 +1,92 @@
+"""``LoraWeights``: one validated LoRA adapter in host memory (docs/internals.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# PEFT target names the runner can apply, in the order a Llama-style decoder layer runs them (and
+# PEFT's ``named_modules`` lists them), which the merge code relies on for DARE's random draws.
+TARGET_ORDER: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+ModuleKey = tuple[int, str]  # (layer index, PEFT target name)
+
+
+@dataclass(slots=True)
+class LoraWeights:
+    """A LoRA adapter ready to be written into a GPU slot.
+
+    Every module holds ``A [rank, in_features]`` and ``B [out_features, rank]`` in one dtype; the
+    delta it adds to a base linear layer is ``scale * B @ A``. Modules of a smaller rank (PEFT's
+    ``rank_pattern``) are zero-padded to ``rank``, which adds nothing to the product, so the slot
+    tables can use one rank per adapter.
+    """
+
+    adapter_key: str
+    rank: int
+    scale: float
+    modules: dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]]
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ValueError(f"rank must be positive, got {self.rank}")
+        if not self.modules:
+            raise ValueError("an adapter needs at least one module")
+        dtypes = set()
+        for (layer, target), (a, b) in self.modules.items():
+            if layer < 0 or target not in TARGET_ORDER:
+                raise ValueError(f"bad module key {(layer, target)}")
+            if a.dim() != 2 or b.dim() != 2 or a.shape[0] != self.rank or b.shape[1] != self.rank:
+                raise ValueError(
+                    f"module {(layer, target)}: expected A [{self.rank}, in] and B [out, {self.rank}],"
+                    f" got {tuple(a.shape)} and {tuple(b.shape)}"
+                )
+            dtypes.update((a.dtype, b.dtype))
+        if len(dtypes) != 1:
+            raise ValueError(f"all tensors must share one dtype, got {sorted(map(str, dtypes))}")
+        self.nbytes = sum(a.nbytes + b.nbytes for a, b in self.modules.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        a, _ = next(iter(self.modules.values()))
+        return a.dtype
+
+    @property
+    def is_pinned(self) -> bool:
+        return all(a.is_pinned() and b.is_pinned() for a, b in self.modules.values())
+
+    def ordered_keys(self) -> list[ModuleKey]:
+        """Module keys by layer, then in decoder order (q, k, v, o, gate, up, down)."""
+        return sorted(self.modules, key=lambda k: (k[0], TARGET_ORDER.index(k[1])))
+
+    def pin_memory(self) -> LoraWeights:
+        """A copy in page-locked memory, so host-to-device copies can run asynchronously.
+
+        Returns ``self`` when CUDA is absent: pinning needs a CUDA context and buys nothing there.
+        """
+        if not torch.cuda.is_available() or self.is_pinned:
+            return self
+        pinned = {k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in self.modules.items()}
+        return LoraWeights(self.adapter_key, self.rank, self.scale, pinned)
+
+    def equal(self, other: LoraWeights) -> bool:
+        """Bit-for-bit equality of rank, scale and every tensor (used to prove lossless moves)."""
+        return (
+            self.rank == other.rank
+            and self.scale == other.scale
+            and self.modules.keys() == other.modules.keys()
+            and all(
+                torch.equal(a, other.modules[k][0]) and torch.equal(b, other.modules[k][1])
+                for k, (a, b) in self.modules.items()
+            )
+        )

@@ -1,0 +1,120 @@
+"""Tiny random Llama checkpoints and PEFT-made adapters, built in temp dirs (no hub)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Stands in for lorax_engine.lora.ModelLoraSpec (the same three fields)."""
+
+    architecture: str
+    num_layers: int
+    targets: dict[str, tuple[int, int]] = field(default_factory=dict[str, tuple[int, int]])
+
+
+def llama_config(hidden: int = 32, layers: int = 2) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=96,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+
+
+def base_model(hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(llama_config(hidden, layers)).eval()
+
+
+def spec_for(hidden: int = 32, layers: int = 2) -> Spec:
+    """The shapes of ``llama_config(hidden, layers)``: 4 query heads, 2 KV heads."""
+    h, i, kv = hidden, 2 * hidden, 2 * (hidden // 4)
+    return Spec(
+        "LlamaForCausalLM",
+        layers,
+        {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        },
+    )
+
+
+@pytest.fixture
+def spec() -> Spec:
+    return spec_for()
+
+
+def make_peft_adapter(
+    directory: Path,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    targets: Sequence[str] = ALL_TARGETS,
+    seed: int = 1,
+    hidden: int = 32,
+    layers: int = 2,
+    **lora_kwargs: Any,
+) -> PeftModel:
+    """A PEFT LoRA adapter with random A and nonzero B, saved as safetensors into ``directory``."""
+    model = base_model(hidden, layers)
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=list(targets),
+        init_lora_weights=False,  # random B too: a zero B would hide every mistake
+        **lora_kwargs,
+    )
+    with peft_quiet():
+        peft_model = get_peft_model(model, config)
+        peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+    return peft_model  # type: ignore[return-value]
+
+
+@pytest.fixture
+def make_adapter(tmp_path: Path) -> Callable[..., Path]:
+    counter = iter(range(1_000_000))
+
+    def make(name: str | None = None, **kwargs: Any) -> Path:
+        directory = tmp_path / (name or f"adapter{next(counter)}")
+        make_peft_adapter(directory, **kwargs)
+        return directory
+
+    return make
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextlib.contextmanager
+def peft_quiet() -> Iterator[None]:
+    """PEFT reads a transformers property that this transformers deprecates: not our warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
