@@ -113,3 +113,45 @@ def test_upstream_import_paths_still_work() -> None:
         "inputs": "x",
         "parameters": Parameters().model_dump(exclude_none=True),
     }
+
+
+# The keyword arguments of upstream lorax-client 0.6's Client.generate / generate_stream: code
+# written for it must run unchanged.
+UPSTREAM_GENERATE = {
+    "adapter_id", "adapter_source", "merged_adapters", "api_token", "do_sample", "max_new_tokens",
+    "ignore_eos_token", "best_of", "repetition_penalty", "return_full_text", "seed",
+    "stop_sequences", "temperature", "top_k", "top_p", "truncate", "typical_p", "watermark",
+    "response_format", "decoder_input_details", "return_k_alternatives", "details",
+}  # fmt: skip
+UPSTREAM_STREAM = UPSTREAM_GENERATE - {"best_of", "decoder_input_details"}
+
+
+def test_upstream_keyword_arguments_are_all_accepted() -> None:
+    from lorax.parameters import GenerateParams, StreamParams
+
+    assert GenerateParams.__optional_keys__ >= UPSTREAM_GENERATE
+    assert StreamParams.__optional_keys__ >= UPSTREAM_STREAM
+
+
+def test_sync_and_async_clients_have_the_same_interface() -> None:
+    import inspect
+
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+        }
+
+    sync, async_ = public(lorax.Client), public(lorax.AsyncClient)
+    assert sync.keys() == async_.keys()
+    assert {"generate", "generate_stream", "tokenize", "health", "info", "models"} <= sync.keys()
+    for name, signature in sync.items():
+        assert list(signature.parameters) == list(async_[name].parameters), name
+    init_sync = inspect.signature(lorax.Client.__init__).parameters
+    init_async = inspect.signature(lorax.AsyncClient.__init__).parameters
+    assert list(init_sync) == list(init_async)
+    # Upstream's positional order.
+    assert list(init_sync)[1:7] == [
+        "base_url", "headers", "cookies", "timeout", "session", "max_session_retries",
+    ]  # fmt: skip
