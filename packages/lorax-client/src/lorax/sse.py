@@ -46,9 +46,15 @@ class SSEDecoder:
         events: list[ServerSentEvent] = []
         start = 0
         buffer = self._buffer
+        # Next CR and LF at or after `start`, searched again only once passed: searching for an
+        # absent "\r" on every line would make one large piece quadratic.
+        cr = buffer.find(b"\r")
+        lf = buffer.find(b"\n")
         while True:
-            cr = buffer.find(b"\r", start)
-            lf = buffer.find(b"\n", start)
+            if cr != -1 and cr < start:
+                cr = buffer.find(b"\r", start)
+            if lf != -1 and lf < start:
+                lf = buffer.find(b"\n", start)
             if cr == -1 and lf == -1:
                 break
             end = lf if cr == -1 else cr if lf == -1 else min(cr, lf)
