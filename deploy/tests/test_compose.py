@@ -8,6 +8,8 @@ Dockerfiles and the real `lorax-gateway` argument parser.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,37 @@ def _seconds(duration: str) -> int:
     match = re.fullmatch(r"(\d+)(s|m)", duration)
     assert match, duration
     return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def _check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    # The Compose specification's JSON schema, as vendored by check-jsonschema.
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compose_file_matches_the_compose_specification(repo: Path) -> None:
+    result = _check_compose_schema(repo / "docker-compose.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_check_does_catch_mistakes(repo: Path, tmp_path: Path) -> None:
+    broken = (repo / "docker-compose.yml").read_text().replace("stop_grace_period:", "stop_grace:")
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    result = _check_compose_schema(tmp_path / "docker-compose.yml")
+    assert result.returncode != 0
+    assert "stop_grace" in result.stdout + result.stderr
 
 
 def test_services_build_the_repository_images(compose: dict[str, Any], repo: Path) -> None:
