@@ -1,0 +1,224 @@
+"""The asyncio facade over the engine core thread (docs/internals.md section 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from lorax_engine import __version__
+from lorax_engine.config import EngineConfig
+from lorax_engine.core.factory import LoadedEngine, load_engine
+from lorax_engine.core.output import Event
+from lorax_engine.core.request import Request
+from lorax_engine.errors import EngineError, GenerationError, OverloadedError, ValidationError
+from lorax_engine.metrics import EngineMetrics
+from lorax_engine.params import SamplingParams, parse_parameters, parse_truncate
+
+
+def _error(exc: EngineError) -> Event:
+    return {"type": "error", "error": str(exc), "error_type": exc.error_type}
+
+
+class AsyncEngine:
+    """Runs the engine core on its own thread; every method here is safe to call from asyncio."""
+
+    def __init__(self, config: EngineConfig, loaded: LoadedEngine) -> None:
+        self.config = config
+        self.core = loaded.core
+        self.tokenizer = loaded.tokenizer
+        self.model_dir = loaded.model_dir
+        self._in_flight = 0
+        self.metrics = EngineMetrics(self.core, lambda: self._in_flight)
+        self.core.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+        """Load the model (blocking: call before the event loop serves requests)."""
+        return cls(config, load_engine(config))
+
+    # ---- generation -----------------------------------------------------------------------
+    async def generate(self, request: dict[str, Any]) -> AsyncIterator[Event]:
+        """Stream the events of one request; closing the iterator early cancels it."""
+        limits = self.config.limits
+        if self._in_flight >= limits.max_concurrent_requests:
+            yield _error(OverloadedError("Model is overloaded"))
+            return
+        self._in_flight += 1
+        try:
+            try:
+                requests = await asyncio.to_thread(self._prepare, request)
+            except EngineError as exc:
+                yield _error(exc)
+                return
+            if len(requests) == 1:
+                async for event in self._stream(requests[0]):
+                    yield event
+            else:
+                async for event in self._best_of(requests):
+                    yield event
+        finally:
+            self._in_flight -= 1
+
+    def _prepare(self, body: dict[str, Any]) -> list[Request]:
+        """Tokenize, apply limits and build the engine requests (one per best_of candidate)."""
+        params: dict[str, Any] = dict(body.get("parameters") or {})
+        inputs = body.get("inputs")
+        if not isinstance(inputs, str):
+            raise ValidationError("`inputs` must be a string")
+        if params.get("adapter_id") or params.get("merged_adapters"):
+            raise GenerationError(
+                "adapters are not enabled on this engine (no adapter manager configured)"
+            )
+        limits = self.config.limits
+        truncate = parse_truncate(params, limits)
+        ids = self.tokenizer.encode(inputs)
+        if truncate is not None:
+            ids = ids[-truncate:]
+        sp = parse_parameters(params, len(ids), limits)
+        response_format = params.get("response_format")
+        request_id = str(body.get("request_id") or f"req-{uuid.uuid4().hex}")
+        now = time.monotonic()
+        seeds = (
+            [sp.seed] if sp.best_of == 1 else [random.getrandbits(63) for _ in range(sp.best_of)]
+        )
+        out: list[Request] = []
+        for i, seed in enumerate(seeds):
+            sub = _with_seed(sp, seed)
+            rid = request_id if len(seeds) == 1 else f"{request_id}/{i}"
+            constraint = self._make_constraint(response_format) if response_format else None
+            out.append(Request(rid, list(ids), sub, arrival_time=now, constraint=constraint))
+        return out
+
+    def _make_constraint(self, response_format: Any) -> Any:
+        if isinstance(response_format, dict) and response_format.get("type") == "text":
+            return None
+        try:
+            from lorax_engine.structured import make_constraint  # type: ignore[attr-defined]
+        except ImportError as exc:
+            raise ValidationError("response_format is not supported by this engine build") from exc
+        try:
+            return make_constraint(response_format, self.tokenizer.tokenizer)
+        except EngineError:
+            raise
+        except Exception as exc:  # a schema the compiler rejects is the caller's error
+            raise ValidationError(f"invalid response_format: {exc}") from exc
+
+    async def _stream(self, request: Request) -> AsyncGenerator[Event, None]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        self.core.submit(request, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        done = False
+        try:
+            while True:
+                event = await events.get()
+                if event["type"] in ("end", "error"):
+                    done = True
+                yield event
+                if done:
+                    return
+        finally:
+            if not done:
+                self.core.abort(request.request_id)
+
+    async def _best_of(self, requests: list[Request]) -> AsyncIterator[Event]:
+        """Run the candidates together; the best (highest total logprob) is the main sequence."""
+        streams = [self._collect(r) for r in requests]
+        tasks = [asyncio.ensure_future(s) for s in streams]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+        for events in results:
+            if events and events[-1]["type"] == "error":
+                yield events[-1]
+                return
+
+        def score(events: list[Event]) -> float:
+            return sum(e["token"]["logprob"] for e in events if e["type"] == "token")
+
+        ranked = sorted(results, key=score, reverse=True)
+        best, others = ranked[0], ranked[1:]
+        end = dict(best[-1])
+        end["best_of_sequences"] = [_sequence_details(evs) for evs in others]
+        for event in best[:-1]:
+            yield event
+        yield end
+
+    async def _collect(self, request: Request) -> list[Event]:
+        events: list[Event] = []
+        stream = self._stream(request)
+        try:
+            async for event in stream:
+                events.append(event)
+        finally:
+            await stream.aclose()
+        return events
+
+    # ---- the rest of the contract ---------------------------------------------------------
+    async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.tokenizer.tokenize, text, add_special_tokens)
+
+    async def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        adapter_id: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Render messages with the base model's template (adapter templates need the manager)."""
+        if adapter_id:
+            raise GenerationError(
+                "adapters are not enabled on this engine (no adapter manager configured)"
+            )
+        return await asyncio.to_thread(self.tokenizer.apply_chat_template, messages, tools)
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.config
+        limits = cfg.limits
+        return {
+            "model_id": cfg.model_id,
+            "model_dtype": str(cfg.torch_dtype).removeprefix("torch."),
+            "model_device_type": cfg.torch_device.type,
+            "max_input_length": limits.max_input_length,
+            "max_total_tokens": limits.max_total_tokens,
+            "max_concurrent_requests": limits.max_concurrent_requests,
+            "max_best_of": limits.max_best_of,
+            "max_stop_sequences": limits.max_stop_sequences,
+            "max_batch_prefill_tokens": cfg.max_batch_prefill_tokens,
+            "max_batch_total_tokens": self.core.scheduler.blocks.num_blocks * cfg.block_size,
+            "block_size": cfg.block_size,
+            "adapters_enabled": False,
+            "version": __version__,
+        }
+
+    async def health(self) -> bool:
+        """True while the core thread is alive."""
+        return self.core.alive
+
+    def metrics_text(self) -> str:
+        return self.metrics.text()
+
+    async def shutdown(self) -> None:
+        await asyncio.to_thread(self.core.stop)
+
+
+def _with_seed(sp: SamplingParams, seed: int) -> SamplingParams:
+    return replace(sp, seed=seed)
+
+
+def _sequence_details(events: list[Event]) -> dict[str, Any]:
+    end = events[-1]
+    prefill = next((e["tokens"] for e in events if e["type"] == "prefill"), [])
+    return {
+        "generated_text": end["generated_text"],
+        "finish_reason": end["finish_reason"],
+        "generated_tokens": end["generated_tokens"],
+        "seed": end["seed"],
+        "prefill": prefill,
+        "tokens": [e["token"] for e in events if e["type"] == "token"],
+    }

@@ -1,0 +1,65 @@
+"""Engine configuration: the ``lorax-engine serve`` flags, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lorax_engine.params import Limits
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """What to load and how to run it."""
+
+    model_id: str = "demo"
+    revision: str | None = None
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    device: str | None = None  # None: cuda if available
+    limits: Limits = field(default_factory=Limits)
+    max_batch_prefill_tokens: int = 4096
+    max_batch_total_tokens: int | None = None  # KV pool size in tokens; None: sized from memory
+    max_batch_size: int = 256
+    block_size: int = 16
+    gpu_memory_fraction: float = 0.9
+    eager: bool = False  # no CUDA graphs
+    allow_bin_weights: bool = False
+    cache_dir: Path | None = None
+    # Multi-LoRA slot tables: 0 disables adapters (requests naming one get a generation error).
+    lora_slots: int = 0
+    lora_max_rank: int = 64
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        if self.max_batch_prefill_tokens <= 0:
+            # Prompts longer than this are prefilled in chunks, so any positive budget works.
+            raise ValueError("max_batch_prefill_tokens must be positive")
+        if (
+            self.max_batch_total_tokens is not None
+            and self.max_batch_total_tokens < self.limits.max_total_tokens
+        ):
+            raise ValueError("max_batch_total_tokens must be >= max_total_tokens")
+        if not 0 < self.gpu_memory_fraction <= 1:
+            raise ValueError("gpu_memory_fraction must be in (0, 1]")
+        if self.lora_slots < 0 or self.lora_max_rank <= 0:
+            raise ValueError("lora_slots must be >= 0 and lora_max_rank > 0")
+        self.max_batch_size = min(self.max_batch_size, self.max_batch_prefill_tokens)
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype is not None:
+            return DTYPES[self.dtype]
+        return torch.float32 if self.torch_device.type == "cpu" else torch.bfloat16

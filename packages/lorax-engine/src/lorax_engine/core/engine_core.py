@@ -1,0 +1,187 @@
+"""The synchronous engine loop: schedule -> run the model -> sample -> emit events."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lorax_engine.core.model_runner import ModelRunner
+from lorax_engine.core.output import EventSink, RequestOutput
+from lorax_engine.core.request import Request, RequestStatus
+from lorax_engine.core.sampler import Sampler, SamplingRow
+from lorax_engine.core.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StepStats:
+    """What the last step did, for /metrics."""
+
+    batch_size: int = 0
+    num_tokens: int = 0
+    steps: int = 0
+    generated_tokens: int = 0
+    finished_requests: int = 0
+
+
+class EngineCore:
+    """Owns the scheduler, runner and sampler; ``step()`` advances every running request once.
+
+    Thread-safe entry points (``submit``, ``abort``) only enqueue; the loop thread applies them at
+    the start of the next step, so the scheduler and the model are touched by one thread only.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: ModelRunner,
+        tokenizer: Any,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.sampler = Sampler()
+        self.eos_ids = eos_token_ids
+        self.special_ids = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", ()))
+        self.vocab_size = runner.model.cfg.vocab_size
+        self.stats = StepStats()
+        self._outputs: dict[str, RequestOutput] = {}
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- thread-safe API ------------------------------------------------------------------
+    def submit(self, request: Request, sink: EventSink) -> None:
+        """Queue a validated request; ``sink`` receives its events on the loop thread."""
+        self._inbox.put(("add", (request, sink)))
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request; its blocks are freed in the next step. No further events are sent."""
+        self._inbox.put(("abort", request_id))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="lorax-engine-core", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put(("wake", None))
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- loop thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.scheduler.has_work:
+                cmd = self._inbox.get()  # sleep until there is something to do
+                self._apply(cmd)
+            self.step()
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(cmd)
+
+    def _apply(self, cmd: tuple[str, Any]) -> None:
+        kind, payload = cmd
+        if kind == "add":
+            request, sink = payload
+            self._outputs[request.request_id] = RequestOutput(
+                request, self.tokenizer, self.special_ids, self.eos_ids, sink
+            )
+            self.scheduler.add(request)
+        elif kind == "abort":
+            out = self._outputs.pop(payload, None)
+            if out is not None:
+                self.scheduler.abort(out.request)
+
+    def step(self) -> None:
+        """One engine iteration (also callable directly, without the thread, as tests do)."""
+        self._drain_inbox()
+        sched = self.scheduler.schedule()
+        self.stats.batch_size = len(sched.chunks)
+        self.stats.num_tokens = sched.num_tokens
+        if not sched.chunks:
+            return
+        now = time.monotonic()
+        for c in sched.chunks:
+            if c.request.first_scheduled_time is None:
+                c.request.first_scheduled_time = now
+        try:
+            result = self.runner.execute(sched.chunks)
+            self._process(sched.chunks, result.sample_logits, result.prompt_logprobs)
+        except Exception as exc:  # a failed step must not take the server down with it
+            log.exception("engine step failed")
+            self._fail_all(f"engine step failed: {exc}")
+        self.stats.steps += 1
+
+    def _process(
+        self, chunks: Any, logits: torch.Tensor, prompt_logprobs: dict[int, list[float]]
+    ) -> None:
+        for i, lps in prompt_logprobs.items():
+            plp = chunks[i].request.prompt_logprobs
+            if plp is not None:
+                plp.extend(lps)
+        rows: list[SamplingRow] = []
+        sampling = []
+        for c in chunks:
+            req: Request = c.request
+            req.num_computed_tokens += c.num_tokens
+            if not c.samples:
+                continue
+            bitmask = None
+            if req.constraint is not None:
+                bitmask = np.zeros((self.vocab_size + 31) // 32, dtype=np.int32)
+                req.constraint.fill_allowed(bitmask)
+            rows.append(
+                SamplingRow(
+                    req.params, req.token_ids, req.num_prompt_tokens, req.num_output_tokens, bitmask
+                )
+            )
+            sampling.append(req)
+        if not rows:
+            return
+        out = self.sampler(logits, rows)
+        for j, req in enumerate(sampling):
+            token = out.token_ids[j]
+            req.token_ids.append(token)
+            req.output_logprobs.append(out.logprobs[j])
+            self.stats.generated_tokens += 1
+            if req.constraint is not None:
+                req.constraint.accept(token)
+            output = self._outputs.get(req.request_id)
+            if output is None:
+                continue
+            if output.on_token(token, out.logprobs[j], out.alternatives[j]):
+                self._finish(output)
+
+    def _finish(self, output: RequestOutput) -> None:
+        req = output.request
+        self.scheduler.finish(req)
+        self._outputs.pop(req.request_id, None)
+        self.stats.finished_requests += 1
+        output.sink(output.end_event())
+
+    def _fail_all(self, message: str) -> None:
+        for output in list(self._outputs.values()):
+            req = output.request
+            if req.status is not RequestStatus.FINISHED:
+                self.scheduler.finish(req)
+            output.sink({"type": "error", "error": message, "error_type": "generation"})
+        self._outputs.clear()

@@ -1,0 +1,116 @@
+"""Assemble an EngineCore from an EngineConfig: load, size the KV pool, allocate, capture graphs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorax_engine.config import EngineConfig
+from lorax_engine.core.block_manager import BlockManager
+from lorax_engine.core.engine_core import EngineCore
+from lorax_engine.core.kv_cache import (
+    activation_reserve_bytes,
+    allocate_kv_cache,
+    kv_bytes_per_block,
+)
+from lorax_engine.core.model_runner import ModelRunner
+from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
+from lorax_engine.lora import LoraSlots
+from lorax_engine.models.decoder import DecoderModel
+from lorax_engine.models.loader import load_model, resolve_model_dir
+from lorax_engine.tokenizer import TokenizerInfo
+
+log = logging.getLogger(__name__)
+
+# Without --max-batch-total-tokens on CPU: room for this many full-length requests.
+_CPU_DEFAULT_REQUESTS = 16
+
+
+@dataclass(slots=True)
+class LoadedEngine:
+    core: EngineCore
+    tokenizer: TokenizerInfo
+    model_dir: Path
+
+
+def num_kv_blocks(config: EngineConfig, model: DecoderModel) -> int:
+    """Blocks in the pool: from --max-batch-total-tokens, else from free device memory."""
+    bs = config.block_size
+    if config.max_batch_total_tokens is not None:
+        return -(-config.max_batch_total_tokens // bs)
+    device = config.torch_device
+    if device.type != "cuda":
+        return -(-_CPU_DEFAULT_REQUESTS * config.limits.max_total_tokens // bs)
+    free, total = torch.cuda.mem_get_info(device)
+    used_by_others = total - free
+    reserve = activation_reserve_bytes(
+        model.cfg, config.max_batch_prefill_tokens, config.max_batch_size, config.torch_dtype
+    )
+    budget = int(total * config.gpu_memory_fraction) - used_by_others - reserve
+    blocks = budget // kv_bytes_per_block(model.cfg, bs, config.torch_dtype)
+    needed = -(-config.limits.max_total_tokens // bs)
+    if blocks < needed:
+        raise RuntimeError(
+            f"not enough GPU memory for one request of max_total_tokens={config.limits.max_total_tokens} "
+            f"({blocks} KV blocks fit, {needed} needed)"
+        )
+    return int(blocks)
+
+
+def build_engine(
+    config: EngineConfig, model: DecoderModel, tokenizer: TokenizerInfo, model_dir: Path
+) -> LoadedEngine:
+    """Wire a loaded model into a runnable core (the part benchmarks reuse with random weights)."""
+    device, dtype = config.torch_device, config.torch_dtype
+    bs = config.block_size
+    blocks = num_kv_blocks(config, model)
+    if blocks * bs < config.limits.max_total_tokens:
+        raise ValueError("the KV pool must hold at least one request of max_total_tokens")
+    log.info("KV cache: %d blocks of %d tokens (%d tokens)", blocks, bs, blocks * bs)
+    kv = allocate_kv_cache(model.cfg, blocks, bs, dtype, device)
+    slots = None
+    if config.lora_slots > 0:
+        slots = LoraSlots.allocate(
+            model.lora_spec(), config.lora_slots, config.lora_max_rank, dtype, device
+        )
+    runner = ModelRunner(
+        model,
+        kv,
+        block_size=bs,
+        max_num_seqs=config.max_batch_size,
+        max_num_tokens=max(config.max_batch_prefill_tokens, config.max_batch_size),
+        max_blocks_per_seq=-(-config.limits.max_total_tokens // bs),
+        lora_slots=slots,
+        use_cuda_graphs=device.type == "cuda" and not config.eager,
+    )
+    if runner.graphs is not None:
+        runner.graphs.capture_all()
+    scheduler = Scheduler(
+        SchedulerConfig(config.max_batch_prefill_tokens, config.max_batch_size),
+        BlockManager(blocks, bs),
+    )
+    core = EngineCore(scheduler, runner, tokenizer.tokenizer, tokenizer.eos_token_ids)
+    return LoadedEngine(core, tokenizer, model_dir)
+
+
+def load_engine(config: EngineConfig) -> LoadedEngine:
+    """Resolve ``config.model_id``, load tokenizer and weights, and build the core."""
+    model_dir = resolve_model_dir(
+        config.model_id,
+        revision=config.revision,
+        cache_dir=config.cache_dir,
+        allow_bin=config.allow_bin_weights,
+    )
+    max_positions = config.limits.max_total_tokens
+    model = load_model(
+        model_dir,
+        config.torch_dtype,
+        config.torch_device,
+        max_positions,
+        allow_bin=config.allow_bin_weights,
+    )
+    tokenizer = TokenizerInfo(model_dir, model.cfg.eos_token_ids)
+    return build_engine(config, model, tokenizer, model_dir)

@@ -1,0 +1,166 @@
+"""Builds each step's flat token batch, runs the model, and returns the logits the sampler needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import lorax_kernels
+from lorax_engine.core.cuda_graphs import DecodeGraphs
+from lorax_engine.core.scheduler import ScheduledChunk
+from lorax_engine.lora import LoraSlots
+from lorax_engine.models.decoder import DecoderModel
+from lorax_engine.models.forward_batch import ForwardBatch
+from lorax_kernels import LoraBatchMeta
+
+
+@dataclass(slots=True, frozen=True)
+class RunnerOutput:
+    """Logits of the chunks that sample (in chunk order) and the prompt logprobs gathered."""
+
+    sample_logits: torch.Tensor  # [num_sampling_chunks, vocab] float32
+    # Per chunk index, logprobs of the prompt tokens it scored (token j + 1 given tokens <= j).
+    prompt_logprobs: dict[int, list[float]]
+
+
+@dataclass(slots=True)
+class HostBatch:
+    """The step's inputs as numpy arrays, before they go to the device."""
+
+    input_ids: np.ndarray
+    positions: np.ndarray
+    slot_mapping: np.ndarray
+    block_tables: np.ndarray
+    seq_lens: np.ndarray
+    query_start_loc: np.ndarray
+    token_slots: np.ndarray
+    is_decode: bool
+
+
+class ModelRunner:
+    """Owns the model, its KV cache and (on CUDA) the decode graphs."""
+
+    def __init__(
+        self,
+        model: DecoderModel,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        block_size: int,
+        max_num_seqs: int,
+        max_num_tokens: int,
+        max_blocks_per_seq: int,
+        lora_slots: LoraSlots | None = None,
+        use_cuda_graphs: bool = False,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = kv_caches[0][0].device
+        self.max_blocks_per_seq = max_blocks_per_seq
+        self.lora_slots = lora_slots
+        self.lora_meta: LoraBatchMeta | None = None
+        if lora_slots is not None:
+            model.attach_lora(lora_slots)
+            self.lora_meta = lorax_kernels.LoraBatchMeta.allocate(
+                max_num_tokens, lora_slots.num_slots, self.device
+            )
+        self.graphs: DecodeGraphs | None = None
+        if use_cuda_graphs:
+            self.graphs = DecodeGraphs(self, max_num_seqs)
+
+    def build_host_batch(self, chunks: Sequence[ScheduledChunk]) -> HostBatch:
+        bs = self.block_size
+        ids: list[np.ndarray] = []
+        pos: list[np.ndarray] = []
+        slots: list[np.ndarray] = []
+        lora: list[np.ndarray] = []
+        seq_lens = np.empty(len(chunks), dtype=np.int32)
+        qsl = np.zeros(len(chunks) + 1, dtype=np.int32)
+        width = max(len(c.request.block_ids) for c in chunks)
+        tables = np.zeros((len(chunks), width), dtype=np.int32)
+        for i, c in enumerate(chunks):
+            req = c.request
+            end = c.start + c.num_tokens
+            p = np.arange(c.start, end, dtype=np.int64)
+            blocks = np.asarray(req.block_ids, dtype=np.int64)
+            ids.append(np.asarray(req.token_ids[c.start : end], dtype=np.int64))
+            pos.append(p)
+            slots.append(blocks[p // bs] * bs + p % bs)
+            lora.append(np.full(c.num_tokens, req.adapter_slot, dtype=np.int32))
+            seq_lens[i] = end
+            qsl[i + 1] = qsl[i] + c.num_tokens
+            tables[i, : len(blocks)] = blocks
+        return HostBatch(
+            input_ids=np.concatenate(ids),
+            positions=np.concatenate(pos),
+            slot_mapping=np.concatenate(slots),
+            block_tables=tables,
+            seq_lens=seq_lens,
+            query_start_loc=qsl,
+            token_slots=np.concatenate(lora),
+            is_decode=all(c.num_tokens == 1 for c in chunks),
+        )
+
+    def _lora_meta_for(self, token_slots: np.ndarray) -> LoraBatchMeta | None:
+        """Update the LoRA metadata for this step, or None when no token uses an adapter."""
+        if self.lora_meta is None or not bool((token_slots >= 0).any()):
+            return None
+        self.lora_meta.update_(torch.from_numpy(token_slots).to(self.device))
+        return self.lora_meta
+
+    @torch.inference_mode()
+    def execute(self, chunks: Sequence[ScheduledChunk]) -> RunnerOutput:
+        host = self.build_host_batch(chunks)
+        sampling = [i for i, c in enumerate(chunks) if c.samples]
+        if (
+            self.graphs is not None
+            and host.is_decode
+            and len(sampling) == len(chunks)
+            and self.graphs.can_run(len(chunks))
+        ):
+            logits = self.graphs.run(host, self._lora_meta_for(host.token_slots))
+            return RunnerOutput(logits, {})
+
+        dev = self.device
+        batch = ForwardBatch(
+            input_ids=torch.from_numpy(host.input_ids).to(dev, non_blocking=True),
+            positions=torch.from_numpy(host.positions).to(dev, non_blocking=True),
+            slot_mapping=torch.from_numpy(host.slot_mapping).to(dev, non_blocking=True),
+            block_tables=torch.from_numpy(host.block_tables).to(dev, non_blocking=True),
+            seq_lens=torch.from_numpy(host.seq_lens).to(dev, non_blocking=True),
+            query_start_loc=torch.from_numpy(host.query_start_loc).to(dev, non_blocking=True),
+            is_decode=host.is_decode,
+            lora_meta=self._lora_meta_for(host.token_slots),
+        )
+        hidden = self.model(batch, self.kv_caches)  # [num_tokens, hidden]
+
+        # Rows of `hidden` whose logits we need: prompt-scoring rows first, then sampling rows.
+        qsl = host.query_start_loc
+        score_rows: list[int] = []
+        score_next: list[int] = []
+        score_owner: list[int] = []
+        for i, c in enumerate(chunks):
+            req = c.request
+            if not req.wants_prompt_logprobs:
+                continue
+            # Token j's logits score prompt token j + 1.
+            last = min(c.start + c.num_tokens, req.num_prompt_tokens - 1)
+            for j in range(c.start, last):
+                score_rows.append(int(qsl[i]) + j - c.start)
+                score_next.append(req.token_ids[j + 1])
+                score_owner.append(i)
+        sample_rows = [int(qsl[i + 1]) - 1 for i in sampling]
+        rows = torch.tensor(score_rows + sample_rows, dtype=torch.long, device=dev)
+        logits = self.model.compute_logits(hidden.index_select(0, rows))  # [rows, vocab]
+        prompt_logprobs: dict[int, list[float]] = {}
+        if score_rows:
+            n = len(score_rows)
+            lp = torch.log_softmax(logits[:n], dim=-1)
+            nxt = torch.tensor(score_next, dtype=torch.long, device=dev).unsqueeze(1)
+            values = lp.gather(1, nxt).squeeze(1).tolist()
+            for owner, v in zip(score_owner, values, strict=True):
+                prompt_logprobs.setdefault(owner, []).append(v)
+            logits = logits[n:]
+        return RunnerOutput(logits, prompt_logprobs)

@@ -1,0 +1,173 @@
+"""Vectorized next-token selection for a batch of rows with heterogeneous parameters.
+
+Order (as in TGI/LoRAX): repetition penalty, frequency/presence penalties, constraint bitmask,
+then temperature, top-k, top-p, typical-p. Greedy and sampled rows share one pass; rows that do
+not use an expensive stage (penalties, constraints, typical-p) skip it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lorax_engine.params import SamplingParams
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def seeded_uniforms(seeds: list[int], steps: list[int]) -> np.ndarray:
+    """One uniform in [0, 1) per row from (seed, output index) with splitmix64.
+
+    A function of the seed and position alone, so a seeded request samples the same tokens
+    whatever else is in the batch, and again after a preemption recomputes it.
+    """
+    with np.errstate(over="ignore"):
+        z = (
+            np.array(seeds, dtype=np.uint64)
+            + (np.array(steps, dtype=np.uint64) + np.uint64(1)) * _GOLDEN
+        )
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(40)).astype(np.float64) / float(1 << 24)
+
+
+@dataclass(slots=True)
+class SamplingRow:
+    """What the sampler needs about one row besides its logits."""
+
+    params: SamplingParams
+    token_ids: list[int]  # prompt + output so far (for penalties)
+    num_prompt_tokens: int
+    step: int  # index of the token being chosen among the outputs
+    bitmask: np.ndarray | None = None  # int32 [ceil(vocab / 32)] from a TokenConstraint
+
+
+@dataclass(slots=True, frozen=True)
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float]
+    # Per row, the top-k (id, logprob) alternatives when the row asked for them.
+    alternatives: list[list[tuple[int, float]]]
+
+
+class Sampler:
+    """Turns ``[rows, vocab]`` float32 logits into one token per row."""
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        device = logits.device
+        num_rows, vocab = logits.shape
+        logits = logits.float()
+        pen = [i for i, r in enumerate(rows) if r.params.has_penalties]
+        if pen:
+            logits[pen] = _apply_penalties(logits[pen], [rows[i] for i in pen], vocab)
+        cons = [i for i, r in enumerate(rows) if r.bitmask is not None]
+        if cons:
+            masks = np.stack([rows[i].bitmask for i in cons])  # type: ignore[misc]
+            allowed = _unpack_bitmask(torch.from_numpy(masks).to(device), vocab)
+            logits[cons] = logits[cons].masked_fill(~allowed, float("-inf"))
+
+        temps = torch.tensor(
+            [1.0 if r.params.greedy else r.params.temperature for r in rows], device=device
+        )
+        scaled = logits / temps.unsqueeze(1)
+        logprobs_all = torch.log_softmax(scaled, dim=-1)  # [rows, vocab]
+        chosen = torch.argmax(logits, dim=-1)  # [rows]
+
+        samp = [i for i, r in enumerate(rows) if not r.params.greedy]
+        if samp:
+            chosen[samp] = _sample(scaled[samp], [rows[i] for i in samp], device)
+
+        chosen_logprobs = logprobs_all.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        k = max(r.params.return_k_alternatives for r in rows)
+        alt_lp = alt_ids = None
+        if k > 0:
+            alt_lp, alt_ids = logprobs_all.topk(min(k, vocab), dim=-1)
+        ids = chosen.tolist()
+        lps = chosen_logprobs.tolist()
+        alternatives: list[list[tuple[int, float]]] = [[] for _ in range(num_rows)]
+        if alt_ids is not None and alt_lp is not None:
+            alt_id_list = alt_ids.tolist()
+            alt_lp_list = alt_lp.tolist()
+            for i, r in enumerate(rows):
+                kk = r.params.return_k_alternatives
+                alternatives[i] = list(zip(alt_id_list[i][:kk], alt_lp_list[i][:kk], strict=True))
+        return SamplerOutput(ids, lps, alternatives)
+
+
+def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow], vocab: int) -> torch.Tensor:
+    """HF repetition penalty over prompt+output; OpenAI frequency/presence over the output."""
+    device = logits.device
+    seen_r: list[int] = []
+    seen_t: list[int] = []
+    out_r: list[int] = []
+    out_t: list[int] = []
+    for i, r in enumerate(rows):
+        seen_r.extend([i] * len(r.token_ids))
+        seen_t.extend(r.token_ids)
+        outputs = r.token_ids[r.num_prompt_tokens :]
+        out_r.extend([i] * len(outputs))
+        out_t.extend(outputs)
+    seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)
+    seen[torch.tensor(seen_r, device=device), torch.tensor(seen_t, device=device)] = True
+    counts = torch.zeros(len(rows), vocab, dtype=torch.float32, device=device)
+    if out_t:
+        counts.index_put_(
+            (torch.tensor(out_r, device=device), torch.tensor(out_t, device=device)),
+            torch.ones(len(out_t), device=device),
+            accumulate=True,
+        )
+    rep = torch.tensor([r.params.repetition_penalty for r in rows], device=device).unsqueeze(1)
+    freq = torch.tensor([r.params.frequency_penalty for r in rows], device=device).unsqueeze(1)
+    pres = torch.tensor([r.params.presence_penalty for r in rows], device=device).unsqueeze(1)
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalized, logits)
+    return logits - freq * counts - pres * (counts > 0).float()
+
+
+def _unpack_bitmask(masks: torch.Tensor, vocab: int) -> torch.Tensor:
+    """int32 ``[rows, ceil(vocab/32)]`` -> bool ``[rows, vocab]`` (bit ``t % 32`` of word ``t // 32``)."""
+    shifts = torch.arange(32, device=masks.device, dtype=torch.int32)
+    bits = (masks.unsqueeze(-1) >> shifts) & 1  # [rows, words, 32]
+    return bits.flatten(1)[:, :vocab].bool()
+
+
+def _sample(scaled: torch.Tensor, rows: list[SamplingRow], device: torch.device) -> torch.Tensor:
+    """Top-k, top-p, typical-p filtering on temperature-scaled logits, then inverse-CDF sampling."""
+    vocab = scaled.shape[1]
+    sorted_logits, sorted_idx = scaled.sort(dim=-1, descending=True)  # [n, vocab]
+    positions = torch.arange(vocab, device=device).unsqueeze(0)
+    top_k = torch.tensor([r.params.top_k or vocab for r in rows], device=device).unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(positions >= top_k, float("-inf"))
+    top_p = torch.tensor([r.params.top_p for r in rows], device=device).unsqueeze(1)
+    if bool((top_p < 1.0).any()):
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
+        sorted_logits = sorted_logits.masked_fill(before > top_p, float("-inf"))
+    typ = [i for i, r in enumerate(rows) if r.params.typical_p < 1.0]
+    if typ:
+        sorted_logits[typ] = _typical(sorted_logits[typ], [rows[i].params.typical_p for i in typ])
+    probs = sorted_logits.softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)  # [n, vocab]
+    u = seeded_uniforms([r.params.seed for r in rows], [r.step for r in rows])
+    target = torch.from_numpy(u).to(device=device, dtype=cdf.dtype).unsqueeze(1) * cdf[:, -1:]
+    pos = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1)
+    # Never land on a filtered token when rounding puts the target at the very end.
+    pos = torch.minimum(pos, (probs > 0).sum(dim=-1, keepdim=True) - 1)
+    return sorted_idx.gather(1, pos).squeeze(1)
+
+
+def _typical(sorted_logits: torch.Tensor, masses: list[float]) -> torch.Tensor:
+    """Keep the tokens whose surprise is closest to the entropy, up to ``mass`` (HF typical_p)."""
+    logp = sorted_logits.log_softmax(dim=-1)
+    p = logp.exp()
+    entropy = -(p * logp).nan_to_num().sum(dim=-1, keepdim=True)
+    shifted = (-logp - entropy).abs()
+    order_vals, order = shifted.sort(dim=-1)
+    cum = p.gather(1, order).cumsum(dim=-1)
+    mass = torch.tensor(masses, device=sorted_logits.device).unsqueeze(1)
+    last = (cum < mass).sum(dim=-1, keepdim=True).clamp_(max=sorted_logits.shape[1] - 1)
+    cutoff = order_vals.gather(1, last)
+    return sorted_logits.masked_fill(shifted > cutoff, float("-inf"))

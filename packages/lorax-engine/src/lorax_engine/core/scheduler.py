@@ -1,0 +1,169 @@
+"""Continuous batching: decode first, chunked prefill with what is left, preempt-newest on OOM."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lorax_engine.core.block_manager import BlockManager
+from lorax_engine.core.request import Request, RequestStatus
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerConfig:
+    """Per-step token budget and batch size."""
+
+    max_batch_prefill_tokens: int = 4096  # tokens computed per step, decodes included
+    max_batch_size: int = 256  # sequences running at once
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size <= 0:
+            raise ValueError("max_batch_size must be positive")
+        if self.max_batch_prefill_tokens < self.max_batch_size:
+            # Every running sequence must be able to decode in every step.
+            raise ValueError("max_batch_prefill_tokens must be >= max_batch_size")
+
+
+@dataclass(slots=True, frozen=True)
+class ScheduledChunk:
+    """``num_tokens`` tokens of ``request`` starting at token index ``start`` run this step."""
+
+    request: Request
+    start: int
+    num_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """The chunk reaches the end of the known tokens, so its last logits pick the next token."""
+        return self.start + self.num_tokens == self.request.num_tokens
+
+
+@dataclass(slots=True, frozen=True)
+class SchedulerOutput:
+    chunks: tuple[ScheduledChunk, ...] = ()
+    preempted: tuple[Request, ...] = ()
+    # Requests whose cancellation was processed this step (their blocks are free now).
+    aborted: tuple[Request, ...] = field(default_factory=tuple[Request, ...])
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+class Scheduler:
+    """Decides, each step, which tokens of which requests the model computes.
+
+    Running requests keep admission order (oldest first). They are served first, each with the
+    rest of its tokens up to the budget (one token for a decode); waiting requests are then
+    admitted while budget, batch size, blocks and ``can_schedule`` allow. When a running request
+    needs a block and none is free, the newest running request is preempted: its blocks are freed
+    and it goes back to the front of the queue to be recomputed from its tokens.
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        block_manager: BlockManager,
+        can_schedule: Callable[[Request], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.blocks = block_manager
+        self.can_schedule = can_schedule or (lambda _req: True)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._aborted: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+
+    def abort(self, request: Request) -> None:
+        """Cancel a request; its blocks are freed at the start of the next ``schedule``."""
+        request.aborted = True
+        self._aborted.append(request)
+
+    def finish(self, request: Request) -> None:
+        """A request is complete: free its blocks now."""
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.blocks.free(request.block_ids)
+        request.status = RequestStatus.FINISHED
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._aborted)
+
+    def schedule(self) -> SchedulerOutput:
+        aborted = self._process_aborts()
+        budget = self.config.max_batch_prefill_tokens
+        chunks: list[ScheduledChunk] = []
+        preempted: list[Request] = []
+        scheduled: set[int] = set()
+        # Decodes first (oldest first), then the running partial prefills with what is left.
+        order = sorted(self.running, key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
+        for req in order:
+            if budget == 0:
+                break
+            if req.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            bs = self.blocks.block_size
+            fits = (len(req.block_ids) + self.blocks.num_free_blocks) * bs - req.num_computed_tokens
+            if n > 1 and fits >= 1:
+                n = min(n, fits)  # a prefill chunk shrinks to the free blocks rather than evict
+            while not self.blocks.can_grow(req.block_ids, req.num_computed_tokens + n):
+                victim = next(r for r in reversed(self.running) if id(r) not in scheduled)
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is req:
+                    break
+            if req.status is not RequestStatus.RUNNING:
+                continue
+            self.blocks.grow(req.block_ids, req.num_computed_tokens + n)
+            chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            scheduled.add(id(req))
+            budget -= n
+
+        # Admit new work only when nothing was preempted: otherwise we would evict and readmit.
+        while (
+            not preempted
+            and self.waiting
+            and budget > 0
+            and len(self.running) < self.config.max_batch_size
+        ):
+            req = self.waiting[0]
+            if not self.can_schedule(req):
+                break
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self.blocks.can_grow(req.block_ids, req.num_computed_tokens + n):
+                break
+            self.waiting.popleft()
+            self.blocks.grow(req.block_ids, req.num_computed_tokens + n)
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            budget -= n
+        return SchedulerOutput(tuple(chunks), tuple(preempted), tuple(aborted))
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.blocks.free(req.block_ids)
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        req.status = RequestStatus.WAITING
+        self.waiting.appendleft(req)
+        self.num_preemptions += 1
+
+    def _process_aborts(self) -> list[Request]:
+        done: list[Request] = []
+        for req in self._aborted:
+            if req.status is RequestStatus.FINISHED:
+                continue
+            self.finish(req)
+            done.append(req)
+        self._aborted.clear()
+        return done

@@ -1,0 +1,265 @@
+"""Llama / Mistral / Qwen2 decoder over a flat token batch and a paged KV cache.
+
+The three architectures differ only in config (q/k/v biases, sliding window, rope scaling), so
+one module implements them. Projections are fused (qkv, gate_up) so each layer runs four GEMMs;
+every projection adds the LoRA delta of the batch's adapters through the slot tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lorax_kernels
+from lorax_engine.lora import LoraSlots, ModelLoraSpec
+from lorax_engine.models.forward_batch import ForwardBatch
+from lorax_engine.models.model_config import ModelConfig
+from lorax_engine.models.rope import RotaryEmbedding
+from lorax_kernels import LoraBatchMeta
+
+
+class RMSNorm(nn.Module):
+    """RMS norm computed in float32, cast back before the weight (as HF Llama does)."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class LoraLinear(nn.Module):
+    """A (possibly fused) linear layer ``y = x W^T (+ b) + LoRA(x)``."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, layer: int, name: str
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.layer = layer
+        self.name = name
+        self.slots: LoraSlots | None = None
+
+    def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)  # [num_tokens, out_features]
+        if lora_meta is not None and self.slots is not None:
+            table = self.slots.table(self.layer, self.name)
+            h = lorax_kernels.lora_shrink(x, table.lora_a, table.slot_ranks, lora_meta)
+            lorax_kernels.lora_expand_(
+                y,
+                h,
+                table.lora_b,
+                table.slot_ranks,
+                table.slot_scales,
+                table.slice_offsets,
+                lora_meta,
+            )
+        return y
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = LoraLinear(
+            cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, cfg.qkv_bias, layer, "qkv"
+        )
+        self.o = LoraLinear(cfg.q_size, cfg.hidden_size, cfg.o_bias, layer, "o")
+        self.scale = cfg.head_dim**-0.5
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: ForwardBatch,
+        rotary: RotaryEmbedding,
+        kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        qkv = self.qkv(x, batch.lora_meta)  # [T, q_size + 2 * kv_size]
+        q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        q = q.view(-1, cfg.num_heads, cfg.head_dim)
+        k = k.view(-1, cfg.num_kv_heads, cfg.head_dim)
+        v = v.reshape(-1, cfg.num_kv_heads, cfg.head_dim)
+        q, k = rotary(batch.positions, q, k)
+        k_cache, v_cache = kv
+        lorax_kernels.reshape_and_cache_(k, v, k_cache, v_cache, batch.slot_mapping)
+        if batch.is_decode:
+            out = lorax_kernels.paged_decode_attention(
+                q,
+                k_cache,
+                v_cache,
+                batch.block_tables,
+                batch.seq_lens,
+                self.scale,
+                sliding_window=cfg.sliding_window,
+            )
+        else:
+            out = lorax_kernels.paged_prefill_attention(
+                q,
+                k_cache,
+                v_cache,
+                batch.block_tables,
+                batch.query_start_loc,
+                batch.seq_lens,
+                self.scale,
+                sliding_window=cfg.sliding_window,
+            )
+        return self.o(out.reshape(-1, cfg.q_size), batch.lora_meta)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.gate_up = LoraLinear(
+            cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias, layer, "gate_up"
+        )
+        self.down = LoraLinear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, layer, "down")
+
+    def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
+        gate, up = self.gate_up(x, lora_meta).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up, lora_meta)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg, layer)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: ForwardBatch,
+        rotary: RotaryEmbedding,
+        kv: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        x = x + self.attn(self.input_norm(x), batch, rotary, kv)
+        return x + self.mlp(self.post_attn_norm(x), batch.lora_meta)
+
+
+class DecoderModel(nn.Module):
+    """A causal LM: ``forward`` gives hidden states, ``compute_logits`` the vocabulary scores."""
+
+    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        )
+        self.rotary = RotaryEmbedding(cfg.rope, cfg.head_dim, max_positions)
+
+    def forward(
+        self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        x = self.embed(batch.input_ids)  # [num_tokens, hidden]
+        for layer, kv in zip(self.layers, kv_caches, strict=True):
+            x = layer(x, batch, self.rotary, kv)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[n, hidden] -> [n, vocab]`` float32 logits."""
+        weight = self.embed.weight if self.lm_head is None else self.lm_head
+        return F.linear(hidden, weight).float()
+
+    def lora_spec(self) -> ModelLoraSpec:
+        cfg = self.cfg
+        return ModelLoraSpec(
+            architecture=cfg.architecture,
+            num_layers=cfg.num_layers,
+            targets={
+                "q_proj": (cfg.hidden_size, cfg.q_size),
+                "k_proj": (cfg.hidden_size, cfg.kv_size),
+                "v_proj": (cfg.hidden_size, cfg.kv_size),
+                "o_proj": (cfg.q_size, cfg.hidden_size),
+                "gate_proj": (cfg.hidden_size, cfg.intermediate_size),
+                "up_proj": (cfg.hidden_size, cfg.intermediate_size),
+                "down_proj": (cfg.intermediate_size, cfg.hidden_size),
+            },
+        )
+
+    def attach_lora(self, slots: LoraSlots) -> None:
+        """Point every projection at the slot tables (they stay preallocated for CUDA graphs)."""
+        for module in self.modules():
+            if isinstance(module, LoraLinear):
+                module.slots = slots
+
+    def load_hf_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors into the fused parameters; raises on missing or unexpected names."""
+        cfg = self.cfg
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        q, kv, inter = cfg.q_size, cfg.kv_size, cfg.intermediate_size
+        fused = {  # HF suffix -> (our suffix, row offset)
+            "self_attn.q_proj": ("attn.qkv", 0),
+            "self_attn.k_proj": ("attn.qkv", q),
+            "self_attn.v_proj": ("attn.qkv", q + kv),
+            "self_attn.o_proj": ("attn.o", 0),
+            "mlp.gate_proj": ("mlp.gate_up", 0),
+            "mlp.up_proj": ("mlp.gate_up", inter),
+            "mlp.down_proj": ("mlp.down", 0),
+            "input_layernorm": ("input_norm", 0),
+            "post_attention_layernorm": ("post_attn_norm", 0),
+        }
+        for name, tensor in weights:
+            if "rotary_emb" in name:
+                continue
+            target, offset = _map_name(name, fused)
+            if target is None:
+                if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                    continue
+                raise ValueError(f"unexpected weight {name!r} in checkpoint")
+            param = params[target]
+            rows = tensor.shape[0]
+            with torch.no_grad():
+                param[offset : offset + rows].copy_(tensor)
+            loaded.add(f"{target}@{offset}")
+        expected = _expected_keys(self, fused)
+        missing = expected - loaded
+        if missing:
+            raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:6]}")
+
+
+def _map_name(name: str, fused: dict[str, tuple[str, int]]) -> tuple[str | None, int]:
+    if name == "model.embed_tokens.weight":
+        return "embed.weight", 0
+    if name == "model.norm.weight":
+        return "norm.weight", 0
+    if name == "lm_head.weight":
+        return "lm_head", 0
+    parts = name.split(".")
+    if len(parts) >= 5 and parts[0] == "model" and parts[1] == "layers":
+        layer = parts[2]
+        module = ".".join(parts[3:-1])
+        kind = parts[-1]
+        if module in fused:
+            ours, offset = fused[module]
+            return f"layers.{layer}.{ours}.{kind}", offset
+    return None, 0
+
+
+def _expected_keys(model: DecoderModel, fused: dict[str, tuple[str, int]]) -> set[str]:
+    keys = {"embed.weight@0", "norm.weight@0"}
+    if model.lm_head is not None:
+        keys.add("lm_head@0")
+    params = dict(model.named_parameters())
+    for i in range(model.cfg.num_layers):
+        for ours, offset in fused.values():
+            for kind in ("weight", "bias"):
+                if f"layers.{i}.{ours}.{kind}" in params:
+                    keys.add(f"layers.{i}.{ours}.{kind}@{offset}")
+    return keys
