@@ -163,7 +163,10 @@ class Parameters(BaseModel):
             raise ValidationError("give at most one of `adapter_id` and `merged_adapters`")
         for name in ("max_new_tokens", "top_k", "repetition_penalty", "truncate"):
             _positive(name, getattr(self, name))
-        _positive("return_k_alternatives", self.return_k_alternatives)
+        if self.return_k_alternatives is not None and self.return_k_alternatives < 0:
+            raise ValidationError("`return_k_alternatives` must be >= 0")
+        if any(not s for s in self.stop):
+            raise ValidationError("`stop` sequences must not be empty")
         if self.temperature is not None and self.temperature < 0:
             raise ValidationError("`temperature` must be non-negative")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
@@ -174,8 +177,8 @@ class Parameters(BaseModel):
             value: float | None = getattr(self, name)
             if value is not None and not -2.0 <= value <= 2.0:
                 raise ValidationError(f"`{name}` must be >= -2.0 and <= 2.0")
-        if self.seed is not None and self.seed < 0:
-            raise ValidationError("`seed` must be non-negative")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise ValidationError("`seed` must be in [0, 2**64)")
         if self.best_of is not None:
             _positive("best_of", self.best_of)
             if self.best_of > 1 and self.seed is not None:
@@ -185,11 +188,11 @@ class Parameters(BaseModel):
         return self
 
     def _sampling(self) -> bool:
-        # A greedy request (temperature 0) gives best_of identical candidates: refuse it.
-        if self.temperature == 0:
-            return False
-        return self.do_sample or any(
-            v is not None for v in (self.temperature, self.top_k, self.top_p, self.typical_p)
+        # temperature 0 alone means greedy; any other sampling knob turns sampling on.
+        return (
+            self.do_sample
+            or (self.temperature is not None and self.temperature > 0)
+            or any(v is not None for v in (self.top_k, self.top_p, self.typical_p))
         )
 
 
