@@ -52,6 +52,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "tenants": {"enabled": True, "content": '[tenants.acme]\nkey_sha256 = "ab"\n'},
         "otel": {"endpoint": "http://otel-collector.observability:4318"},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "networkPolicy": {"engineClientNamespaces": {"kubernetes.io/metadata.name": "debug"}},
     },
     "cpu-only": {"gateway": {"replicas": 1}, "engine": {"gpus": 0}},
     "existing-tenants-secret": {"tenants": {"enabled": True, "existingSecret": "my-tenants"}},
@@ -271,28 +272,49 @@ def test_auth_off_by_default_and_tenants_need_a_source() -> None:
         render({"tenants": {"enabled": True}})
 
 
-def test_service_monitor_scrapes_every_component() -> None:
+def pod_labels(deployment: Manifest) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def test_service_monitor_scrapes_the_gateways() -> None:
     manifests = render(SCENARIOS["everything-on"])
     (monitor,) = of_kind(manifests, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
-    selector = monitor["spec"]["selector"]["matchLabels"]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
-    scraped = [
-        s
-        for s in of_kind(manifests, "Service")
-        if selector.items() <= s["metadata"]["labels"].items()
-    ]
-    assert {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in scraped} == {
-        "gateway",
-        "engine",
-    }
-    assert len(scraped) == len(of_kind(manifests, "Service"))
-    for service in scraped:
-        assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = of_kind(manifests, "Service")
+    # Only the gateways: their /metrics carry the engines' series, and the engines accept
+    # connections from gateways alone.
+    scraped = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+    assert scraped == component(manifests, "Service", "gateway")
+    (service,) = scraped
+    assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
     assert of_kind(render(), "ServiceMonitor") == []
+
+
+def test_only_gateways_reach_the_engines() -> None:
+    manifests = render(SCENARIOS["everything-on"])
+    (policy,) = of_kind(manifests, "NetworkPolicy")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for deployment in of_kind(manifests, "Deployment"):
+        selected = selector.items() <= pod_labels(deployment).items()
+        assert selected == (deployment in component(manifests, "Deployment", "engine"))
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    gateway_source, namespace_source = rule["from"]
+    (gateway,) = component(manifests, "Deployment", "gateway")
+    assert gateway_source["podSelector"]["matchLabels"].items() <= pod_labels(gateway).items()
+    assert namespace_source == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "debug"}}
+    }
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    (default_policy,) = of_kind(render(), "NetworkPolicy")
+    (default_rule,) = default_policy["spec"]["ingress"]
+    assert len(default_rule["from"]) == 1
+    assert of_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
 
 
 def test_pods_run_unprivileged_as_the_image_user(
