@@ -30,6 +30,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "gateway": {
             "replicas": 3,
             "service": {"type": "LoadBalancer", "annotations": {"lb": "internal"}},
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-buffering": "off"},
+                "hosts": ["llm.example.com", "llm2.example.com"],
+                "tls": [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}],
+            },
             "extraArgs": ["--max-concurrent-requests", "512"],
             "env": [{"name": "TZ", "value": "UTC"}],
             "podAnnotations": {"team": "ml"},
@@ -98,8 +105,9 @@ def scenario(request: pytest.FixtureRequest) -> tuple[dict[str, Any], list[Manif
     return values, render(values)
 
 
-def test_helm_lint_is_clean() -> None:
-    report = helm.lint(CHART, strict=True)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_helm_lint_is_clean(name: str) -> None:
+    report = helm.lint(CHART, SCENARIOS[name], strict=True)
     assert report["errors"] == []
     # Severity 2 = warning, 3 = error; 1 (info: "icon is recommended") is fine.
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
@@ -359,6 +367,27 @@ def test_engine_cache_persistence() -> None:
     volumes = {v["name"]: v for v in engine["spec"]["template"]["spec"]["volumes"]}
     assert volumes["data"] == {"name": "data", "emptyDir": {"sizeLimit": "100Gi"}}
     assert of_kind(render(), "PersistentVolumeClaim") == []
+
+
+def test_ingress_routes_every_host_to_the_gateway_service() -> None:
+    manifests = render(SCENARIOS["everything-on"])
+    (ingress,) = of_kind(manifests, "Ingress")
+    (service,) = component(manifests, "Service", "gateway")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}]
+    assert [rule["host"] for rule in ingress["spec"]["rules"]] == [
+        "llm.example.com",
+        "llm2.example.com",
+    ]
+    for rule in ingress["spec"]["rules"]:
+        (path,) = rule["http"]["paths"]
+        assert path["path"] == "/"
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] in [p["name"] for p in service["spec"]["ports"]]
+    assert of_kind(render(), "Ingress") == []
+    with pytest.raises(helm.HelmRenderError, match=re.escape("gateway.ingress.hosts")):
+        render({"gateway": {"ingress": {"enabled": True}}})
 
 
 def test_disruption_budget_only_with_spare_gateways() -> None:
