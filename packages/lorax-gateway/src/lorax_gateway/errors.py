@@ -27,6 +27,7 @@ STATUS_BY_ERROR_TYPE: dict[str, int] = {
     "payload_too_large": 413,
     "unavailable": 503,
     "healthcheck": 503,
+    "not_supported": 501,
     "internal": 500,
 }
 

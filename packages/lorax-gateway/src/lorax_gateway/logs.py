@@ -36,13 +36,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``time level logger: message key=value ...`` with the record's extras."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{k}={v}"
+            for k, v in vars(record).items()
+            if k not in _STD_ATTRS and not k.startswith("_") and v is not None
+        )
+        line = super().format(record)
+        return f"{line} {extras}" if extras else line
+
+
 def configure_logging(config: LoggingConfig) -> None:
     """Install the handler on the ``lorax_gateway`` logger (and uvicorn's, for one format)."""
     handler = logging.StreamHandler(sys.stderr)
     if config.json_output:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     for name in ("lorax_gateway", "uvicorn", "uvicorn.error"):
         log = logging.getLogger(name)
         log.handlers = [handler]

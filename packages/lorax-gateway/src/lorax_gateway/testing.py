@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
@@ -50,3 +51,87 @@ def serve(app: Litestar, backend: EngineBackend, timeout_s: float = 20.0) -> Gen
     finally:
         server.should_exit = True
         thread.join(timeout=timeout_s)
+
+
+def engine_app(backend: EngineBackend) -> Litestar:
+    """An app speaking the engine wire protocol (``lorax-engine serve``'s routes) over ``backend``.
+
+    With the synthetic backend this stands in for a real engine process in the gateway's own
+    tests (kill, hang and restart cases) without loading a model.
+    """
+    from litestar import MediaType, Request, Response, get, post
+    from litestar.response import Stream
+
+    from lorax_gateway.routes.common import sse
+
+    @post("/engine/generate", status_code=200)
+    async def generate(request: Request[Any, Any, Any]) -> Stream:
+        body = await request.json()
+        headers = {k: v for k, v in request.headers.items() if k in ("traceparent", "tracestate")}
+        events = backend.generate(body, headers)
+
+        async def relay() -> AsyncGenerator[bytes]:
+            try:
+                async for event in events:
+                    yield sse(event)
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return Stream(relay(), media_type="text/event-stream")
+
+    @post("/tokenize", status_code=200)
+    async def tokenize(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+        body = await request.json()
+        return await backend.tokenize(body["inputs"], bool(body.get("add_special_tokens", True)))
+
+    @post("/engine/chat_template", status_code=200)
+    async def chat_template(request: Request[Any, Any, Any]) -> dict[str, str]:
+        body = await request.json()
+        prompt = await backend.apply_chat_template(
+            body["messages"], body.get("adapter_id"), body.get("tools")
+        )
+        return {"prompt": prompt}
+
+    @get("/info")
+    async def info() -> dict[str, Any]:
+        return await backend.info()
+
+    @get("/health")
+    async def health() -> Response[dict[str, str]]:
+        return Response({}, status_code=200 if await backend.health() else 503)
+
+    @get("/metrics", media_type=MediaType.TEXT)
+    async def metrics() -> str:
+        return "".join(text for _, text in await backend.metrics_texts())
+
+    return Litestar([generate, tokenize, chat_template, info, health, metrics], logging_config=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lorax_gateway.testing --port N [--token-delay-s S]``: a synthetic engine process."""
+    import argparse
+
+    from lorax_gateway.backends.synthetic import SyntheticBackend, SyntheticConfig
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token-delay-s", type=float, default=0.0)
+    parser.add_argument("--adapters", default="")
+    parser.add_argument("--model-id", default="synthetic")
+    args = parser.parse_args(argv)
+    backend = SyntheticBackend(
+        SyntheticConfig(
+            model_id=args.model_id,
+            token_delay_s=args.token_delay_s,
+            adapters=tuple(a for a in args.adapters.split(",") if a),
+        )
+    )
+    uvicorn.run(
+        engine_app(backend), host="127.0.0.1", port=args.port, log_config=None, access_log=False
+    )
+
+
+if __name__ == "__main__":
+    main()
