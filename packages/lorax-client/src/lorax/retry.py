@@ -25,7 +25,7 @@ import httpx
 __all__ = ["RetryConfig", "parse_retry_after"]
 
 # Errors raised before a single byte of the request left this process.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 @dataclass(slots=True, frozen=True)
