@@ -6,6 +6,7 @@ import gc
 import json
 
 import numpy as np
+import pytest
 from transformers import PreTrainedTokenizerFast
 
 from lorax_engine.structured import (
@@ -104,3 +105,17 @@ def _registered() -> dict[int, ConstraintFactory]:
     from lorax_engine.structured import factory as factory_module
 
     return factory_module._factories  # pyright: ignore[reportPrivateUsage]
+
+
+def test_mask_sized_for_a_padded_model_vocab(bpe_tokenizer: PreTrainedTokenizerFast) -> None:
+    factory = ConstraintFactory(bpe_tokenizer)
+    constraint = factory.make({"type": "json_object"})
+    assert constraint is not None
+    padded = np.full(factory.mask_words + 3, -1, dtype=np.int32)
+    constraint.fill_allowed(padded)
+    exact = np.zeros(factory.mask_words, dtype=np.int32)
+    constraint.fill_allowed(exact)
+    np.testing.assert_array_equal(padded[: factory.mask_words], exact)
+    assert not padded[factory.mask_words :].any()
+    with pytest.raises(ValueError, match="words"):
+        constraint.fill_allowed(np.zeros(factory.mask_words - 1, dtype=np.int32))

@@ -21,8 +21,9 @@ class TokenConstraint(Protocol):
 
     def fill_allowed(self, bitmask: npt.NDArray[np.int32]) -> None:
         """Write the allowed next tokens into `bitmask` (int32 `[ceil(vocab/32)]`, bit
-        `t % 32` of word `t // 32` set = token `t` allowed). Stop tokens are allowed only
-        where the document is complete."""
+        `t % 32` of word `t // 32` set = token `t` allowed; a longer mask, sized for a model
+        vocabulary padded past the tokenizer's, has its extra words zeroed). Stop tokens are
+        allowed only where the document is complete."""
         ...
 
     def accept(self, token_id: int) -> bool:

@@ -91,12 +91,15 @@ class LLGuidanceConstraint:
         self._mask_bytes = mask_words * 4
 
     def fill_allowed(self, bitmask: npt.NDArray[np.int32]) -> None:
+        """Fill `bitmask`; a mask longer than the tokenizer's vocabulary (a model whose
+        embedding is padded past it) gets its extra words zeroed: padding ids never allowed."""
         # The pointer goes straight to Rust: check what it points at first.
-        if bitmask.dtype != np.int32 or not bitmask.flags.c_contiguous:
-            raise ValueError("bitmask must be a C-contiguous int32 array")
-        if bitmask.nbytes != self._mask_bytes:
-            raise ValueError(f"bitmask must have {self._mask_bytes // 4} words, got {bitmask.size}")
-        self._matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
+        if bitmask.dtype != np.int32 or bitmask.ndim != 1 or not bitmask.flags.c_contiguous:
+            raise ValueError("bitmask must be a 1-D C-contiguous int32 array")
+        if bitmask.nbytes < self._mask_bytes:
+            raise ValueError(f"bitmask needs >= {self._mask_bytes // 4} words, got {bitmask.size}")
+        self._matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, self._mask_bytes)
+        bitmask[self._mask_bytes // 4 :] = 0
 
     def accept(self, token_id: int) -> bool:
         return self._matcher.consume_token(token_id)
