@@ -1,10 +1,13 @@
-"""Fixtures of the deployment tests: the repository and its parsed image Dockerfiles."""
+"""Fixtures of the deployment tests: the repository, its parsed Dockerfiles and compose file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from .dockerfile_parser import Dockerfile, DockerIgnore, parse_dockerfile
 
@@ -31,3 +34,23 @@ def dockerignores() -> dict[str, DockerIgnore]:
         name: DockerIgnore.load(REPO / "images" / name / "Dockerfile.dockerignore")
         for name in IMAGES
     }
+
+
+def _interpolate(text: str) -> str:
+    """Compose's `${VAR:-default}` / `${VAR-default}` / `${VAR}` with an empty environment."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+
+
+@pytest.fixture(scope="session")
+def compose() -> dict[str, Any]:
+    """docker-compose.yml with its variables at their defaults (as with an empty environment)."""
+    return yaml.safe_load(_interpolate((REPO / "docker-compose.yml").read_text()))
+
+
+def compose_argv(
+    compose: dict[str, Any], dockerfiles: dict[str, Dockerfile], service: str
+) -> list[str]:
+    """What a compose service's container runs: the image's ENTRYPOINT, then the `command`."""
+    command = compose["services"][service]["command"]
+    assert isinstance(command, list), "use the list form: no shell between Docker and the server"
+    return dockerfiles[service].final.last("ENTRYPOINT").exec_form() + command

@@ -15,31 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import yaml
 
 from lorax_gateway.cli import build_parser as gateway_parser
 
+from .conftest import compose_argv
 from .dockerfile_parser import Dockerfile
 
 SERVICES = ("gateway", "engine")
-
-
-def _interpolate(text: str) -> str:
-    """Compose's `${VAR:-default}` / `${VAR-default}` / `${VAR}` with an empty environment."""
-    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
-
-
-@pytest.fixture(scope="module")
-def compose(repo: Path) -> dict[str, Any]:
-    return yaml.safe_load(_interpolate((repo / "docker-compose.yml").read_text()))
-
-
-def _argv(compose: dict[str, Any], dockerfiles: dict[str, Dockerfile], service: str) -> list[str]:
-    """What the container runs: the image's ENTRYPOINT followed by the compose `command`."""
-    command = compose["services"][service]["command"]
-    assert isinstance(command, list), "use the list form: no shell between Docker and the server"
-    return dockerfiles[service].final.last("ENTRYPOINT").exec_form() + command
 
 
 def _flag(argv: list[str], name: str) -> str:
@@ -100,7 +83,7 @@ def test_services_build_the_repository_images(compose: dict[str, Any], repo: Pat
 def test_gateway_command_is_valid_and_points_at_the_engine(
     compose: dict[str, Any], dockerfiles: dict[str, Dockerfile]
 ) -> None:
-    argv = _argv(compose, dockerfiles, "gateway")
+    argv = compose_argv(compose, dockerfiles, "gateway")
     assert argv[:2] == ["lorax-gateway", "serve"]
     # The gateway's own parser accepts the command, so every flag name and value is real.
     args = gateway_parser().parse_args(argv[1:])
@@ -109,7 +92,7 @@ def test_gateway_command_is_valid_and_points_at_the_engine(
     assert args.port == exposed
     assert compose["services"]["gateway"]["ports"] == [f"{exposed}:{exposed}"]
 
-    engine_argv = _argv(compose, dockerfiles, "engine")
+    engine_argv = compose_argv(compose, dockerfiles, "engine")
     engine_port = int(_flag(engine_argv, "--port"))
     assert len(args.engine_url) == 1
     url = urlsplit(args.engine_url[0])
@@ -121,7 +104,7 @@ def test_gateway_command_is_valid_and_points_at_the_engine(
 def test_engine_command_serves_the_model_on_its_exposed_port(
     compose: dict[str, Any], dockerfiles: dict[str, Dockerfile]
 ) -> None:
-    argv = _argv(compose, dockerfiles, "engine")
+    argv = compose_argv(compose, dockerfiles, "engine")
     assert argv[:2] == ["lorax-engine", "serve"]
     exposed = dockerfiles["engine"].final.last("EXPOSE").args
     assert _flag(argv, "--port") == exposed
