@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import numpy as np
@@ -19,6 +19,9 @@ import numpy.typing as npt
 
 from lorax_engine.structured.config import SEPARATORS, Whitespace
 from lorax_engine.structured.response_format import JsonSchemaFormat
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 # Errors never echo the request's schema or parser state into messages and logs.
 _LIMITS = llguidance.LLParserLimits(verbose_errors=False)
@@ -122,7 +125,7 @@ class LLGuidanceBackend:
         # Overrides beat a schema's own `x-guidance` options, so no request can turn on free
         # whitespace (unbounded documents), lenient mode (ignored keywords) or oneOf coercion
         # (a weaker anyOf).
-        self._options: dict[str, Any] = {
+        self._options: JsonCompileOptions = {
             "item_separator": item_sep,
             "key_separator": key_sep,
             "whitespace_flexible": False,
