@@ -1,0 +1,332 @@
+"""The manager: background loads, slot residency with eviction, failures, tenant scoping."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorax_engine.adapters import (
+    AdapterHandle,
+    AdapterLoader,
+    AdapterManager,
+    AdapterRef,
+    AdapterState,
+    HostAdapterCache,
+    LoadLimits,
+    LocalSource,
+    LoraWeights,
+    ManagerConfig,
+    MergeSpec,
+    SourceRegistry,
+    load_peft_lora,
+)
+
+from .conftest import Spec
+
+
+class FakeSlots:
+    """Records what each slot holds; refuses to overwrite a slot a running request uses."""
+
+    def __init__(self, num_slots: int) -> None:
+        self.held: list[LoraWeights | None] = [None] * num_slots
+        self.in_use: set[int] = set()
+        self.writes = 0
+
+    def write_(self, slot: int, weights: LoraWeights) -> None:
+        assert slot not in self.in_use, f"slot {slot} overwritten while a running request uses it"
+        self.held[slot] = LoraWeights(
+            weights.adapter_key,
+            weights.rank,
+            weights.scale,
+            {k: (a.clone(), b.clone()) for k, (a, b) in weights.modules.items()},
+        )
+        self.writes += 1
+
+
+def _manager(
+    root: Path, spec: Spec, num_slots: int, *, host_bytes: int = 1 << 30, **config: float
+) -> tuple[AdapterManager, FakeSlots]:
+    loader = AdapterLoader(
+        SourceRegistry({"local": LocalSource([root])}),
+        spec,
+        LoadLimits(max_rank=16),
+        HostAdapterCache(host_bytes),
+    )
+    slots = FakeSlots(num_slots)
+    return AdapterManager(loader, slots, ManagerConfig(num_slots=num_slots, **config)), slots  # type: ignore[arg-type]
+
+
+def _wait_ready(manager: AdapterManager, handles: list[AdapterHandle], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(manager.state(h) is AdapterState.LOADING for h in handles):
+        assert time.monotonic() < deadline, "adapters never became ready"
+        manager.step()
+        time.sleep(0.005)
+
+
+def _ref(name: str, **kw: object) -> AdapterRef:
+    return AdapterRef(name, source="local", **kw)  # type: ignore[arg-type]
+
+
+def test_request_is_non_blocking_and_becomes_ready(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a")
+    manager, slots = _manager(tmp_path, spec, 2)
+    handle = manager.request(_ref("a"))
+    assert manager.state(handle) is AdapterState.LOADING  # nothing is loaded on the caller's thread
+    _wait_ready(manager, [handle])
+    slot = manager.acquire(handle)
+    held = slots.held[slot]
+    assert held is not None
+    assert held.equal(load_peft_lora(tmp_path / "a", held.adapter_key, spec, LoadLimits()))
+    manager.release(handle)
+    base = manager.request(AdapterRef())
+    assert manager.state(base) is AdapterState.READY
+    assert manager.acquire(base) == -1
+    manager.shutdown()
+
+
+def test_more_adapters_than_slots_under_concurrent_requests(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    """A scheduler-like loop: 6 adapters, 2 slots, 60 requests; all finish, none is evicted in use."""
+    names = [f"a{i}" for i in range(6)]
+    for i, n in enumerate(names):
+        make_adapter(n, r=4 + 4 * (i % 3), seed=i)
+    manager, slots = _manager(tmp_path, spec, 2, cycle_time_s=0.0)
+    rng = random.Random(0)
+    pending = [manager.request(_ref(rng.choice(names))) for _ in range(60)]
+    running: dict[int, tuple[AdapterHandle, int, int]] = {}  # handle id -> handle, slot, steps left
+    finished = 0
+    for _ in range(5000):
+        manager.step()
+        for hid, (h, slot, left) in list(running.items()):
+            held = slots.held[slot]
+            assert held is not None
+            assert held.adapter_key == h.key  # the slot still holds this request's adapter
+            if left == 0:
+                del running[hid]
+                manager.release(h)
+                finished += 1
+                if all(r[1] != slot for r in running.values()):
+                    slots.in_use.discard(slot)
+            else:
+                running[hid] = (h, slot, left - 1)
+        for h in list(pending):
+            if manager.state(h) is AdapterState.READY and len(running) < 4:
+                slot = manager.acquire(h)
+                slots.in_use.add(slot)
+                running[h.id] = (h, slot, rng.randint(0, 3))
+                pending.remove(h)
+        if not pending and not running:
+            break
+        time.sleep(0.001)
+    assert finished == 60
+    assert manager.stats["evictions"] > 0
+    assert manager.stats["load_failures"] == 0
+    manager.shutdown()
+
+
+def test_evicted_then_promoted_weights_are_bit_identical(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a", seed=1)
+    make_adapter("b", seed=2)
+    manager, slots = _manager(tmp_path, spec, 1)
+    ha = manager.request(_ref("a"))
+    _wait_ready(manager, [ha])
+    first = slots.held[manager.acquire(ha)]
+    assert first is not None
+    manager.release(ha)
+    hb = manager.request(_ref("b"))
+    _wait_ready(manager, [hb])  # b takes the only slot: a goes back to the CPU tier
+    assert set(manager.resident()) == {hb.key}
+    assert ha.key in manager.loader.host_cache
+    manager.acquire(hb)
+    manager.release(hb)
+    shutil.rmtree(tmp_path / "a")  # so "a" can only come back from the CPU tier
+    ha2 = manager.request(_ref("a"))
+    _wait_ready(manager, [ha2])
+    again = slots.held[manager.acquire(ha2)]
+    assert again is not None
+    assert again.equal(first)
+    manager.shutdown()
+
+
+def test_a_slot_in_use_is_never_evicted(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a", seed=1)
+    make_adapter("b", seed=2)
+    manager, _ = _manager(tmp_path, spec, 1, cycle_time_s=0.0)
+    ha = manager.request(_ref("a"))
+    _wait_ready(manager, [ha])
+    manager.acquire(ha)
+    hb = manager.request(_ref("b"))
+    for _ in range(50):
+        manager.step()
+        time.sleep(0.002)
+    assert manager.state(hb) is AdapterState.LOADING  # waits: the only slot is in use
+    assert set(manager.resident()) == {ha.key}
+    manager.release(ha)
+    _wait_ready(manager, [hb])
+    assert set(manager.resident()) == {hb.key}
+    manager.shutdown()
+
+
+def test_waiting_adapter_keeps_its_slot_for_a_cycle(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a", seed=1)
+    make_adapter("b", seed=2)
+    now = [0.0]
+    manager, _ = _manager(tmp_path, spec, 1, cycle_time_s=5.0)
+    manager._clock = lambda: now[0]
+    ha = manager.request(_ref("a"))
+    _wait_ready(manager, [ha])
+    hb = manager.request(_ref("b"))
+    deadline = time.monotonic() + 30
+    while manager.stats["loads"] < 2:  # b is loaded in the CPU tier, but a's requests still wait
+        assert time.monotonic() < deadline
+        manager.step()
+        time.sleep(0.005)
+    manager.step()
+    assert manager.state(hb) is AdapterState.LOADING
+    now[0] = 5.0  # a's slice is over while it still has waiting requests: b may take the slot
+    manager.step()
+    assert manager.state(hb) is AdapterState.READY
+    assert manager.state(ha) is AdapterState.LOADING  # back in the CPU tier, promoted on its turn
+    manager.shutdown()
+
+
+def test_a_bad_adapter_fails_only_its_own_requests(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("good")
+    bad = make_adapter("bad")
+    (bad / "adapter_config.json").write_text("{")
+    manager, _ = _manager(tmp_path, spec, 2)
+    handles = [manager.request(_ref(n)) for n in ("good", "bad", "missing", "../escape")]
+    _wait_ready(manager, handles)
+    states = [manager.state(h) for h in handles]
+    assert states == [
+        AdapterState.READY,
+        AdapterState.FAILED,
+        AdapterState.FAILED,
+        AdapterState.FAILED,
+    ]
+    codes = [e.code for h in handles[1:] if (e := manager.error(h)) is not None]
+    assert codes == ["corrupt_config", "not_found", "path_escape"]
+    event = manager.error(handles[1]).to_event()  # type: ignore[union-attr]
+    assert event["error_type"] == "generation"
+    assert manager.error(handles[3]).to_event()["error_type"] == "validation"  # type: ignore[union-attr]
+    # Within the failure TTL a new request fails at once, without reloading.
+    again = manager.request(_ref("bad"))
+    assert manager.state(again) is AdapterState.FAILED
+    manager.shutdown()
+
+
+def test_failed_load_is_retried_after_the_ttl(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    manager, _ = _manager(tmp_path, spec, 1, failure_ttl_s=0.0)
+    h = manager.request(_ref("late"))
+    _wait_ready(manager, [h])
+    assert manager.state(h) is AdapterState.FAILED
+    manager.release(h)
+    make_adapter("late")  # the adapter appears
+    h2 = manager.request(_ref("late"))
+    _wait_ready(manager, [h2])
+    assert manager.state(h2) is AdapterState.READY
+    manager.shutdown()
+
+
+def test_credentialed_adapters_are_scoped(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a")
+    manager, _ = _manager(tmp_path, spec, 4)
+    refs = [
+        _ref("a"),
+        _ref("a", api_token="secret-1", tenant="t1"),
+        _ref("a", api_token="secret-2", tenant="t1"),
+        _ref("a", api_token="secret-1", tenant="t2"),
+    ]
+    handles = [manager.request(r) for r in refs]
+    assert len({h.key for h in handles}) == 4  # nobody is served another's credentialed copy
+    same = manager.request(_ref("a", api_token="secret-1", tenant="t1"))
+    assert same.key == handles[1].key
+    assert all("secret" not in h.key for h in handles)
+    assert all("secret" not in repr(r) for r in refs)
+    _wait_ready(manager, handles)
+    manager.shutdown()
+
+
+def test_merged_adapter_is_loaded_merged_and_cached(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("x", seed=1)
+    make_adapter("y", seed=2)
+    manager, slots = _manager(tmp_path, spec, 2)
+    merge = MergeSpec(("x", "y"), (0.5, 0.5), "ties", 0.5)
+    h = manager.request(AdapterRef(merged=merge, source="local"))
+    _wait_ready(manager, [h])
+    held = slots.held[manager.acquire(h)]
+    assert held is not None
+    assert held.scale == 1.0
+    cache = manager.loader.host_cache
+    assert all(AdapterRef(n, source="local").cache_key() in cache for n in ("x", "y"))
+    assert manager.loader.load(AdapterRef(merged=merge, source="local")) is not None
+    manager.shutdown()
+
+
+def test_preload_fills_slots_and_fails_loudly(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a")
+    make_adapter("b")
+    manager, _ = _manager(tmp_path, spec, 1)
+    manager.preload([_ref("a"), _ref("b")], timeout_s=30)
+    assert list(manager.resident()) == [_ref("a").cache_key()]  # one slot; b waits in the CPU tier
+    assert _ref("b").cache_key() in manager.loader.host_cache
+    with pytest.raises(Exception, match="not found"):
+        manager.preload([_ref("nope")], timeout_s=30)
+    manager.shutdown()
+
+
+def test_host_cache_is_an_lru_bounded_in_bytes(tmp_path: Path) -> None:
+    def w(key: str) -> LoraWeights:
+        return LoraWeights(key, 2, 1.0, {(0, "q_proj"): (torch.zeros(2, 8), torch.zeros(8, 2))})
+
+    size = w("x").nbytes
+    cache = HostAdapterCache(3 * size)
+    for k in "abc":
+        cache.put(w(k))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put(w("d"))
+    assert "b" not in cache
+    assert all(k in cache for k in "acd")
+    assert cache.nbytes == 3 * size
+    assert cache.evictions == 1
+    assert cache.pop("a") is not None
+    assert cache.nbytes == 2 * size
+    big = LoraWeights("big", 2, 1.0, {(0, "q_proj"): (torch.zeros(2, 64), torch.zeros(64, 2))})
+    cache.put(big)
+    assert "big" not in cache  # larger than the whole tier: not kept, nothing else evicted
+    assert len(cache) == 2
+
+
+@pytest.mark.gpu
+def test_host_cache_pins_memory_on_cuda() -> None:
+    cache = HostAdapterCache(1 << 20)
+    stored = cache.put(
+        LoraWeights("k", 2, 1.0, {(0, "q_proj"): (torch.ones(2, 8), torch.ones(8, 2))})
+    )
+    assert stored.is_pinned

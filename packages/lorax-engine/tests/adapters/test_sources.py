@@ -1,0 +1,262 @@
+"""Sources: local roots refuse escapes, S3 against a real S3 API server on loopback, hub errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lorax_engine.adapters import (
+    AdapterError,
+    AdapterIncompatibleError,
+    AdapterLoadError,
+    AdapterNotFoundError,
+    AdapterRef,
+    AdapterRequestError,
+    HubSource,
+    LoadLimits,
+    LocalSource,
+    S3Source,
+    load_peft_lora,
+)
+from lorax_engine.adapters.peft_loader import WEIGHTS_NAME
+from lorax_engine.adapters.ref import split_revision
+
+from .conftest import Spec
+
+
+def _local(adapter_id: str) -> AdapterRef:
+    return AdapterRef(adapter_id, source="local")
+
+
+def _code(exc_type: type[AdapterError], fn: Callable[[], object]) -> str:
+    with pytest.raises(exc_type) as info:
+        fn()
+    return info.value.code
+
+
+# ---- local ----------------------------------------------------------------------------------
+
+
+def test_local_relative_and_absolute_ids(tmp_path: Path, make_adapter: Callable[..., Path]) -> None:
+    root = tmp_path
+    d = make_adapter("team/a")
+    source = LocalSource([root / "elsewhere", root])
+    assert source.fetch(_local("team/a")).directory == d.resolve()
+    assert source.fetch(_local(str(d))).directory == d.resolve()
+
+
+def test_local_escapes_are_refused(tmp_path: Path, make_adapter: Callable[..., Path]) -> None:
+    outside = make_adapter("outside")
+    root = tmp_path / "root"
+    root.mkdir()
+    source = LocalSource([root])
+    assert _code(AdapterRequestError, lambda: source.fetch(_local("../outside"))) == "path_escape"
+    assert _code(AdapterRequestError, lambda: source.fetch(_local(str(outside)))) == "path_escape"
+    assert _code(AdapterRequestError, lambda: source.fetch(_local("/etc"))) == "path_escape"
+    # A symlinked directory inside the root that points outside it.
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    assert _code(AdapterRequestError, lambda: source.fetch(_local("link"))) == "path_escape"
+    # A real directory whose weights file is a symlink to outside.
+    inner = root / "inner"
+    inner.mkdir()
+    shutil.copy(outside / "adapter_config.json", inner)
+    (inner / WEIGHTS_NAME).symlink_to(outside / WEIGHTS_NAME)
+    assert _code(AdapterRequestError, lambda: source.fetch(_local("inner"))) == "path_escape"
+
+
+def test_local_missing_and_disabled(tmp_path: Path) -> None:
+    assert (
+        _code(AdapterNotFoundError, lambda: LocalSource([tmp_path]).fetch(_local("nope")))
+        == "not_found"
+    )
+    assert (
+        _code(AdapterRequestError, lambda: LocalSource([]).fetch(_local("x"))) == "local_disabled"
+    )
+
+
+# ---- s3 (moto in server mode: a real S3 HTTP API on 127.0.0.1) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> Any:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    name = "adapters-" + request.node.name.lower().replace("_", "-")[:40]
+    client.create_bucket(Bucket=name)
+    return client, name
+
+
+def _upload(client: Any, bucket: str, prefix: str, directory: Path) -> None:
+    for f in directory.iterdir():
+        client.upload_file(str(f), bucket, f"{prefix}/{f.name}")
+
+
+def test_s3_fetch_loads_the_same_weights(
+    tmp_path: Path, s3_endpoint: str, bucket: Any, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    client, name = bucket
+    d = make_adapter()
+    _upload(client, name, "org/lora", d)
+    source = S3Source(tmp_path / "cache", max_bytes=1 << 30, endpoint_url=s3_endpoint)
+    fetched = source.fetch(AdapterRef(f"s3://{name}/org/lora", source="s3"))
+    got = load_peft_lora(fetched.directory, "k", spec, LoadLimits())
+    want = load_peft_lora(d, "k", spec, LoadLimits())
+    assert got.equal(want)
+    # A second fetch of the unchanged object uses the disk cache (same directory, no new files).
+    again = source.fetch(AdapterRef(f"s3://{name}/org/lora/", source="s3"))
+    assert again.directory == fetched.directory
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_s3_failures(
+    tmp_path: Path, s3_endpoint: str, bucket: Any, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    client, name = bucket
+    source = S3Source(tmp_path / "cache", max_bytes=1 << 30, endpoint_url=s3_endpoint)
+
+    def fetch(uri: str) -> object:
+        return source.fetch(AdapterRef(uri, source="s3"))
+
+    assert _code(AdapterNotFoundError, lambda: fetch(f"s3://{name}/missing")) == "not_found"
+    assert _code(AdapterNotFoundError, lambda: fetch("s3://no-such-bucket-xyz/a")) == "not_found"
+    assert _code(AdapterRequestError, lambda: fetch("https://example.com/a")) == "bad_adapter_id"
+    assert _code(AdapterRequestError, lambda: fetch(f"s3://{name}/../x")) == "bad_adapter_id"
+
+    d = make_adapter()
+    torch.save({"x": torch.zeros(1)}, d / "adapter_model.bin")
+    client.upload_file(str(d / "adapter_config.json"), name, "pickled/adapter_config.json")
+    client.upload_file(str(d / "adapter_model.bin"), name, "pickled/adapter_model.bin")
+    assert _code(AdapterLoadError, lambda: fetch(f"s3://{name}/pickled")) == "pickle_refused"
+
+    _upload(client, name, "big", make_adapter())
+    small = S3Source(tmp_path / "cache2", max_bytes=100, endpoint_url=s3_endpoint)
+    with pytest.raises(AdapterIncompatibleError) as info:
+        small.fetch(AdapterRef(f"s3://{name}/big", source="s3"))
+    assert info.value.code == "too_large"
+    assert not (tmp_path / "cache2").exists()  # refused before downloading anything
+
+    client.put_object(
+        Bucket=name, Key="corrupt/adapter_config.json", Body=b'{"r": 8, "lora_alpha": 16}'
+    )
+    client.put_object(Bucket=name, Key=f"corrupt/{WEIGHTS_NAME}", Body=b"\x00" * 64)
+    fetched = source.fetch(AdapterRef(f"s3://{name}/corrupt", source="s3"))
+    with pytest.raises(AdapterLoadError) as load_info:
+        load_peft_lora(fetched.directory, "k", spec, LoadLimits())
+    assert load_info.value.code == "corrupt_weights"
+
+
+def test_s3_unreachable_endpoint(tmp_path: Path) -> None:
+    # A port nothing listens on: a connection error, not a crash and not a 404.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = S3Source(tmp_path, max_bytes=1 << 30, endpoint_url=f"http://127.0.0.1:{port}")
+    import boto3
+    from botocore.config import Config
+
+    source._client = boto3.client(  # no retries: keep the test fast
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        region_name="us-east-1",
+    )
+    with pytest.raises(AdapterLoadError) as info:
+        source.fetch(AdapterRef("s3://b/a", source="s3"))
+    assert info.value.code == "fetch_failed"
+
+
+# ---- hub ------------------------------------------------------------------------------------
+
+
+def test_revision_parsing() -> None:
+    assert split_revision("org/name") == ("org/name", None)
+    assert split_revision("org/name@v2") == ("org/name", "v2")
+    with pytest.raises(AdapterRequestError):
+        split_revision("org/name@")
+
+
+def test_hub_passes_token_and_revision(
+    monkeypatch: pytest.MonkeyPatch, make_adapter: Callable[..., Path]
+) -> None:
+    d = make_adapter()
+    calls: list[dict[str, Any]] = []
+
+    def fake_download(repo_id: str, **kwargs: Any) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        return str(d)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_download)
+    ref = AdapterRef("org/private@abc123", source="hub", api_token="hf_secret")
+    assert HubSource().fetch(ref).directory == d
+    (call,) = calls
+    assert (call["repo_id"], call["revision"], call["token"]) == (
+        "org/private",
+        "abc123",
+        "hf_secret",
+    )
+    assert set(call["allow_patterns"]) == {"adapter_config.json", WEIGHTS_NAME}  # never pickles
+
+
+def test_hub_errors_do_not_leak_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def missing(repo_id: str, **kwargs: Any) -> str:
+        url = f"https://hub.invalid/api/models/{repo_id}"
+        response = httpx2.Response(401, request=httpx2.Request("GET", url))
+        raise RepositoryNotFoundError(
+            f"401 for {repo_id} token={kwargs['token']}", response=response
+        )
+
+    def offline(repo_id: str, **kwargs: Any) -> str:
+        raise OSError(f"connection refused, token={kwargs['token']}")
+
+    ref = AdapterRef("org/private", source="hub", api_token="hf_secret")
+    for fake, kind, code in (
+        (missing, AdapterNotFoundError, "not_found"),
+        (offline, AdapterLoadError, "fetch_failed"),
+    ):
+        monkeypatch.setattr("huggingface_hub.snapshot_download", fake)
+        with pytest.raises(kind) as info:
+            HubSource().fetch(ref)
+        assert info.value.code == code
+        assert "hf_secret" not in str(info.value)
+        assert info.value.__cause__ is None
+        assert info.value.__suppress_context__
+    assert "hf_secret" not in repr(ref)
