@@ -1,0 +1,161 @@
+"""response_format at the gateway: every accepted shape normalises to one form; every schema
+the engine could not enforce exactly is refused with a message naming why."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from lorax_gateway.structured_output import (
+    ResponseFormatValidator,
+    StructuredOutputConfig,
+    normalize_response_format,
+    prepare_response_format,
+    validate_response_format,
+)
+
+PERSON: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+NORMALISED = {"type": "json_schema", "schema": PERSON}
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"type": "json_object", "schema": PERSON},  # LoRAX
+        {"type": "json_schema", "schema": PERSON},  # LoRAX / normalised
+        {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},  # OpenAI
+        {
+            "type": "json_schema",
+            "json_schema": {"name": "p", "schema": PERSON, "strict": True, "description": "d"},
+        },
+        {"type": "json_object", "schema": json.dumps(PERSON)},  # schema sent as a JSON string
+    ],
+)
+def test_every_shape_normalises_to_one_form(shape: dict[str, Any]) -> None:
+    assert normalize_response_format(shape) == NORMALISED
+    assert prepare_response_format(shape) == NORMALISED
+
+
+def test_text_and_plain_json_object() -> None:
+    assert normalize_response_format(None) is None
+    assert normalize_response_format({"type": "text"}) is None
+    any_object = {"type": "json_schema", "schema": {"type": "object"}}
+    assert normalize_response_format({"type": "json_object"}) == any_object
+    validate_response_format({"type": "json_object"})
+    validate_response_format({"type": "text"})
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason"),
+    [
+        ("json", "must be an object"),
+        ({"type": "yaml"}, "response_format.type"),
+        ({"type": "json_object", "foo": 1}, "unknown field 'foo'"),
+        ({"type": "json_object", "json_schema": {"schema": PERSON}}, "unknown field 'json_schema'"),
+        ({"type": "text", "schema": PERSON}, "not allowed with type 'text'"),
+        ({"type": "json_schema"}, "needs a 'schema'"),
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, "json_schema needs a 'schema'"),
+        (
+            {"type": "json_schema", "json_schema": {"schema": PERSON}, "schema": PERSON},
+            "not both",
+        ),
+        ({"type": "json_schema", "json_schema": {"name": "a b", "schema": PERSON}}, "name"),
+        ({"type": "json_schema", "json_schema": {"schema": PERSON, "strict": "yes"}}, "strict"),
+        ({"type": "json_schema", "json_schema": {"schema": PERSON, "extra": 1}}, "'extra'"),
+        ({"type": "json_schema", "json_schema": []}, "json_schema must be an object"),
+        ({"type": "json_object", "schema": "{not json"}, "not valid JSON"),
+        ({"type": "json_object", "schema": [1]}, "must be a JSON object"),
+    ],
+)
+def test_malformed_response_format(shape: object, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        validate_response_format(shape)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        PERSON,
+        {"$defs": {"p": PERSON}, "type": "array", "items": {"$ref": "#/$defs/p"}, "maxItems": 3},
+        {"anyOf": [{"type": "string", "pattern": "^[a-z]+$"}, {"type": "null"}]},
+        {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        {"enum": ["a", 1, None]},
+        {"type": "string", "format": "date-time"},
+        {"$schema": "http://json-schema.org/draft-07/schema#", "items": [{"type": "integer"}]},
+        {"type": "object", "title": "Annotated", "description": "d", "examples": [{}]},
+    ],
+)
+def test_enforceable_schemas_pass(schema: dict[str, Any]) -> None:
+    validate_response_format({"type": "json_schema", "schema": schema})
+
+
+@pytest.mark.parametrize(
+    ("schema", "reason"),
+    [
+        # keywords the grammar engine cannot enforce: named, never silently dropped
+        ({"type": "array", "uniqueItems": True}, r'\["uniqueItems"\]'),
+        ({"type": "array", "contains": {"type": "integer"}}, "contains"),
+        ({"not": {"type": "string"}}, r'\["not"\]'),
+        ({"if": {"type": "string"}, "then": {"maxLength": 3}}, r'"if", "then"'),
+        ({"type": "object", "propertyNames": {"maxLength": 3}}, "propertyNames"),
+        ({"type": "object", "dependentRequired": {"a": ["b"]}}, "dependentRequired"),
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf"),
+        ({"type": "object", "properties": {"a": {}}, "maxProperties": 1}, "maxProperties"),
+        ({"type": "string", "pattern": "(?<=a)b"}, "look-around"),
+        # invalid schemas
+        ({"type": "strin"}, "at 'type'"),
+        ({"type": "object", "required": "name"}, "at 'required'"),
+        ({"type": "object", "properties": {"a": 1}}, "at 'properties/a'"),
+        ({"type": "string", "maxLength": -1}, "at 'maxLength'"),
+        ({"type": "string", "pattern": "[a-"}, "unclosed character class"),
+        ({"type": "string", "format": "zipcode"}, "Unknown format: zipcode"),
+        ({"$ref": "#/$defs/nope"}, "nope"),
+        ({"type": "integer", "minimum": 5, "maximum": 1}, "Unsatisfiable"),
+        # dialects and options that would weaken the constraint
+        ({"$schema": "http://json-schema.org/draft-04/schema#"}, r"\$schema"),
+        ({"type": "integer", "exclusiveMinimum": True, "minimum": 0}, "exclusiveMinimum"),
+        ({"type": "object", "x-guidance": {"lenient": True}}, "x-guidance"),
+    ],
+)
+def test_refused_schemas_name_the_reason(schema: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        validate_response_format({"type": "json_schema", "schema": schema})
+
+
+def test_verdicts_are_cached_by_schema_hash() -> None:
+    validator = ResponseFormatValidator(StructuredOutputConfig(cache_size=2))
+    reordered = json.loads(json.dumps(PERSON, sort_keys=True))
+    validator({"type": "json_object", "schema": PERSON})
+    validator({"type": "json_schema", "json_schema": {"name": "p", "schema": reordered}})
+    assert (validator.misses, validator.hits) == (1, 1)
+    bad = {"type": "json_schema", "schema": {"type": "array", "uniqueItems": True}}
+    for _ in range(2):  # a refused schema is remembered too, with the same message
+        with pytest.raises(ValueError, match="uniqueItems"):
+            validator(bad)
+    assert (validator.misses, validator.hits) == (2, 2)
+    validator({"type": "json_object"})  # evicts PERSON (least recently used)
+    validator({"type": "json_object", "schema": PERSON})
+    assert validator.misses == 4
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="cache_size"):
+        StructuredOutputConfig(cache_size=0)
+
+
+def test_module_imports_no_torch() -> None:
+    code = (
+        "import sys, lorax_gateway.structured_output as m; "
+        "m.validate_response_format({'type': 'json_object'}); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
