@@ -153,6 +153,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             {"properties": {"a": {"maximum": 5}}},
         ]
     },
+    # Accepted only because the branches are disjoint, so oneOf == anyOf exactly.
+    "oneof_disjoint": {
+        "oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "maxLength": 3}]
+    },
     "pattern_and_format": {"type": "string", "pattern": "^2", "format": "date"},
     "top_level_integer": {"type": "integer", "minimum": 0, "maximum": 1000},
 }
