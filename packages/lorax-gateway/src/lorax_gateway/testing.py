@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from litestar import Litestar
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.response import Stream
 
 from lorax_gateway.backends.base import EngineBackend
+from lorax_gateway.routes.common import sse
 
 
 def free_port() -> int:
@@ -59,10 +61,6 @@ def engine_app(backend: EngineBackend) -> Litestar:
     With the synthetic backend this stands in for a real engine process in the gateway's own
     tests (kill, hang and restart cases) without loading a model.
     """
-    from litestar import MediaType, Request, Response, get, post
-    from litestar.response import Stream
-
-    from lorax_gateway.routes.common import sse
 
     @post("/engine/generate", status_code=200)
     async def generate(request: Request[Any, Any, Any]) -> Stream:
