@@ -11,7 +11,7 @@ import time
 import torch
 
 from lorax_engine.adapters.host_cache import HostAdapterCache
-from lorax_engine.adapters.merge import merge_adapters
+from lorax_engine.adapters.merge import merge_adapters, merge_seed
 from lorax_engine.adapters.peft_loader import LoadLimits, ModelSpecLike, load_peft_lora
 from lorax_engine.adapters.ref import AdapterRef
 from lorax_engine.adapters.sources.base import SourceRegistry
@@ -49,7 +49,10 @@ class AdapterLoader:
         started = time.perf_counter()
         if ref.merged is not None:
             components = [self.load(ref.component(i)) for i in ref.merged.ids]
-            weights = merge_adapters(key, components, ref.merged)
+            # DARE's seed comes from the merge request without its credential scope (whose HMAC
+            # changes per process), so one request merges to one result across restarts.
+            public_key = AdapterRef(merged=ref.merged, source=ref.source).cache_key()
+            weights = merge_adapters(key, components, ref.merged, seed=merge_seed(public_key))
         else:
             fetched = self.sources.fetch(ref)
             weights = load_peft_lora(
