@@ -59,7 +59,8 @@ def test_serve_sighup_reload_and_json_logs(tmp_path: Path) -> None:
                         break
                 except httpx.HTTPError:
                     pass
-                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "gateway did not start"
                 time.sleep(0.05)
 
             def gen(key: str) -> int:
