@@ -15,9 +15,9 @@ from lorax_engine.params import Limits, SamplingParams
 
 def make_engine(path: Path, **overrides: Any) -> LoadedEngine:
     limits = overrides.pop("limits", Limits(max_input_length=128, max_total_tokens=192))
-    cfg = EngineConfig(
-        model_id=str(path), device="cpu", dtype="float32", limits=limits, **overrides
-    )
+    overrides.setdefault("device", "cpu")
+    overrides.setdefault("dtype", "float32")
+    cfg = EngineConfig(model_id=str(path), limits=limits, **overrides)
     return load_engine(cfg)
 
 

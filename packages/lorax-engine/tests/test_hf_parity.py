@@ -19,7 +19,9 @@ NEW_TOKENS = [12, 9, 15, 20]
 @pytest.fixture(scope="module")
 def references(make_checkpoint: Callable[[str], Path]) -> dict[str, list[list[int]]]:
     return {
-        arch: [hf_greedy(make_checkpoint(arch), p, n) for p, n in zip(PROMPTS, NEW_TOKENS, strict=True)]
+        arch: [
+            hf_greedy(make_checkpoint(arch), p, n) for p, n in zip(PROMPTS, NEW_TOKENS, strict=True)
+        ]
         for arch in ARCHS
     }
 

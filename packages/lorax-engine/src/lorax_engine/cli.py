@@ -1,0 +1,101 @@
+"""Command line: ``lorax-engine serve --model-id ... --port ...`` (flag names from LoRAX's launcher)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from lorax_engine.config import DTYPES, EngineConfig
+from lorax_engine.params import Limits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorax-engine", description="LoRAX engine (paged KV, continuous batching)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the engine wire protocol over HTTP")
+    serve.add_argument(
+        "--model-id", default="demo", help="local dir, hub id (org/name[@revision]) or 'demo'"
+    )
+    serve.add_argument("--revision", default=None)
+    serve.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="default: float32 on CPU, bfloat16 on CUDA",
+    )
+    serve.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--max-input-length", type=int, default=1024)
+    serve.add_argument("--max-total-tokens", type=int, default=2048)
+    serve.add_argument("--max-concurrent-requests", type=int, default=128)
+    serve.add_argument("--max-best-of", type=int, default=2)
+    serve.add_argument("--max-stop-sequences", type=int, default=4)
+    serve.add_argument("--max-batch-prefill-tokens", type=int, default=4096)
+    serve.add_argument(
+        "--max-batch-total-tokens",
+        type=int,
+        default=None,
+        help="KV pool size in tokens (default: from free memory)",
+    )
+    serve.add_argument("--max-batch-size", type=int, default=256)
+    serve.add_argument("--block-size", type=int, default=16)
+    serve.add_argument("--gpu-memory-fraction", type=float, default=0.9)
+    serve.add_argument("--eager", action="store_true", help="disable CUDA graphs")
+    serve.add_argument(
+        "--allow-bin-weights", action="store_true", help="allow pickled .bin weights (unsafe)"
+    )
+    serve.add_argument("--cache-dir", type=Path, default=None)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    limits = Limits(
+        max_input_length=args.max_input_length,
+        max_total_tokens=args.max_total_tokens,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_best_of=args.max_best_of,
+        max_stop_sequences=args.max_stop_sequences,
+    )
+    return EngineConfig(
+        model_id=args.model_id,
+        revision=args.revision,
+        dtype=args.dtype,
+        device=args.device,
+        limits=limits,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
+        max_batch_total_tokens=args.max_batch_total_tokens,
+        max_batch_size=args.max_batch_size,
+        block_size=args.block_size,
+        gpu_memory_fraction=args.gpu_memory_fraction,
+        eager=args.eager,
+        allow_bin_weights=args.allow_bin_weights,
+        cache_dir=args.cache_dir,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from lorax_engine.async_engine import AsyncEngine
+    from lorax_engine.serve import run_server
+
+    engine = AsyncEngine.from_config(config)
+    run_server(engine, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""``lorax-engine serve``: the engine wire protocol over HTTP (docs/internals.md section 2).
+
+Litestar and uvicorn are imported here only, so the rest of the engine imports without them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+from lorax_engine.async_engine import AsyncEngine
+from lorax_engine.errors import EngineError, ValidationError
+
+
+def _error(status: int, message: str, error_type: str) -> Response[dict[str, str]]:
+    return Response({"error": message, "error_type": error_type}, status_code=status)
+
+
+async def _json_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"malformed JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object")
+    return body
+
+
+def create_app(engine: AsyncEngine) -> Litestar:
+    """The HTTP app around one AsyncEngine (the app does not own the engine's lifetime)."""
+
+    @post("/engine/generate", status_code=200)
+    async def generate(request: Request[Any, Any, Any]) -> Stream:
+        """Stream the request's events as SSE ``data:`` lines; a disconnect cancels the request."""
+        body = await _json_body(request)
+
+        async def events() -> AsyncIterator[bytes]:
+            stream = engine.generate(body)
+            try:
+                async for event in stream:
+                    yield f"data: {json.dumps(event)}\n\n".encode()
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+        return Stream(
+            events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+        )
+
+    @post("/tokenize", status_code=200)
+    async def tokenize(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+        body = await _json_body(request)
+        inputs = body.get("inputs")
+        if not isinstance(inputs, str):
+            raise ValidationError("`inputs` must be a string")
+        return await engine.tokenize(inputs, bool(body.get("add_special_tokens", True)))
+
+    @post("/engine/chat_template", status_code=200)
+    async def chat_template(request: Request[Any, Any, Any]) -> dict[str, str]:
+        body = await _json_body(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise ValidationError("`messages` must be a list")
+        prompt = await engine.apply_chat_template(
+            messages, body.get("adapter_id"), body.get("tools")
+        )
+        return {"prompt": prompt}
+
+    @get("/info")
+    async def info() -> dict[str, Any]:
+        return engine.info()
+
+    @get("/health")
+    async def health() -> Response[Any]:
+        if await engine.health():
+            return Response(None, status_code=200)
+        return _error(503, "engine is not running", "healthcheck")
+
+    @get("/metrics", media_type="text/plain; version=0.0.4")
+    async def metrics() -> str:
+        return engine.metrics_text()
+
+    def on_engine_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+        if isinstance(exc, EngineError):
+            status = {"validation": 422, "overloaded": 429}.get(exc.error_type, 424)
+            return _error(status, str(exc), exc.error_type)
+        if isinstance(exc, HTTPException):
+            return _error(
+                exc.status_code, exc.detail, "validation" if exc.status_code < 500 else "generation"
+            )
+        return _error(500, f"internal error: {exc}", "generation")
+
+    return Litestar(
+        route_handlers=[generate, tokenize, chat_template, info, health, metrics],
+        exception_handlers={Exception: on_engine_error},
+    )
+
+
+def run_server(engine: AsyncEngine, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT, then stop the engine."""
+    import uvicorn
+
+    app = create_app(engine)
+    app.on_shutdown.append(engine.shutdown)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
