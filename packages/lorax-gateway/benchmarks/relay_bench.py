@@ -42,15 +42,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(core: int, port: int, token_delay_s: float, route_check: bool = True) -> subprocess.Popen[bytes]:
+def start_gateway(
+    core: int, port: int, token_delay_s: float, route_check: bool = True
+) -> subprocess.Popen[bytes]:
     cmd = [
-        "taskset", "-c", str(core), sys.executable, "-m", "lorax_gateway.cli", "serve",
-        "--backend", "synthetic", "--port", str(port), "--host", "127.0.0.1",
-        "--max-concurrent-requests", "100000", "--log-level", "WARNING",
-        "--backend-option", "stamp_tokens=true",
-        "--backend-option", f"token_delay_s={token_delay_s}",
-        "--backend-option", "max_total_tokens=100000",
-        "--backend-option", "max_input_length=1000",
+        "taskset",
+        "-c",
+        str(core),
+        sys.executable,
+        "-m",
+        "lorax_gateway.cli",
+        "serve",
+        "--backend",
+        "synthetic",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--max-concurrent-requests",
+        "100000",
+        "--log-level",
+        "WARNING",
+        "--backend-option",
+        "stamp_tokens=true",
+        "--backend-option",
+        f"token_delay_s={token_delay_s}",
+        "--backend-option",
+        "max_total_tokens=100000",
+        "--backend-option",
+        "max_input_length=1000",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -68,9 +88,22 @@ def start_gateway(core: int, port: int, token_delay_s: float, route_check: bool 
 
 async def one_stream(port: int, route: str, tokens: int, latencies: list[int] | None) -> int:
     if route == "generate_stream":
-        body = json.dumps({"inputs": "hello world", "parameters": {"max_new_tokens": tokens, "ignore_eos_token": True}})
+        body = json.dumps(
+            {
+                "inputs": "hello world",
+                "parameters": {"max_new_tokens": tokens, "ignore_eos_token": True},
+            }
+        )
     else:
-        body = json.dumps({"model": "", "prompt": "hello world", "max_tokens": tokens, "ignore_eos_token": True, "stream": True})
+        body = json.dumps(
+            {
+                "model": "",
+                "prompt": "hello world",
+                "max_tokens": tokens,
+                "ignore_eos_token": True,
+                "stream": True,
+            }
+        )
     path = "/generate_stream" if route == "generate_stream" else "/v1/completions"
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
@@ -97,10 +130,14 @@ async def one_stream(port: int, route: str, tokens: int, latencies: list[int] | 
     return received
 
 
-def client_proc(port: int, route: str, streams: int, tokens: int, measure: bool, queue: Any) -> None:
+def client_proc(
+    port: int, route: str, streams: int, tokens: int, measure: bool, queue: Any
+) -> None:
     async def run() -> tuple[int, list[int]]:
         lat: list[int] = []
-        counts = await asyncio.gather(*(one_stream(port, route, tokens, lat if measure else None) for _ in range(streams)))
+        counts = await asyncio.gather(
+            *(one_stream(port, route, tokens, lat if measure else None) for _ in range(streams))
+        )
         return sum(counts), lat
 
     try:
@@ -114,10 +151,14 @@ def client_proc(port: int, route: str, streams: int, tokens: int, measure: bool,
     queue.put((total, lat, start, time.monotonic()))
 
 
-def run_load(port: int, route: str, cores: list[int], streams: int, tokens: int, measure: bool) -> dict[str, Any]:
+def run_load(
+    port: int, route: str, cores: list[int], streams: int, tokens: int, measure: bool
+) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    per = [streams // len(cores) + (1 if i < streams % len(cores) else 0) for i in range(len(cores))]
+    per = [
+        streams // len(cores) + (1 if i < streams % len(cores) else 0) for i in range(len(cores))
+    ]
     procs = []
     start = time.monotonic()
     for core, n in zip(cores, per, strict=True):
@@ -130,18 +171,31 @@ def run_load(port: int, route: str, cores: list[int], streams: int, tokens: int,
         p.join()
     wall = max(r[3] for r in results) - start
     total = sum(r[0] for r in results)
-    out: dict[str, Any] = {"streams": streams, "tokens_per_stream": tokens, "tokens": total, "wall_s": round(wall, 3),
-                           "tokens_per_s": round(total / wall)}
+    out: dict[str, Any] = {
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "tokens": total,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(total / wall),
+    }
     if measure:
         lat = sorted(x for r in results for x in r[1])
         q = statistics.quantiles(lat, n=100)
-        out.update({"latency_ms_p50": round(q[49] / 1e6, 3), "latency_ms_p99": round(q[98] / 1e6, 3),
-                    "latency_ms_max": round(lat[-1] / 1e6, 3), "samples": len(lat)})
+        out.update(
+            {
+                "latency_ms_p50": round(q[49] / 1e6, 3),
+                "latency_ms_p99": round(q[98] / 1e6, 3),
+                "latency_ms_max": round(lat[-1] / 1e6, 3),
+                "samples": len(lat),
+            }
+        )
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--gateway-core", type=int, default=0)
     ap.add_argument("--client-cores", default="1")
     ap.add_argument("--throughput-streams", type=int, default=500)
@@ -153,8 +207,12 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     cores = [int(c) for c in args.client_cores.split(",")]
-    report: dict[str, Any] = {"cpu": _cpu_name(), "python": sys.version.split()[0], "gateway_core": args.gateway_core,
-                              "client_cores": cores}
+    report: dict[str, Any] = {
+        "cpu": _cpu_name(),
+        "python": sys.version.split()[0],
+        "gateway_core": args.gateway_core,
+        "client_cores": cores,
+    }
     for route in args.routes.split(","):
         for mode, delay in (("throughput", 0.0), ("latency", args.token_delay_s)):
             port = free_port()
@@ -163,9 +221,13 @@ def main() -> None:
                 # Warm-up: imports, first-request paths, JIT-free but caches and pools.
                 run_load(port, route, cores[:1], 20, 20, False)
                 if mode == "throughput":
-                    res = run_load(port, route, cores, args.throughput_streams, args.throughput_tokens, False)
+                    res = run_load(
+                        port, route, cores, args.throughput_streams, args.throughput_tokens, False
+                    )
                 else:
-                    res = run_load(port, route, cores, args.latency_streams, args.latency_tokens, True)
+                    res = run_load(
+                        port, route, cores, args.latency_streams, args.latency_tokens, True
+                    )
                     res["token_delay_s"] = delay
                     res["offered_tokens_per_s"] = round(args.latency_streams / delay)
             finally:
