@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from lorax_engine.cli import build_parser as engine_parser
 from lorax_gateway.cli import build_parser as gateway_parser
 
 from .dockerfile_parser import Dockerfile
@@ -212,12 +213,12 @@ def test_engine_args_and_environment(scenario: tuple[dict[str, Any], list[Manife
     engine_values = values.get("engine", {})
     for engine in component(manifests, "Deployment", "engine"):
         args = container(engine)["args"]
-        assert args[:5] == ["serve", "--host", "0.0.0.0", "--port", "8081"]
-        assert args[args.index("--model-id") + 1] == engine_values.get("modelId", "demo")
-        if "dtype" in engine_values:
-            assert args[args.index("--dtype") + 1] == engine_values["dtype"]
-        else:
-            assert "--dtype" not in args
+        parsed = engine_parser().parse_args(args)  # every flag is one the engine knows
+        assert parsed.command == "serve"
+        assert parsed.host == "0.0.0.0"
+        assert parsed.port == container(engine)["ports"][0]["containerPort"]
+        assert parsed.model_id == engine_values.get("modelId", "demo")
+        assert parsed.dtype == engine_values.get("dtype")
         extra = engine_values.get("extraArgs", [])
         assert args[len(args) - len(extra) :] == extra
         env = env_of(engine)

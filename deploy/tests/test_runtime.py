@@ -7,6 +7,8 @@ check one-liner against a stub server, and `lorax-gateway` exactly as docker-com
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -95,37 +97,105 @@ def _get_status(url: str) -> int | None:
         return None
 
 
-def test_gateway_compose_command_serves_and_stops_on_the_stop_signal(
+@contextmanager
+def _running(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a container's argv (its console script from this venv) until the block exits."""
+    executable = Path(sys.executable).with_name(argv[0])
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(executable), *argv[1:]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _wait_for_status(url: str, wanted: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    status = None
+    while status != wanted:
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"{url}: {status}\n{log.read_text()}"
+        time.sleep(0.2)
+        status = _get_status(url)
+
+
+def _stop(process: subprocess.Popen[bytes], dockerfile: Dockerfile, grace_s: float) -> float:
+    """Send the image's STOPSIGNAL and wait; seconds until the process exited."""
+    started = time.monotonic()
+    process.send_signal(getattr(signal, dockerfile.final.last("STOPSIGNAL").args))
+    process.wait(timeout=grace_s)
+    assert process.returncode in (0, -signal.SIGTERM)
+    return time.monotonic() - started
+
+
+def test_compose_topology_generates(
+    compose: dict[str, Any], dockerfiles: dict[str, Dockerfile], tmp_path: Path
+) -> None:
+    # The engine and the gateway exactly as compose starts them, on loopback, the engine's /data
+    # volume a temporary directory: the image's ENV decides where the engine writes.
+    engine_port, gateway_port = _free_port(), _free_port()
+    engine_argv = compose_argv(compose, dockerfiles, "engine")
+    engine_argv[engine_argv.index("--host") + 1] = "127.0.0.1"
+    engine_argv[engine_argv.index("--port") + 1] = str(engine_port)
+    data = tmp_path / "data"
+    engine_env = {
+        key: value.replace("/data", str(data), 1)
+        for key, value in dockerfiles["engine"].final.env().items()
+        if value.startswith("/data/")
+    }
+    gateway_argv = compose_argv(compose, dockerfiles, "gateway")
+    gateway_argv[gateway_argv.index("--host") + 1] = "127.0.0.1"
+    gateway_argv[gateway_argv.index("--port") + 1] = str(gateway_port)
+    gateway_argv[gateway_argv.index("--engine-url") + 1] = f"http://127.0.0.1:{engine_port}"
+
+    with (
+        _running(engine_argv, tmp_path / "engine.log", engine_env) as engine,
+        _running(gateway_argv, tmp_path / "gateway.log") as gateway,
+    ):
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        # depends_on: service_healthy, in effect: the gateway is healthy once the engine is.
+        _wait_for_status(f"{gateway_url}/health", 200, gateway, tmp_path / "gateway.log")
+        assert _healthcheck(dockerfiles["engine"], engine_port) == 0
+        assert _healthcheck(dockerfiles["gateway"], gateway_port) == 0
+
+        body = json.dumps({"inputs": "Hello", "parameters": {"max_new_tokens": 4}}).encode()
+        request = urllib.request.Request(
+            f"{gateway_url}/generate", body, {"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+            assert isinstance(json.loads(response.read())["generated_text"], str)
+
+        # The demo checkpoint was built on the volume, nowhere else.
+        assert list(data.glob("lorax-engine/demo-*/config.json"))
+        grace = {
+            name: compose["services"][name]["stop_grace_period"] for name in ("gateway", "engine")
+        }
+        assert (
+            _stop(gateway, dockerfiles["gateway"], float(grace["gateway"].removesuffix("s"))) < 10
+        )
+        assert _stop(engine, dockerfiles["engine"], float(grace["engine"].removesuffix("s"))) < 10
+
+
+def test_gateway_without_engine_is_unhealthy_and_stops_on_the_stop_signal(
     compose: dict[str, Any], dockerfiles: dict[str, Dockerfile], tmp_path: Path
 ) -> None:
     argv = compose_argv(compose, dockerfiles, "gateway")
-    port, dead_engine = _free_port(), _free_port()
+    port = _free_port()
     argv[argv.index("--host") + 1] = "127.0.0.1"
     argv[argv.index("--port") + 1] = str(port)
-    argv[argv.index("--engine-url") + 1] = f"http://127.0.0.1:{dead_engine}"
-    executable = Path(sys.executable).with_name(argv[0])
-    log = (tmp_path / "gateway.log").open("w")
-    process = subprocess.Popen([str(executable), *argv[1:]], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        status = None
-        while status is None and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-            status = _get_status(f"http://127.0.0.1:{port}/health")
-        assert status is not None, (tmp_path / "gateway.log").read_text()
+    argv[argv.index("--engine-url") + 1] = f"http://127.0.0.1:{_free_port()}"  # nobody there
+    with _running(argv, tmp_path / "gateway.log") as gateway:
         # Up, but no engine answers: /health says 503 and the container counts as unhealthy.
-        assert status == 503
+        _wait_for_status(f"http://127.0.0.1:{port}/health", 503, gateway, tmp_path / "gateway.log")
         assert _healthcheck(dockerfiles["gateway"], port) != 0
-
-        stop_signal = dockerfiles["gateway"].final.last("STOPSIGNAL").args
-        started = time.monotonic()
-        process.send_signal(getattr(signal, stop_signal))
-        process.wait(timeout=30)
-        # Idle, it stops well within the grace period compose gives it.
-        assert time.monotonic() - started < 10
-        assert process.returncode in (0, -signal.SIGTERM)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+        assert _stop(gateway, dockerfiles["gateway"], 30) < 10
