@@ -1,0 +1,330 @@
+"""``lorax-bench``: an open-loop, multi-adapter load generator for LoRAX- and OpenAI-compatible
+servers. See docs/bench.md for the workload model and the results' fields."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lorax._version import __version__
+from lorax.bench.metrics import RequestResult
+from lorax.bench.prompts import PromptCalibration, calibrate
+from lorax.bench.protocol import Endpoint
+from lorax.bench.report import format_table, results_document, write_results
+from lorax.bench.runner import Runner, RunOptions
+from lorax.bench.server import describe, token_counter
+from lorax.bench.sweep import ProgressFactory, RateSpec, SweepConfig, prompts_for, run_sweep
+from lorax.bench.workload import (
+    AdapterPopularity,
+    LengthDist,
+    WorkloadConfig,
+    build_trace,
+    load_trace,
+    save_trace,
+)
+
+__all__ = ["main", "parser"]
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _adapter_count(text: str) -> int:
+    return 0 if text.strip() == "base" else int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (documented in docs/bench.md)."""
+    p = argparse.ArgumentParser(
+        prog="lorax-bench",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    server = p.add_argument_group("server")
+    server.add_argument("--url", default="http://127.0.0.1:8080", help="server root URL")
+    server.add_argument(
+        "--protocol",
+        choices=("lorax", "openai"),
+        default="lorax",
+        help="lorax: /generate_stream; openai: /v1/completions (streaming)",
+    )
+    server.add_argument("--model", default="", help="openai: the `model` of base-model requests")
+    server.add_argument("--api-key", default=None, help="sent as Authorization: Bearer")
+    server.add_argument("--adapter-source", default=None, help="hub, local or s3")
+
+    load = p.add_argument_group("load")
+    load.add_argument(
+        "--rate",
+        type=_csv(RateSpec.parse),
+        default="1",
+        help="requests/s, comma-separated sweep: numbers, inf, trace, or a "
+        "fraction of saturation such as 0.5x (after an inf)",
+    )
+    load.add_argument(
+        "--arrival",
+        choices=("poisson", "gamma"),
+        default="poisson",
+        help="inter-arrival gaps: exponential, or gamma with --cv",
+    )
+    load.add_argument(
+        "--cv", type=float, default=1.0, help="gamma arrivals' coefficient of variation"
+    )
+    load.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="most requests in flight (later ones wait for a slot)",
+    )
+    load.add_argument("--num-requests", type=int, default=1000, help="requests per point")
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop sending after this many seconds per point",
+    )
+    load.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    load.add_argument(
+        "--seed", type=int, default=0, help="seed of the trace (same seed, same trace)"
+    )
+
+    adapters = p.add_argument_group("adapters")
+    adapters.add_argument(
+        "--num-adapters",
+        type=_csv(_adapter_count),
+        default="1",
+        help="adapter counts to sweep, comma-separated; 'base' (or 0) = no adapter",
+    )
+    adapters.add_argument("--adapter-template", default="adapter-{i}", help="adapter id of index i")
+    adapters.add_argument(
+        "--adapter-dist",
+        choices=("uniform", "zipf"),
+        default="uniform",
+        help="adapter popularity: uniform, or power law (adapter i weighs 1/(i+1)^alpha)",
+    )
+    adapters.add_argument("--zipf-alpha", type=float, default=1.0, help="power-law exponent")
+
+    lengths = p.add_argument_group("lengths")
+    lengths.add_argument(
+        "--input-len",
+        type=LengthDist.parse,
+        default="uniform:8:512",
+        help="prompt tokens: uniform:LO:HI or fixed:N",
+    )
+    lengths.add_argument(
+        "--output-len",
+        type=LengthDist.parse,
+        default="uniform:8:512",
+        help="new tokens (exact: EOS is ignored)",
+    )
+    lengths.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="JSONL trace replacing the drawn lengths (see docs/bench.md)",
+    )
+    lengths.add_argument("--save-trace", type=Path, default=None, help="write the trace as JSONL")
+    lengths.add_argument(
+        "--words-per-token",
+        type=float,
+        default=None,
+        help="skip the /tokenize calibration and assume this ratio",
+    )
+
+    out = p.add_argument_group("output")
+    out.add_argument("--slo-ttft", type=float, default=6.0, help="TTFT threshold (s) of the SLO")
+    out.add_argument(
+        "--output", type=Path, default=Path("lorax-bench-results.json"), help="results JSON"
+    )
+    out.add_argument("--plot", type=Path, default=None, help="PNG plot of the sweep")
+    out.add_argument(
+        "--save-requests",
+        action="store_true",
+        help="put every request's record in the results file",
+    )
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _progress_factory(enabled: bool) -> ProgressFactory | None:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bars: list[Any] = []
+
+    def factory(description: str, total: int) -> Callable[[RequestResult], None]:
+        for bar in bars:
+            bar.close()
+        bars.clear()
+        bar = tqdm(
+            total=total,
+            desc=description,
+            unit="req",
+            file=sys.stderr,
+            mininterval=0.2 if sys.stderr.isatty() else 5.0,
+            dynamic_ncols=True,
+        )
+        bars.append(bar)
+        errors = [0]
+
+        def done(result: RequestResult) -> None:
+            if not result.ok:
+                errors[0] += 1
+                bar.set_postfix_str(f"errors={errors[0]}", refresh=False)
+            bar.update(1)
+            if bar.n >= total:
+                bar.close()
+
+        return done
+
+    return factory
+
+
+@dataclass(slots=True, frozen=True)
+class _Plan:
+    sweep: SweepConfig
+    options: RunOptions
+    workload: WorkloadConfig
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """The validated configuration (a ValueError here is a usage error)."""
+    sweep = SweepConfig(
+        rates=args.rate,
+        adapter_counts=args.num_adapters,
+        adapter_template=args.adapter_template,
+        popularity=AdapterPopularity(args.adapter_dist, args.zipf_alpha),
+        slo_ttft_s=args.slo_ttft,
+    )
+    endpoint = Endpoint(args.protocol, args.model, args.adapter_source)
+    options = RunOptions(endpoint, args.max_concurrency, args.duration, args.request_timeout)
+    workload = WorkloadConfig(
+        num_requests=args.num_requests,
+        seed=args.seed,
+        arrival=args.arrival,
+        cv=args.cv,
+        input_len=args.input_len,
+        output_len=args.output_len,
+    )
+    if args.words_per_token is not None and args.words_per_token <= 0:
+        raise ValueError("--words-per-token must be > 0")
+    return _Plan(sweep, options, workload)
+
+
+async def bench(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the benchmark that ``args`` (parsed from ``argv``) describe; returns the results
+    document, also written to ``args.output``."""
+    plan = _plan(args)
+    sweep, options, workload = plan.sweep, plan.options, plan.workload
+    if args.trace is not None:
+        trace = load_trace(args.trace, args.seed)[: args.num_requests]
+    else:
+        trace = build_trace(workload)
+    if args.save_trace is not None:
+        save_trace(trace, args.save_trace)
+
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    # Latency is measured per request, so the connection pool must never be what makes a request
+    # wait: one connection per request in flight.
+    limits = httpx.Limits(max_connections=args.max_concurrency, max_keepalive_connections=None)
+    timeout = httpx.Timeout(args.request_timeout, connect=min(30.0, args.request_timeout))
+    async with httpx.AsyncClient(
+        base_url=args.url, headers=headers, limits=limits, timeout=timeout
+    ) as http:
+        server = await describe(http)
+        if args.words_per_token is not None:
+            calibration = PromptCalibration.assumed(args.words_per_token)
+        else:
+            counter = await token_counter(http, args.model)
+            if counter is None:
+                calibration = PromptCalibration.assumed(0.75)
+                print(
+                    "lorax-bench: the server has no /tokenize; assuming 0.75 words per token",
+                    file=sys.stderr,
+                )
+            else:
+                calibration = await calibrate(counter)
+        prompts = prompts_for(trace, calibration)
+        progress = _progress_factory(not args.no_progress)
+        points = await run_sweep(Runner(http, options), trace, prompts, sweep, progress)
+
+    meta: dict[str, Any] = {
+        "tool": "lorax-bench",
+        "version": __version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": ["lorax-bench", *argv],
+        "server": {"url": args.url, "protocol": args.protocol, "model": args.model, **server},
+        "workload": {
+            "num_requests": len(trace),
+            "seed": args.seed,
+            "trace_file": None if args.trace is None else str(args.trace),
+            "arrival": args.arrival,
+            "cv": args.cv if args.arrival == "gamma" else 1.0,
+            "input_len": str(args.input_len),
+            "output_len": str(args.output_len),
+            "rates": [r.label for r in sweep.rates],
+            "adapter_counts": list(sweep.adapter_counts),
+            "adapter_template": sweep.adapter_template,
+            "adapter_dist": sweep.popularity.kind,
+            "zipf_alpha": sweep.popularity.alpha if sweep.popularity.kind == "zipf" else None,
+            "max_concurrency": args.max_concurrency,
+            "duration_s": args.duration,
+            "request_timeout_s": args.request_timeout,
+            "slo_ttft_s": args.slo_ttft,
+        },
+        "prompts": {
+            "method": calibration.method,
+            "tokens_per_word": calibration.tokens_per_word,
+            "special_tokens": calibration.special_tokens,
+        },
+    }
+    document = results_document(meta, points, per_request=args.save_requests)
+    write_results(args.output, document)
+    print(format_table(document["points"]))
+    print(f"results: {args.output}")
+    if args.plot is not None:
+        from lorax.bench.plot import plot_points
+
+        plot_points(document["points"], args.plot, title=f"lorax-bench: {args.url}")
+        print(f"plot: {args.plot}")
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lorax-bench`` console script. Exit status 1 when no request of any
+    point completed (a server that is down, or a wrong URL)."""
+    p = parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(arguments)
+    try:
+        _plan(args)
+    except ValueError as exc:
+        p.error(str(exc))
+    if any(math.isinf(r.value) for r in args.rate) and args.max_concurrency is None:
+        print(
+            "lorax-bench: rate inf without --max-concurrency sends every request at once",
+            file=sys.stderr,
+        )
+    document = asyncio.run(bench(args, arguments))
+    completed = sum(p["summary"]["requests"]["completed"] for p in document["points"])
+    return 0 if completed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The lorax-bench command end to end against the stub server: sweeps, files, replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorax.bench.cli import main
+
+FAST = ["--input-len", "uniform:3:12", "--output-len", "uniform:2:6", "--no-progress"]
+
+
+def _run(stub: Any, tmp_path: Path, *args: str, name: str = "results.json") -> dict[str, Any]:
+    out = tmp_path / name
+    assert main(["--url", stub.url, "--output", str(out), *FAST, *args]) == 0
+    return json.loads(out.read_text())
+
+
+def test_sweep_over_adapters_writes_results_and_plot(
+    stub: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "sweep.png"
+    doc = _run(
+        stub, tmp_path,
+        "--num-requests", "12", "--rate", "200,inf", "--max-concurrency", "8",
+        "--num-adapters", "base,2,4", "--adapter-dist", "zipf", "--plot", str(plot),
+        "--save-requests",
+    )  # fmt: skip
+    assert [(p["num_adapters"], p["rate"]) for p in doc["points"]] == [
+        (0, "200"), (0, "inf"), (2, "200"), (2, "inf"), (4, "200"), (4, "inf"),
+    ]  # fmt: skip
+    for point in doc["points"]:
+        s = point["summary"]
+        assert s["requests"] == {"issued": 12, "completed": 12, "failed": 0}
+        assert s["errors"] == {}
+        assert s["tokens"]["output_len_mismatch"] == 0
+        # The stub counts a token per word plus BOS: calibrated prompts hit their target exactly.
+        assert s["tokens"]["prompt_len_error_mean"] == 0
+        assert s["throughput"]["output_tokens_per_s"] > 0
+        assert s["slo"]["attainment"] == 1.0
+        adapters = {r["adapter_id"] for r in point["requests"]}
+        if point["num_adapters"] == 0:
+            assert adapters == {None}
+        else:
+            assert adapters <= {f"adapter-{i}" for i in range(point["num_adapters"])}
+    assert doc["prompts"] == {"method": "tokenize", "tokens_per_word": 1.0, "special_tokens": 1}
+    assert doc["server"]["info"]["model_id"] == "stub"
+    assert doc["workload"]["adapter_counts"] == [0, 2, 4]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert len(stub.generate_bodies()) == 6 * 12
+    table = capsys.readouterr().out
+    assert "out tok/s" in table
+    assert "base" in table
+
+
+def test_rate_sweep_at_fractions_of_saturation(stub: Any, tmp_path: Path) -> None:
+    plot = tmp_path / "rates.png"
+    doc = _run(
+        stub, tmp_path,
+        "--num-requests", "10", "--rate", "inf,0.5x,50", "--max-concurrency", "4", "--plot", str(plot),
+    )  # fmt: skip
+    saturation, half, fixed = doc["points"]
+    assert saturation["rate_rps"] is None
+    measured = saturation["summary"]["throughput"]["requests_per_s"]
+    assert half["rate"] == "0.5x"
+    assert half["rate_rps"] == pytest.approx(measured / 2)
+    assert fixed["rate_rps"] == 50
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_same_seed_replays_the_same_requests(stub: Any, tmp_path: Path) -> None:
+    args = ["--num-requests", "15", "--rate", "inf", "--num-adapters", "5", "--seed", "11"]
+
+    def requests_seen() -> list[tuple[str, str | None, int]]:
+        bodies = stub.generate_bodies()
+        stub.reset()
+        return sorted(
+            (b["inputs"], b["parameters"].get("adapter_id"), b["parameters"]["max_new_tokens"])
+            for b in bodies
+        )
+
+    _run(stub, tmp_path, *args, "--save-trace", str(tmp_path / "a.jsonl"))
+    first = requests_seen()
+    _run(stub, tmp_path, *args, "--save-trace", str(tmp_path / "b.jsonl"))
+    assert requests_seen() == first
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    # Replaying the saved trace file sends the same requests again.
+    _run(
+        stub, tmp_path, "--trace", str(tmp_path / "a.jsonl"), "--rate", "inf", "--num-adapters", "5"
+    )
+    assert requests_seen() == first
+    _run(stub, tmp_path, *args[:-1], "12")
+    assert requests_seen() != first
+
+
+def test_openai_protocol_without_tokenize_assumes_a_ratio(stub: Any, tmp_path: Path) -> None:
+    stub.behaviour.tokenize = False
+    doc = _run(
+        stub, tmp_path,
+        "--protocol", "openai", "--model", "base", "--num-requests", "6", "--rate", "inf",
+        "--num-adapters", "3",
+    )  # fmt: skip
+    assert doc["prompts"]["method"] == "assumed"
+    assert doc["prompts"]["tokens_per_word"] == pytest.approx(1 / 0.75)
+    summary = doc["points"][0]["summary"]
+    assert summary["requests"]["completed"] == 6
+    assert summary["tokens"]["output_len_mismatch"] == 0
+    assert all(b["stream"] for b in stub.generate_bodies())
+
+
+def test_errors_appear_in_the_results(stub: Any, tmp_path: Path) -> None:
+    stub.behaviour.failures = {"adapter-1": "generation"}
+    doc = _run(stub, tmp_path, "--num-requests", "20", "--rate", "inf", "--num-adapters", "2")
+    s = doc["points"][0]["summary"]
+    assert s["errors"]["generation"] == s["requests"]["failed"] > 0
+    assert s["requests"]["completed"] + s["requests"]["failed"] == 20
+    assert s["slo"]["attainment"] == pytest.approx(s["requests"]["completed"] / 20)
+
+
+def test_a_server_that_is_down_exits_1(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    code = main(["--url", "http://127.0.0.1:9", "--output", str(out), *FAST,
+                 "--num-requests", "2", "--rate", "inf", "--words-per-token", "1"])  # fmt: skip
+    assert code == 1
+    assert json.loads(out.read_text())["points"][0]["summary"]["errors"] == {"connection": 2}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--rate", "0.5x"],  # a fraction needs a saturation point first
+        ["--rate", "-1"],
+        ["--num-adapters", "-2"],
+        ["--adapter-template", "no-placeholder"],
+        ["--input-len", "uniform:5:1"],
+        ["--max-concurrency", "0"],
+    ],
+)
+def test_bad_arguments_are_usage_errors(bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--no-progress", *bad])
+    assert exc.value.code == 2
