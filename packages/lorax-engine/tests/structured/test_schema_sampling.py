@@ -117,6 +117,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["d", "u", "e"],
         "additionalProperties": False,
     },
+    # Only formats that jsonschema's checker really verifies (it skips `hostname` without extras).
+    "more_formats": {
+        "type": "object",
+        "properties": {
+            "t": {"type": "string", "format": "time"},
+            "ip": {"type": "string", "format": "ipv4"},
+            "ip6": {"type": "string", "format": "ipv6", "maxLength": 20},
+        },
+        "required": ["t", "ip", "ip6"],
+        "additionalProperties": False,
+    },
+    "pattern_properties": {
+        "type": "object",
+        "patternProperties": {"^x[0-9]$": {"type": "boolean"}},
+        "additionalProperties": False,
+    },
     "optional_properties_const": {
         "type": "object",
         "properties": {
