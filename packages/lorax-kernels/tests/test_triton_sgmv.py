@@ -66,7 +66,7 @@ def _case(
     )
 
 
-def _check(x, a, b, ranks, scales, slots, y, widths, block_m=16) -> None:
+def _check(x, a, b, ranks, scales, slots, y, widths, block_m=16, split_k=None) -> None:
     from lorax_kernels.sgmv.triton import expand_, shrink
 
     dtype = x.dtype
@@ -74,7 +74,7 @@ def _check(x, a, b, ranks, scales, slots, y, widths, block_m=16) -> None:
     meta = LoraBatchMeta.allocate(x.shape[0] + 5, a.shape[1], DEVICE, block_m=block_m)
     meta.update_(slots)
     tiles = (meta.sorted_ids, meta.tile_slot, meta.tile_start, meta.tile_end)
-    h = shrink(x, a, ranks, *tiles, meta.num_tiles, meta.block_m)
+    h = shrink(x, a, ranks, *tiles, meta.num_tiles, meta.block_m, split_k=split_k)
     h_ref = lora_shrink_ref(x.float(), a.float(), ranks, slots)
     torch.testing.assert_close(h, h_ref, atol=atol, rtol=rtol)
 
@@ -93,6 +93,7 @@ SMALL = [
     (1, 32, (24,), [4], False),
     (37, 40, (24, 8, 8), [1, 8, 0, 5, 16], False),
     (50, 64, (48, 20), [128, 3, 64, 1], True),
+    (5, 1024, (24,), [8, 3], False),  # few tiles, long K: split-K (4 partials) is chosen
 ]
 LARGE = [
     (1, 4096, (4096,), [16] * 8, False),
@@ -111,6 +112,13 @@ def test_shrink_expand_small(tokens, k, widths, ranks, grouped, dtype) -> None:
 def test_block_m_32() -> None:
     widths = (24, 8)
     _check(*_case(70, 40, widths, [4, 16], torch.float32, 3, True), widths, block_m=32)
+
+
+@pytest.mark.parametrize("split_k", [1, 2, 3])
+def test_explicit_split_k(split_k: int) -> None:
+    widths = (40,)
+    case = _case(21, 768, widths, [16, 5, 0], torch.float16, split_k, False)
+    _check(*case, widths, split_k=split_k)
 
 
 @pytest.mark.gpu

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lorax_kernels.device import num_sms
+
 LOG2E = 1.4426950408889634
 
 
@@ -169,10 +171,20 @@ def _merge_kernel(
     )
 
 
-def choose_partition(num_seqs: int, num_kv_heads: int, max_context: int, block_n: int) -> int:
-    """Context tokens per program: split long contexts until the grid fills the GPU ~4 times."""
-    target_programs = 4 * 132
-    parts = -(-target_programs // max(1, num_seqs * num_kv_heads))
+def choose_partition(
+    num_seqs: int, num_kv_heads: int, max_context: int, block_n: int, num_sms: int
+) -> int:
+    """Context tokens per program (split-K), from static shapes only.
+
+    A grid of one program per (sequence, kv head) that already has two programs per SM is not
+    split: on the H200 at batch 64, context 1k (512 programs) that ran 8% faster than two
+    partitions plus the merge. Smaller grids split their context bound until the grid has ~4
+    programs per SM (batch 16, context 16k: 101% of copy bandwidth instead of 84% at ~2 per SM).
+    """
+    programs = num_seqs * num_kv_heads
+    if programs >= 2 * num_sms:
+        return max(max_context, block_n)
+    parts = -(-4 * num_sms // programs)
     partition = triton.next_power_of_2(max(1, -(-max_context // parts)))
     return max(partition, 256, block_n)
 
@@ -205,7 +217,9 @@ def paged_decode_attention(
     group = num_q_heads // num_kv_heads
     max_context = block_tables.shape[1] * page
     if partition is None:
-        partition = choose_partition(num_seqs, num_kv_heads, max_context, block_n)
+        partition = choose_partition(
+            num_seqs, num_kv_heads, max_context, block_n, num_sms(q.device)
+        )
     num_parts = triton.cdiv(max_context, partition)
     split = num_parts > 1
     if split:

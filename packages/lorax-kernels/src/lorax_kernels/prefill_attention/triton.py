@@ -10,6 +10,7 @@ its last query's position, gathered through the block table, with an online soft
 # Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
 # typed in a way pyright understands.
 # pyright: reportCallIssue=false, reportArgumentType=false, reportAttributeAccessIssue=false
+# pyright: reportInvalidTypeForm=false
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def _prefill_kernel(
     tile = tl.program_id(0)
     head = tl.program_id(1)
     # Largest s with query_start[s] // BLOCK_M + s <= tile.
-    lo = 0
-    hi = num_seqs - 1
+    lo: tl.int32 = 0
+    hi: tl.int32 = num_seqs - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         first = tl.load(query_start_ptr + mid) // BLOCK_M + mid

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lorax_kernels.device import num_sms
+
 MAX_SLICES = 4
 
 
@@ -33,11 +35,13 @@ def _shrink_kernel(
     tile_start_ptr,
     tile_end_ptr,
     in_features,
+    k_per_split,  # in_features handled by one program (a multiple of BLOCK_K)
     max_rank,
     stride_xm,
     stride_as,
     stride_aslot,
     stride_ar,
+    stride_hp,
     stride_hs,
     stride_hm,
     BLOCK_M: tl.constexpr,
@@ -47,6 +51,7 @@ def _shrink_kernel(
 ):
     tile = tl.program_id(0)
     s = tl.program_id(1)
+    split = tl.program_id(2)
     start = tl.load(tile_start_ptr + tile)
     end = tl.load(tile_end_ptr + tile)
     if end <= start:
@@ -61,9 +66,11 @@ def _shrink_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     if rank > 0:
         a_base = a_ptr + s * stride_as + slot.to(tl.int64) * stride_aslot
-        for k0 in range(0, in_features, BLOCK_K):
+        k_start = split * k_per_split
+        k_end = tl.minimum(k_start + k_per_split, in_features)
+        for k0 in range(k_start, k_end, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < in_features
+            k_mask = offs_k < k_end
             x = tl.load(
                 x_ptr + tok[:, None] * stride_xm + offs_k[None, :],
                 mask=m_mask[:, None] & k_mask[None, :],
@@ -78,7 +85,7 @@ def _shrink_kernel(
                 acc += tl.dot(x, a, input_precision="ieee")
             else:
                 acc += tl.dot(x, a)
-    h_ptrs = h_ptr + s * stride_hs + tok[:, None] * stride_hm + offs_r[None, :]
+    h_ptrs = h_ptr + split * stride_hp + s * stride_hs + tok[:, None] * stride_hm + offs_r[None, :]
     tl.store(h_ptrs, acc, mask=m_mask[:, None] & (offs_r < max_rank)[None, :])
 
 
@@ -159,6 +166,17 @@ def _block_r(max_rank: int) -> int:
     return max(16, triton.next_power_of_2(max_rank))
 
 
+def choose_split_k(
+    num_tiles: int, num_slices: int, in_features: int, block_k: int, num_sms: int
+) -> int:
+    """Programs per tile along in_features: few tiles (decode) would leave most SMs idle and
+    serialise a long K loop in each program, so split K until the grid has ~4 programs per SM."""
+    target_programs = 4 * num_sms
+    want = max(1, target_programs // max(1, num_tiles * num_slices))
+    most = max(1, in_features // block_k)
+    return min(1 << (want.bit_length() - 1), 1 << (most.bit_length() - 1))
+
+
 def shrink(
     x: torch.Tensor,
     lora_a: torch.Tensor,
@@ -169,36 +187,52 @@ def shrink(
     tile_end: torch.Tensor,
     num_tiles: int,
     block_m: int,
+    *,
+    split_k: int | None = None,
 ) -> torch.Tensor:
-    """Triton ``lora_shrink``: x ``[T, K]``, lora_a ``[S, slots, R, K]`` -> ``[S, T, R]`` fp32."""
+    """Triton ``lora_shrink``: x ``[T, K]``, lora_a ``[S, slots, R, K]`` -> ``[S, T, R]`` fp32.
+
+    With ``split_k > 1`` (chosen from the static grid size unless given) each program reduces
+    one part of K into its own partial, and the partials are summed in a fixed order afterwards
+    (deterministic, unlike atomics).
+    """
     num_slices, _, max_rank, in_features = lora_a.shape
     num_tokens = x.shape[0]
-    h = torch.empty(num_slices, num_tokens, max_rank, dtype=torch.float32, device=x.device)
     if num_tokens == 0:
-        return h
+        return torch.zeros(num_slices, 0, max_rank, dtype=torch.float32, device=x.device)
     if x.stride(1) != 1:
         x = x.contiguous()
     if lora_a.stride(3) != 1:
         raise ValueError("lora_a must be contiguous along in_features")
     block_r = _block_r(max_rank)
     block_k = max(16, min(256, 4096 // block_r, triton.next_power_of_2(in_features)))
-    _shrink_kernel[(num_tiles, num_slices)](
+    if split_k is None:
+        split_k = choose_split_k(num_tiles, num_slices, in_features, block_k, num_sms(x.device))
+    k_per_split = triton.cdiv(triton.cdiv(in_features, split_k), block_k) * block_k
+    split_k = triton.cdiv(in_features, k_per_split)
+    # [split_k, S, T, R] partials; with one split it is h itself.
+    out = torch.empty(
+        split_k, num_slices, num_tokens, max_rank, dtype=torch.float32, device=x.device
+    )
+    _shrink_kernel[(num_tiles, num_slices, split_k)](
         x,
         lora_a,
         slot_ranks,
-        h,
+        out,
         sorted_ids,
         tile_slot,
         tile_start,
         tile_end,
         in_features,
+        k_per_split,
         max_rank,
         x.stride(0),
         lora_a.stride(0),
         lora_a.stride(1),
         lora_a.stride(2),
-        h.stride(0),
-        h.stride(1),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
         BLOCK_M=block_m,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
@@ -206,7 +240,7 @@ def shrink(
         num_warps=4,
         num_stages=3,
     )
-    return h
+    return out[0] if split_k == 1 else out.sum(0)
 
 
 def expand_(

@@ -1,0 +1,50 @@
+"""Runs every kernel benchmark in one process and prints markdown tables (for docs/benchmarks.md).
+
+Usage (on the GPU machine, from the repository root):
+    PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/run_all.py
+Optional arguments name a subset: decode prefill sgmv cache.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import bench_decode_attention
+import bench_prefill_attention
+import bench_reshape_and_cache
+import bench_sgmv
+import torch
+import triton
+from common import copy_bandwidth_gbs, matmul_tflops
+
+
+def main() -> None:
+    """Measure the ceilings, then each op; print everything as markdown."""
+    which = set(sys.argv[1:]) or {"decode", "prefill", "sgmv", "cache"}
+    props = torch.cuda.get_device_properties(0)
+    copy_gbs = copy_bandwidth_gbs()
+    mm = matmul_tflops()
+    print(
+        f"GPU: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}, "
+        f"triton {triton.__version__}"
+    )
+    print(
+        f"Measured copy bandwidth (read + write): {copy_gbs:.0f} GB/s; "
+        f"bf16 8192³ matmul: {mm:.0f} TFLOP/s\n",
+        flush=True,
+    )
+    for name, fn, arg in [
+        ("decode", bench_decode_attention.run, copy_gbs),
+        ("sgmv", bench_sgmv.run, copy_gbs),
+        ("prefill", bench_prefill_attention.run, mm),
+        ("cache", bench_reshape_and_cache.run, copy_gbs),
+    ]:
+        if name in which:
+            t0 = time.time()
+            print(fn(arg), flush=True)
+            print(f"\n({name}: {time.time() - t0:.0f} s)\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
