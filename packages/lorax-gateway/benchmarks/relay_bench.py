@@ -202,7 +202,9 @@ def main() -> None:
     ap.add_argument("--throughput-tokens", type=int, default=400)
     ap.add_argument("--latency-streams", type=int, default=500)
     ap.add_argument("--latency-tokens", type=int, default=200)
-    ap.add_argument("--token-delay-s", type=float, default=0.05, help="pacing of the latency run")
+    ap.add_argument(
+        "--token-delay-s", default="0.05,0.02", help="pacing of the latency runs (comma list)"
+    )
     ap.add_argument("--routes", default="generate_stream,completions")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -214,7 +216,8 @@ def main() -> None:
         "client_cores": cores,
     }
     for route in args.routes.split(","):
-        for mode, delay in (("throughput", 0.0), ("latency", args.token_delay_s)):
+        delays = [float(d) for d in args.token_delay_s.split(",")]
+        for mode, delay in [("throughput", 0.0)] + [("latency", d) for d in delays]:
             port = free_port()
             gw = start_gateway(args.gateway_core, port, delay)
             try:
@@ -233,8 +236,9 @@ def main() -> None:
             finally:
                 gw.send_signal(signal.SIGTERM)
                 gw.wait(timeout=30)
-            report[f"{route}/{mode}"] = res
-            print(route, mode, json.dumps(res), flush=True)
+            key = f"{route}/{mode}" + (f"@{delay}s" if mode == "latency" else "")
+            report[key] = res
+            print(key, json.dumps(res), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
