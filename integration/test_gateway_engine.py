@@ -74,7 +74,7 @@ def test_openai_chat_and_errors(gateway: Process) -> None:
         )
     )
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == 4 or chunks[-1].usage.completion_tokens < 4
+    assert 1 <= chunks[-1].usage.completion_tokens <= 4
     r = httpx.post(
         f"{gateway.url}/generate", json={"inputs": "x", "parameters": {"max_new_tokens": 100000}}
     )
