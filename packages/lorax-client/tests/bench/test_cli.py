@@ -120,6 +120,17 @@ def test_errors_appear_in_the_results(stub: Any, tmp_path: Path) -> None:
     assert s["slo"]["attainment"] == pytest.approx(s["requests"]["completed"] / 20)
 
 
+def test_fraction_of_a_failed_saturation_is_skipped(stub: Any, tmp_path: Path) -> None:
+    stub.behaviour.failures = {"adapter-0": "generation"}
+    out = tmp_path / "r.json"
+    args = ["--num-requests", "4", "--rate", "inf,0.5x", "--num-adapters", "1"]
+    assert main(["--url", stub.url, "--output", str(out), *FAST, *args]) == 1  # nothing completed
+    saturation, half = json.loads(out.read_text())["points"]
+    assert saturation["summary"]["errors"] == {"generation": 4}
+    assert half["skipped"] == "no request completed at rate inf"
+    assert half["summary"]["requests"]["issued"] == 0
+
+
 def test_a_server_that_is_down_exits_1(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     code = main(["--url", "http://127.0.0.1:9", "--output", str(out), *FAST,

@@ -110,6 +110,12 @@ def parser() -> argparse.ArgumentParser:
         default="1",
         help="adapter counts to sweep, comma-separated; 'base' (or 0) = no adapter",
     )
+    adapters.add_argument(
+        "--adapter-ids",
+        type=_csv(str),
+        default=(),
+        help="explicit adapter ids, comma-separated, instead of the template (N takes the first N)",
+    )
     adapters.add_argument("--adapter-template", default="adapter-{i}", help="adapter id of index i")
     adapters.add_argument(
         "--adapter-dist",
@@ -152,6 +158,12 @@ def parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=Path("lorax-bench-results.json"), help="results JSON"
     )
     out.add_argument("--plot", type=Path, default=None, help="PNG plot of the sweep")
+    out.add_argument(
+        "--plot-x",
+        choices=("auto", "adapters", "rate"),
+        default="auto",
+        help="x axis of the plot (auto: adapters when the sweep has more counts than rates)",
+    )
     out.add_argument(
         "--save-requests",
         action="store_true",
@@ -209,6 +221,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         rates=args.rate,
         adapter_counts=args.num_adapters,
         adapter_template=args.adapter_template,
+        adapter_ids=args.adapter_ids,
         popularity=AdapterPopularity(args.adapter_dist, args.zipf_alpha),
         slo_ttft_s=args.slo_ttft,
     )
@@ -280,7 +293,8 @@ async def bench(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str,
             "output_len": str(args.output_len),
             "rates": [r.label for r in sweep.rates],
             "adapter_counts": list(sweep.adapter_counts),
-            "adapter_template": sweep.adapter_template,
+            "adapter_template": None if sweep.adapter_ids else sweep.adapter_template,
+            "adapter_ids": list(sweep.adapter_ids) or None,
             "adapter_dist": sweep.popularity.kind,
             "zipf_alpha": sweep.popularity.alpha if sweep.popularity.kind == "zipf" else None,
             "max_concurrency": args.max_concurrency,
@@ -301,7 +315,9 @@ async def bench(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str,
     if args.plot is not None:
         from lorax.bench.plot import plot_points
 
-        plot_points(document["points"], args.plot, title=f"lorax-bench: {args.url}")
+        plot_points(
+            document["points"], args.plot, title=f"lorax-bench: {args.url}", axis=args.plot_x
+        )
         print(f"plot: {args.plot}")
     return document
 

@@ -67,6 +67,8 @@ class SweepConfig:
     rates: tuple[RateSpec, ...] = (RateSpec(1.0),)
     adapter_counts: tuple[int, ...] = (1,)
     adapter_template: str = "adapter-{i}"
+    #: Explicit adapter ids, used instead of the template (adapter ``i`` is ``adapter_ids[i]``).
+    adapter_ids: tuple[str, ...] = ()
     popularity: AdapterPopularity = field(default_factory=AdapterPopularity)
     slo_ttft_s: float = 6.0
 
@@ -77,7 +79,12 @@ class SweepConfig:
             raise ValueError("adapter counts must be >= 0 (0 = the base model)")
         if self.slo_ttft_s <= 0:
             raise ValueError("slo_ttft_s must be > 0")
-        if "{i}" not in self.adapter_template:
+        if self.adapter_ids:
+            if max(self.adapter_counts) > len(self.adapter_ids):
+                raise ValueError(
+                    f"{max(self.adapter_counts)} adapters asked for, {len(self.adapter_ids)} ids given"
+                )
+        elif "{i}" not in self.adapter_template:
             raise ValueError("adapter_template needs an {i} placeholder")
         seen_saturation = False
         for rate in self.rates:
@@ -87,6 +94,8 @@ class SweepConfig:
 
     def adapter_id(self, index: int) -> str:
         """The id of adapter ``index``."""
+        if self.adapter_ids:
+            return self.adapter_ids[index]
         return self.adapter_template.format(i=index)
 
 
@@ -137,7 +146,8 @@ async def run_sweep(
     """Run every point (adapter counts outer, rates inner); returns one record per point:
     ``num_adapters``, ``rate`` (asked), ``rate_rps`` (used; None for inf and trace) and
     ``summary`` (see :func:`lorax.bench.metrics.summarize`), plus ``results``, the per-request
-    :class:`RequestResult` list."""
+    :class:`RequestResult` list. A fraction of a saturation where nothing completed is recorded
+    with ``skipped`` (the reason) and no requests."""
     points: list[dict[str, Any]] = []
     for num_adapters in config.adapter_counts:
         saturation: float | None = None
@@ -145,7 +155,18 @@ async def run_sweep(
             rps = rate.value
             if rate.relative:
                 if not saturation:
-                    raise RuntimeError(f"no saturation throughput to take {rate.label} of")
+                    # Nothing completed at saturation: there is no load to take a fraction of.
+                    points.append(
+                        {
+                            "num_adapters": num_adapters,
+                            "rate": rate.label,
+                            "rate_rps": None,
+                            "skipped": "no request completed at rate inf",
+                            "summary": summarize([], config.slo_ttft_s),
+                            "results": [],
+                        }
+                    )
+                    continue
                 rps = rate.value * saturation
             who = "base" if num_adapters == 0 else f"{num_adapters} adapters"
             description = f"{who} @ {rate.label}" + (f" ({rps:.3g} req/s)" if rate.relative else "")
