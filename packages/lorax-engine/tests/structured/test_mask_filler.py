@@ -115,12 +115,16 @@ def test_filler_equals_direct_fill_for_real_constraints(
     expected = np.zeros((len(prefixes), factory.mask_words), dtype=np.int32)
     for c, row in zip(constraints, expected, strict=True):
         c.fill_allowed(row)
-    filler = MaskFiller(factory.mask_words, max_rows=16, num_threads=3)
-    try:
-        got = filler.start(list(enumerate(constraints))).wait().numpy()
-    finally:
-        filler.close()
-    np.testing.assert_array_equal(got, expected)
+    # Exact width: one llguidance batch call; wider rows (a padded model vocabulary): the
+    # row-by-row path, with the extra words zeroed.
+    for extra_words in (0, 2):
+        filler = MaskFiller(factory.mask_words + extra_words, max_rows=16, num_threads=3)
+        try:
+            got = filler.start(list(enumerate(constraints))).wait().numpy().copy()
+        finally:
+            filler.close()
+        np.testing.assert_array_equal(got[:, : factory.mask_words], expected)
+        assert not got[:, factory.mask_words :].any()
     assert len({row.tobytes() for row in expected}) > 3  # the states really differ
 
 

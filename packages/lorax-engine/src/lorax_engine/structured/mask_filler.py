@@ -18,12 +18,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from lorax_engine.structured.constraint import TokenConstraint
+from lorax_engine.structured.llguidance_backend import LLGuidanceBatchFill, LLGuidanceConstraint
 
 # Rows per fill task: large enough that Python's per-task overhead stays small next to a
 # mask computation (tens of microseconds each), small enough to spread over the threads.
@@ -119,6 +121,9 @@ class PendingMasks:
 class MaskFiller:
     """Fills bitmasks for up to `max_rows` constrained rows per step on `num_threads` threads.
 
+    llguidance constraints are filled by one llguidance call over its own pool of
+    `num_threads` Rust threads; other `TokenConstraint`s row by row on Python threads.
+
     Two sets of (pinned, when CUDA is available) host buffers alternate between steps, so a
     step's asynchronous host-to-device copy never races the next step's fill.
     """
@@ -140,6 +145,7 @@ class MaskFiller:
         self._device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._slot = 0
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="lorax-mask")
+        self._batch_fill = LLGuidanceBatchFill(num_threads)
 
     def device_buffers(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Preallocated `[max_rows, words]` int32 masks and `[max_rows]` int64 rows on `device`."""
@@ -173,6 +179,12 @@ class MaskFiller:
         self.host_rows[slot][:num_rows] = torch.tensor([r for r, _ in rows], dtype=torch.int64)
         masks = self.host_masks[slot].numpy()[:num_rows]
         constraints = [c for _, c in rows]
+        if LLGuidanceBatchFill.accepts(constraints, self.mask_words):
+            # One task: a single llguidance call fills every row on its own thread pool.
+            batch = cast(list[LLGuidanceConstraint], constraints)
+            future = self._pool.submit(self._batch_fill, batch, masks)
+            return PendingMasks(self, slot, num_rows, [future])
+        # Other backends (or rows wider than the vocabulary): row by row on Python threads.
         tasks = max(1, min(self.num_threads, num_rows // _MIN_ROWS_PER_TASK))
         bounds = np.linspace(0, num_rows, tasks + 1).astype(int).tolist()
         futures = [
