@@ -189,21 +189,49 @@ def test_waiting_adapter_keeps_its_slot_for_a_cycle(
     now = [0.0]
     manager, _ = _manager(tmp_path, spec, 1, cycle_time_s=5.0)
     manager._clock = lambda: now[0]
-    ha = manager.request(_ref("a"))
-    _wait_ready(manager, [ha])
+    ha1, ha2 = manager.request(_ref("a")), manager.request(_ref("a"))
+    _wait_ready(manager, [ha1])
+    manager.acquire(ha1)  # one of a's requests ran; the other still waits
+    manager.release(ha1)
     hb = manager.request(_ref("b"))
-    deadline = time.monotonic() + 30
-    while manager.stats["loads"] < 2:  # b is loaded in the CPU tier, but a's requests still wait
-        assert time.monotonic() < deadline
-        manager.step()
-        time.sleep(0.005)
+    _wait_loaded(manager, 2)
     manager.step()
     assert manager.state(hb) is AdapterState.LOADING
     now[0] = 5.0  # a's slice is over while it still has waiting requests: b may take the slot
     manager.step()
     assert manager.state(hb) is AdapterState.READY
-    assert manager.state(ha) is AdapterState.LOADING  # back in the CPU tier, promoted on its turn
+    assert manager.state(ha2) is AdapterState.LOADING  # back in the CPU tier, promoted on its turn
     manager.shutdown()
+
+
+def test_a_promotion_is_not_undone_before_its_requests_ran(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a", seed=1)
+    make_adapter("b", seed=2)
+    manager, _ = _manager(tmp_path, spec, 1, cycle_time_s=0.0)
+    ha = manager.request(_ref("a"))
+    _wait_ready(manager, [ha])
+    hb = manager.request(_ref("b"))
+    _wait_loaded(manager, 2)
+    for _ in range(5):
+        manager.step()
+    # The batch was full, so a's request has not run yet: b waits rather than thrash the slot.
+    assert manager.state(ha) is AdapterState.READY
+    assert manager.state(hb) is AdapterState.LOADING
+    manager.acquire(ha)
+    manager.release(ha)
+    manager.step()
+    assert manager.state(hb) is AdapterState.READY
+    manager.shutdown()
+
+
+def _wait_loaded(manager: AdapterManager, loads: int) -> None:
+    deadline = time.monotonic() + 30
+    while manager.stats["loads"] < loads:
+        assert time.monotonic() < deadline, "loads did not finish"
+        manager.step()
+        time.sleep(0.005)
 
 
 def test_a_bad_adapter_fails_only_its_own_requests(
@@ -321,12 +349,3 @@ def test_host_cache_is_an_lru_bounded_in_bytes(tmp_path: Path) -> None:
     cache.put(big)
     assert "big" not in cache  # larger than the whole tier: not kept, nothing else evicted
     assert len(cache) == 2
-
-
-@pytest.mark.gpu
-def test_host_cache_pins_memory_on_cuda() -> None:
-    cache = HostAdapterCache(1 << 20)
-    stored = cache.put(
-        LoraWeights("k", 2, 1.0, {(0, "q_proj"): (torch.ones(2, 8), torch.ones(8, 2))})
-    )
-    assert stored.is_pinned

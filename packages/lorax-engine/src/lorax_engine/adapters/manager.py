@@ -78,8 +78,10 @@ class _Entry:
     error: AdapterError | None = None
     failed_at: float = 0.0
     slot: int | None = None
-    promoting: Any = None  # torch.cuda.Event while the host-to-device copy is in flight
+    # The slot write in flight on the promoter thread; resolves to the copy's CUDA event.
+    promoting: Future[Any] | None = None
     promoted_at: float = 0.0
+    served: bool = False  # a request acquired it since its promotion
     last_used: float = 0.0
     waiting: dict[int, float] = field(default_factory=dict[int, float])  # handle id -> since
     running: int = 0
@@ -124,8 +126,14 @@ class AdapterManager:
         self._entries: dict[str, _Entry] = {}
         self._owners: list[_Entry | None] = [None] * config.num_slots
         self._ids = itertools.count(1)
-        # Promotions copy on their own stream so they overlap the forward pass on the main one.
-        self._stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
+        # On CUDA, promotions run on their own thread and stream: writing a slot launches hundreds
+        # of small copies (milliseconds of host time for an 8B-shaped adapter), which must not
+        # stall the step loop, and the copies overlap the forward pass on the main stream.
+        self._stream: Any = None
+        self._promoter: ThreadPoolExecutor | None = None
+        if self._device.type == "cuda":
+            self._stream = torch.cuda.Stream(self._device)
+            self._promoter = ThreadPoolExecutor(1, thread_name_prefix="adapter-promote")
         self.stats = {"loads": 0, "load_failures": 0, "promotions": 0, "evictions": 0}
 
     # ---- requests -------------------------------------------------------------------------
@@ -174,6 +182,7 @@ class AdapterManager:
                 raise RuntimeError(f"adapter {entry.key} is not ready")
             entry.waiting.pop(handle.id, None)
             entry.running += 1
+            entry.served = True
             entry.last_used = self._clock()
             handle.acquired = True
             return entry.slot
@@ -233,10 +242,21 @@ class AdapterManager:
                 entry.failed_at = now
                 self.stats["load_failures"] += 1
                 log.warning("adapter %s failed to load: %s", entry.key, entry.error.message)
-        if entry.promoting is not None and entry.promoting.query():
-            # Later kernels on the main stream must see the finished copy.
-            torch.cuda.current_stream(self._device).wait_event(entry.promoting)
-            entry.promoting = None
+        if entry.promoting is not None and entry.promoting.done():
+            promotion, entry.promoting = entry.promoting, None
+            exc = promotion.exception()
+            if exc is not None:  # a bug, not the adapter's fault: free the slot, fail the requests
+                log.error("writing adapter %s into slot %s failed: %r", entry.key, entry.slot, exc)
+                if entry.slot is not None:
+                    self._owners[entry.slot] = None
+                    entry.slot = None
+                entry.error = AdapterLoadError(
+                    f"activating adapter {entry.key} failed", code="load_failed"
+                )
+                entry.failed_at = now
+                return
+            # The copy is complete; this keeps later main-stream kernels ordered after it anyway.
+            torch.cuda.current_stream(self._device).wait_event(promotion.result())
 
     def _wanted(self, priority: Sequence[str]) -> list[_Entry]:
         """Loaded, not resident, with waiting requests: the next promotions, in order."""
@@ -263,16 +283,16 @@ class AdapterManager:
         if free:
             return free[0]
         # Never a slot the running batch uses or one still being written. Adapters nobody waits
-        # for go first (least recently used first); one with waiting requests only after it held
-        # the slot for a whole cycle, so a hot adapter cannot keep cold ones out for ever and a
-        # fresh promotion is not undone before its requests ran.
+        # for go first (least recently used first). One with waiting requests only once some of
+        # them ran and it held the slot for a whole cycle: a hot adapter cannot keep cold ones out
+        # for ever, and a promotion is never undone before its requests ran (which would thrash).
         idle = [
             (bool(o.waiting), o.last_used, s)
             for s, o in enumerate(self._owners)
             if o is not None
             and o.running == 0
             and o.promoting is None
-            and (not o.waiting or now - o.promoted_at >= self.config.cycle_time_s)
+            and (not o.waiting or (o.served and now - o.promoted_at >= self.config.cycle_time_s))
         ]
         if not idle:
             return None
@@ -293,24 +313,35 @@ class AdapterManager:
     def _write(self, slot: int, entry: _Entry, now: float) -> None:
         weights = entry.weights
         assert weights is not None
-        if self._stream is not None:
-            # Host tensors are pinned, so these copies are asynchronous; the entry keeps the
-            # weights referenced until the event says the copy is done.
-            self._stream.wait_stream(torch.cuda.current_stream(self._device))
-            with torch.cuda.stream(self._stream):
-                self._slots.write_(slot, weights)
-                event = torch.cuda.Event()
-                event.record(self._stream)
-            entry.promoting = event
+        if self._promoter is not None:
+            # The slot may have served the batch that is still running on the main stream.
+            main_done = torch.cuda.Event()
+            main_done.record(torch.cuda.current_stream(self._device))
+            entry.promoting = self._promoter.submit(self._copy_to_slot, slot, weights, main_done)
         else:
             self._slots.write_(slot, weights)
         # While resident the slot owns the host copy; the CPU tier's budget is for the rest.
         self.loader.host_cache.pop(entry.key)
         entry.slot = slot
         entry.promoted_at = now
+        entry.served = False
         entry.last_used = now
         self._owners[slot] = entry
         self.stats["promotions"] += 1
+
+    def _copy_to_slot(self, slot: int, weights: LoraWeights, after: Any) -> Any:
+        """On the promoter thread: write ``slot`` on the side stream, wait for the copy to land.
+
+        Host tensors are pinned, so the copies are asynchronous DMA; the entry keeps ``weights``
+        referenced until this returns, so their memory cannot be reused mid-copy.
+        """
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(after)
+            self._slots.write_(slot, weights)
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        done.synchronize()
+        return done
 
     def _forget_idle(self) -> None:
         for key, e in list(self._entries.items()):
@@ -361,6 +392,12 @@ class AdapterManager:
             for entry in entries:
                 if entry.slot is None and None in self._owners:
                     self._write(self._owners.index(None), entry, now)
+            promotions = [e.promoting for e in entries if e.promoting is not None]
+        for promotion in promotions:
+            promotion.exception(timeout=timeout_s)
+        with self._lock:
+            for entry in entries:
+                self._collect(entry, self._clock())
 
     def resident(self) -> dict[str, int]:
         """Cache key -> slot of every adapter in a GPU slot (for metrics and tests)."""
@@ -370,3 +407,5 @@ class AdapterManager:
     def shutdown(self) -> None:
         """Stop the loader threads (loads in flight are abandoned)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._promoter is not None:
+            self._promoter.shutdown(wait=True)
