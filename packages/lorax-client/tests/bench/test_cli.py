@@ -60,9 +60,15 @@ def test_rate_sweep_at_fractions_of_saturation(stub: Any, tmp_path: Path) -> Non
     plot = tmp_path / "rates.png"
     doc = _run(
         stub, tmp_path,
-        "--num-requests", "10", "--rate", "inf,0.5x,50", "--max-concurrency", "4", "--plot", str(plot),
+        "--num-requests", "10", "--rate", "inf,0.5x,50", "--max-concurrency", "4",
+        "--plot", str(plot), "--warmup", "3",
     )  # fmt: skip
     saturation, half, fixed = doc["points"]
+    assert doc["workload"]["warmup"] == {
+        "requests": {"issued": 3, "completed": 3, "failed": 0},
+        "errors": {},
+    }
+    assert len(stub.generate_bodies()) == 3 + 3 * 10
     assert saturation["rate_rps"] is None
     measured = saturation["summary"]["throughput"]["requests_per_s"]
     assert half["rate"] == "0.5x"

@@ -16,13 +16,20 @@ from typing import Any
 import httpx
 
 from lorax._version import __version__
-from lorax.bench.metrics import RequestResult
+from lorax.bench.metrics import RequestResult, summarize
 from lorax.bench.prompts import PromptCalibration, calibrate
 from lorax.bench.protocol import Endpoint
 from lorax.bench.report import format_table, results_document, write_results
 from lorax.bench.runner import Runner, RunOptions
 from lorax.bench.server import describe, token_counter
-from lorax.bench.sweep import ProgressFactory, RateSpec, SweepConfig, prompts_for, run_sweep
+from lorax.bench.sweep import (
+    ProgressFactory,
+    RateSpec,
+    SweepConfig,
+    plan,
+    prompts_for,
+    run_sweep,
+)
 from lorax.bench.workload import (
     AdapterPopularity,
     LengthDist,
@@ -101,6 +108,13 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     load.add_argument(
         "--seed", type=int, default=0, help="seed of the trace (same seed, same trace)"
+    )
+    load.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="requests sent (all at once, under --max-concurrency) before the sweep and not "
+        "measured: the trace's first ones, over the largest adapter count",
     )
 
     adapters = p.add_argument_group("adapters")
@@ -209,13 +223,13 @@ def _progress_factory(enabled: bool) -> ProgressFactory | None:
 
 
 @dataclass(slots=True, frozen=True)
-class _Plan:
+class _Configs:
     sweep: SweepConfig
     options: RunOptions
     workload: WorkloadConfig
 
 
-def _plan(args: argparse.Namespace) -> _Plan:
+def _configs(args: argparse.Namespace) -> _Configs:
     """The validated configuration (a ValueError here is a usage error)."""
     sweep = SweepConfig(
         rates=args.rate,
@@ -237,14 +251,16 @@ def _plan(args: argparse.Namespace) -> _Plan:
     )
     if args.words_per_token is not None and args.words_per_token <= 0:
         raise ValueError("--words-per-token must be > 0")
-    return _Plan(sweep, options, workload)
+    if not 0 <= args.warmup <= args.num_requests:
+        raise ValueError("--warmup must be in [0, --num-requests]")
+    return _Configs(sweep, options, workload)
 
 
 async def bench(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     """Run the benchmark that ``args`` (parsed from ``argv``) describe; returns the results
     document, also written to ``args.output``."""
-    plan = _plan(args)
-    sweep, options, workload = plan.sweep, plan.options, plan.workload
+    configs = _configs(args)
+    sweep, options, workload = configs.sweep, configs.options, configs.workload
     if args.trace is not None:
         trace = load_trace(args.trace, args.seed)[: args.num_requests]
     else:
@@ -275,7 +291,20 @@ async def bench(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str,
                 calibration = await calibrate(counter)
         prompts = prompts_for(trace, calibration)
         progress = _progress_factory(not args.no_progress)
-        points = await run_sweep(Runner(http, options), trace, prompts, sweep, progress)
+        runner = Runner(http, options)
+        warmup: dict[str, Any] | None = None
+        if args.warmup:
+            planned = plan(
+                trace[: args.warmup],
+                prompts[: args.warmup],
+                math.inf,
+                max(sweep.adapter_counts),
+                sweep,
+            )
+            on_done = progress("warmup", len(planned)) if progress is not None else None
+            summary = summarize(await runner.run(planned, on_done), sweep.slo_ttft_s)
+            warmup = {"requests": summary["requests"], "errors": summary["errors"]}
+        points = await run_sweep(runner, trace, prompts, sweep, progress)
 
     meta: dict[str, Any] = {
         "tool": "lorax-bench",
@@ -301,6 +330,7 @@ async def bench(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str,
             "duration_s": args.duration,
             "request_timeout_s": args.request_timeout,
             "slo_ttft_s": args.slo_ttft,
+            "warmup": warmup,
         },
         "prompts": {
             "method": calibration.method,
@@ -329,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(arguments)
     try:
-        _plan(args)
+        _configs(args)
     except ValueError as exc:
         p.error(str(exc))
     if any(math.isinf(r.value) for r in args.rate) and args.max_concurrency is None:
