@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 
 from lorax_gateway.structured_output import (
@@ -17,6 +18,7 @@ from lorax_gateway.structured_output import (
     prepare_response_format,
     validate_response_format,
 )
+from lorax_gateway.testing import Served
 
 PERSON: dict[str, Any] = {
     "type": "object",
@@ -159,3 +161,51 @@ def test_module_imports_no_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+_UNIQUE = {"type": "array", "uniqueItems": True}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/generate",
+            {
+                "inputs": "x",
+                "parameters": {"response_format": {"type": "json_schema", "schema": _UNIQUE}},
+            },
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "",
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "u", "schema": _UNIQUE},
+                },
+            },
+        ),
+    ],
+)
+def test_unenforceable_schema_is_a_422_over_http(
+    gateway: Served, path: str, body: dict[str, Any]
+) -> None:
+    r = httpx.post(f"{gateway.url}{path}", json=body)
+    assert r.status_code == 422
+    assert r.json()["error_type"] == "validation"
+    assert "uniqueItems" in r.json()["error"]
+
+
+def test_malformed_schema_is_a_422_over_http(gateway: Served) -> None:
+    bad = {"type": "object", "required": "name"}
+    r = httpx.post(
+        f"{gateway.url}/generate",
+        json={
+            "inputs": "x",
+            "parameters": {"response_format": {"type": "json_object", "schema": bad}},
+        },
+    )
+    assert r.status_code == 422
+    assert "at 'required'" in r.json()["error"]
