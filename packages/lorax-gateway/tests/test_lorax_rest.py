@@ -207,3 +207,26 @@ def test_alternatives_and_best_of(gateway: Served) -> None:
     assert len(details["tokens"][0]["alternative_tokens"]) == 2
     assert len(details["best_of_sequences"]) == 1
     assert details["best_of_sequences"][0]["generated_text"] == "u v"
+
+
+def test_unenforceable_response_format_is_422_before_queueing(gateway: Served) -> None:
+    before = len(gateway.backend.requests)  # type: ignore[attr-defined]
+    bad = {
+        "type": "json_schema",
+        "schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}},
+    }
+    r = httpx.post(
+        f"{gateway.url}/generate", json={"inputs": "x", "parameters": {"response_format": bad}}
+    )
+    assert r.status_code == 422
+    assert r.json()["error_type"] == "validation"
+    assert "response_format" in r.json()["error"]
+    assert len(gateway.backend.requests) == before  # type: ignore[attr-defined]
+    good = {
+        "type": "json_schema",
+        "schema": {"type": "object", "properties": {"a": {"type": "string"}}},
+    }
+    r = httpx.post(
+        f"{gateway.url}/generate", json={"inputs": "x", "parameters": {"response_format": good}}
+    )
+    assert r.status_code == 200

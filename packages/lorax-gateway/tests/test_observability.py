@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -136,3 +139,62 @@ def test_json_log_lines() -> None:
     assert line["tenant"] == "acme"
     assert line["level"] == "INFO"
     assert line["timestamp"].endswith("Z")
+
+
+def test_otlp_export_reaches_the_collector(gateway_factory: ServeFactory) -> None:
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            del format, args
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        settings = GatewaySettings(
+            backend="synthetic", tracing=TracingConfig(otlp_endpoint=endpoint)
+        )
+        with ExitStack() as stack:
+            from lorax_gateway import create_app
+            from lorax_gateway.testing import serve
+
+            from .conftest import synthetic
+
+            engine = synthetic()
+            served = stack.enter_context(serve(create_app(settings, engine), engine))
+            httpx.post(
+                f"{served.url}/generate",
+                json={"inputs": "a"},
+                headers={"x-request-id": "otlp-req-1"},
+            )
+        # Shutting the app down flushed the batch processor.
+        assert received
+        path, body = received[0]
+        assert path == "/v1/traces"
+        assert b"otlp-req-1" in body
+        assert b"inference" in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cors_preflight(gateway_factory: ServeFactory) -> None:
+    served = gateway_factory(
+        GatewaySettings(backend="synthetic", cors_allow_origins=["https://app.example"])
+    )
+    r = httpx.options(
+        f"{served.url}/generate",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert r.status_code in (200, 204)
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
