@@ -197,3 +197,19 @@ def test_custom_ops_pass_opcheck() -> None:
             4,
         ),
     )
+
+
+def test_rows_past_the_step_have_no_adapter() -> None:
+    """The CPU path over a padded bucket after a larger step: padding rows stay untouched."""
+    x, a, b, ranks, scales, _, widths = _lora_case(12, 4)
+    meta = LoraBatchMeta.allocate(16, a.shape[1], "cpu")
+    meta.update_((torch.arange(12) % 5 - 1).int())  # a larger step, tiles at indices 0..4
+    meta.update_(torch.tensor([0, 1, 3], dtype=torch.int32))
+    h = lora_shrink(x, a, ranks, meta)
+    assert torch.equal(h[:, 3:], torch.zeros_like(h[:, 3:]))
+    y0 = torch.randn(12, sum(widths))
+    y = y0.clone()
+    lora_expand_(y, h, b, ranks, scales, [0, 12, 17, 22], meta)
+    assert torch.equal(y[3:], y0[3:])
+    assert not torch.equal(y[:2], y0[:2])
+    assert int(meta.tile_end.count_nonzero()) <= 3  # no tile left over from the larger step

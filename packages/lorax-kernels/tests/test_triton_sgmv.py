@@ -126,3 +126,29 @@ def test_explicit_split_k(split_k: int) -> None:
 @pytest.mark.parametrize(("tokens", "k", "widths", "ranks", "grouped"), LARGE)
 def test_shrink_expand_real_shapes(tokens, k, widths, ranks, grouped, dtype) -> None:
     _check(*_case(tokens, k, widths, ranks, dtype, tokens, grouped), widths)
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
+def test_padded_rows_after_a_larger_step(dtype) -> None:
+    """A CUDA-graph bucket runs over more rows than this step's tokens, after a larger step:
+    rows past the step's tokens get no adapter and no stale tile from the earlier step."""
+    from lorax_kernels.sgmv.triton import expand_, shrink
+
+    widths = (24, 8)
+    x, a, b, ranks, scales, slots, y = _case(40, 48, widths, [8, 4, 16], dtype, 11, False)
+    meta = LoraBatchMeta.allocate(64, a.shape[1], DEVICE)
+    # An earlier, larger step with runs on every slot (tiles at every index up to 4).
+    meta.update_((torch.arange(40, device=DEVICE) % 4 - 1).int())
+    n = 2
+    meta.update_(slots[:n])
+    tiles = (meta.sorted_ids, meta.tile_slot, meta.tile_start, meta.tile_end)
+    grid = meta.tiles_for(x.shape[0])
+    h = shrink(x, a, ranks, *tiles, grid, meta.block_m)
+    out = y.clone()
+    expand_(out, h, b, ranks, scales, [0, 24, 32], *tiles, grid, meta.block_m)
+    h_ref = lora_shrink_ref(x[:n].float(), a.float(), ranks, slots[:n])
+    y_ref = y[:n].float().clone()
+    lora_expand_ref_(y_ref, h_ref, b.float(), ranks, scales, [0, 24, 32], slots[:n])
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(out[:n].float(), y_ref, atol=atol, rtol=rtol)
+    assert torch.equal(out[n:], y[n:])

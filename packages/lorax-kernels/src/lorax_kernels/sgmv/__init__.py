@@ -143,10 +143,13 @@ def _expand_fake(
     return None
 
 
-def _check_meta(num_tokens: int, num_slots: int, meta: LoraBatchMeta) -> None:
-    if num_tokens != meta.num_tokens:
+def _check_meta(num_rows: int, num_slots: int, meta: LoraBatchMeta) -> None:
+    # More rows than tokens is allowed (padding rows of a CUDA-graph bucket, no adapter); fewer
+    # would let tiles index rows that do not exist.
+    if not meta.num_tokens <= num_rows <= meta.max_tokens:
         raise ValueError(
-            f"batch has {num_tokens} tokens but meta was updated for {meta.num_tokens}"
+            f"batch has {num_rows} rows but meta was updated for {meta.num_tokens} tokens "
+            f"(at most {meta.max_tokens} rows)"
         )
     if num_slots != meta.num_slots:
         raise ValueError(f"slot table has {num_slots} slots, meta expects {meta.num_slots}")
@@ -160,7 +163,9 @@ def lora_shrink(
     x: ``[num_tokens, in_features]``; lora_a: ``[num_slices, num_slots, max_rank, in_features]``
     (model dtype); slot_ranks: ``[num_slots]`` int32. Returns ``h``: ``[num_slices, num_tokens,
     max_rank]`` float32 with ``h[s, t, :r] = x[t] @ lora_a[s, slot(t), :r]^T`` and zeros past the
-    slot's rank and for tokens without adapter.
+    slot's rank and for tokens without adapter. ``x`` may have more rows than the tokens given to
+    ``meta.update_`` (a CUDA-graph bucket); those rows have no adapter and their ``h`` is
+    unspecified on CUDA (``lora_expand_`` never reads it).
     """
     if x.dim() != 2 or lora_a.dim() != 4 or x.shape[1] != lora_a.shape[3]:
         raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
@@ -174,7 +179,7 @@ def lora_shrink(
         meta.tile_slot,
         meta.tile_start,
         meta.tile_end,
-        meta.num_tiles,
+        meta.tiles_for(x.shape[0]),
         meta.block_m,
     )
 
@@ -216,6 +221,6 @@ def lora_expand_(
         meta.tile_slot,
         meta.tile_start,
         meta.tile_end,
-        meta.num_tiles,
+        meta.tiles_for(y.shape[0]),
         meta.block_m,
     )

@@ -84,7 +84,9 @@ class LoraBatchMeta:
         """Map this step's tokens to slots. ``token_slots``: ``[num_tokens]`` int, ``-1`` = none.
 
         No host synchronisation; the number of tokens is the (static) length of ``token_slots``.
-        Slots must lie in ``[-1, num_slots)``; this is not checked on the device.
+        Slots must lie in ``[-1, num_slots)``; this is not checked on the device. The whole tile
+        table is rewritten, so the kernels may run over more rows than ``num_tokens`` (e.g. a CUDA
+        graph captured for a larger bucket): rows past ``num_tokens`` have no adapter.
         """
         num_tokens = token_slots.shape[0]
         if token_slots.dim() != 1 or num_tokens > self.max_tokens:
@@ -94,7 +96,10 @@ class LoraBatchMeta:
             )
         self.num_tokens = num_tokens
         self.num_tiles = max_tiles(num_tokens, self.num_slots, self.block_m)
+        self.token_slots[num_tokens:].fill_(-1)
         if num_tokens == 0:
+            self.tile_start.zero_()
+            self.tile_end.zero_()
             return
         dev = self.device
         self.token_slots[:num_tokens].copy_(token_slots)
@@ -110,13 +115,17 @@ class LoraBatchMeta:
         tiles = (counts + self.block_m - 1) // self.block_m  # [num_keys] tiles per key
         tiles_end = torch.cumsum(tiles, 0)  # [num_keys]
 
-        tile_ids = torch.arange(self.num_tiles, device=dev)  # [num_tiles]
-        seg = torch.searchsorted(tiles_end, tile_ids, right=True)  # [num_tiles] key of each tile
-        used = seg < num_keys  # trailing tiles past the last run are unused
+        tile_ids = torch.arange(self.tile_slot.shape[0], device=dev)  # [capacity]
+        seg = torch.searchsorted(tiles_end, tile_ids, right=True)  # [capacity] key of each tile
+        used = seg < num_keys  # trailing tiles past the last run are empty
         seg = seg.clamp(max=num_keys - 1)
         first_tile = tiles_end[seg] - tiles[seg]
         start = seg_start[seg] + (tile_ids - first_tile) * self.block_m
         end = torch.minimum(start + self.block_m, seg_start[seg] + counts[seg])
-        self.tile_slot[: self.num_tiles].copy_(seg - 1)
-        self.tile_start[: self.num_tiles].copy_(torch.where(used, start, 0))
-        self.tile_end[: self.num_tiles].copy_(torch.where(used, end, 0))
+        self.tile_slot.copy_(seg - 1)
+        self.tile_start.copy_(torch.where(used, start, 0))
+        self.tile_end.copy_(torch.where(used, end, 0))
+
+    def tiles_for(self, num_rows: int) -> int:
+        """Grid size (tiles) for a launch over ``num_rows`` rows, from static shapes only."""
+        return min(max_tiles(num_rows, self.num_slots, self.block_m), self.tile_slot.shape[0])
