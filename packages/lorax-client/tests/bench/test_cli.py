@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from lorax.bench.cli import main
+from lorax.bench.stub import StubServer
 
 FAST = ["--input-len", "uniform:3:12", "--output-len", "uniform:2:6", "--no-progress"]
 
 
-def _run(stub: Any, tmp_path: Path, *args: str, name: str = "results.json") -> dict[str, Any]:
+def _run(
+    stub: StubServer, tmp_path: Path, *args: str, name: str = "results.json"
+) -> dict[str, Any]:
     out = tmp_path / name
     assert main(["--url", stub.url, "--output", str(out), *FAST, *args]) == 0
     return json.loads(out.read_text())
 
 
 def test_sweep_over_adapters_writes_results_and_plot(
-    stub: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stub: StubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     plot = tmp_path / "sweep.png"
     doc = _run(
@@ -56,7 +64,7 @@ def test_sweep_over_adapters_writes_results_and_plot(
     assert "base" in table
 
 
-def test_rate_sweep_at_fractions_of_saturation(stub: Any, tmp_path: Path) -> None:
+def test_rate_sweep_at_fractions_of_saturation(stub: StubServer, tmp_path: Path) -> None:
     plot = tmp_path / "rates.png"
     doc = _run(
         stub, tmp_path,
@@ -77,7 +85,7 @@ def test_rate_sweep_at_fractions_of_saturation(stub: Any, tmp_path: Path) -> Non
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
-def test_same_seed_replays_the_same_requests(stub: Any, tmp_path: Path) -> None:
+def test_same_seed_replays_the_same_requests(stub: StubServer, tmp_path: Path) -> None:
     args = ["--num-requests", "15", "--rate", "inf", "--num-adapters", "5", "--seed", "11"]
 
     def requests_seen() -> list[tuple[str, str | None, int]]:
@@ -102,7 +110,7 @@ def test_same_seed_replays_the_same_requests(stub: Any, tmp_path: Path) -> None:
     assert requests_seen() != first
 
 
-def test_openai_protocol_without_tokenize_assumes_a_ratio(stub: Any, tmp_path: Path) -> None:
+def test_openai_protocol_without_tokenize_assumes_a_ratio(stub: StubServer, tmp_path: Path) -> None:
     stub.behaviour.tokenize = False
     doc = _run(
         stub, tmp_path,
@@ -117,7 +125,7 @@ def test_openai_protocol_without_tokenize_assumes_a_ratio(stub: Any, tmp_path: P
     assert all(b["stream"] for b in stub.generate_bodies())
 
 
-def test_errors_appear_in_the_results(stub: Any, tmp_path: Path) -> None:
+def test_errors_appear_in_the_results(stub: StubServer, tmp_path: Path) -> None:
     stub.behaviour.failures = {"adapter-1": "generation"}
     doc = _run(stub, tmp_path, "--num-requests", "20", "--rate", "inf", "--num-adapters", "2")
     s = doc["points"][0]["summary"]
@@ -126,7 +134,7 @@ def test_errors_appear_in_the_results(stub: Any, tmp_path: Path) -> None:
     assert s["slo"]["attainment"] == pytest.approx(s["requests"]["completed"] / 20)
 
 
-def test_fraction_of_a_failed_saturation_is_skipped(stub: Any, tmp_path: Path) -> None:
+def test_fraction_of_a_failed_saturation_is_skipped(stub: StubServer, tmp_path: Path) -> None:
     stub.behaviour.failures = {"adapter-0": "generation"}
     out = tmp_path / "r.json"
     args = ["--num-requests", "4", "--rate", "inf,0.5x", "--num-adapters", "1"]
@@ -160,3 +168,26 @@ def test_bad_arguments_are_usage_errors(bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--no-progress", *bad])
     assert exc.value.code == 2
+
+
+def test_stub_command_serves_until_interrupted() -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "lorax.bench.stub", "--port", str(port), "--token-delay", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == f"stub server on http://127.0.0.1:{port}"
+            body = {"inputs": "a b", "parameters": {"max_new_tokens": 3}}
+            response = httpx.post(f"http://127.0.0.1:{port}/generate_stream", json=body, timeout=10)
+            assert response.text.count("data:") == 3
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -11,6 +11,7 @@ import pytest
 from lorax.bench.metrics import summarize
 from lorax.bench.protocol import Endpoint
 from lorax.bench.runner import PlannedRequest, Runner, RunOptions
+from lorax.bench.stub import StubServer
 
 pytestmark = pytest.mark.anyio
 
@@ -33,7 +34,9 @@ async def _run(url: str, planned: list[PlannedRequest], **options: Any) -> list[
 
 
 @pytest.mark.parametrize("protocol", ["lorax", "openai"])
-async def test_every_request_completes_with_its_exact_length(stub: Any, protocol: str) -> None:
+async def test_every_request_completes_with_its_exact_length(
+    stub: StubServer, protocol: str
+) -> None:
     planned = _planned(24, adapters=["a", "b", None])
     results = await _run(stub.url, planned, endpoint=Endpoint(protocol))  # type: ignore[arg-type]
     assert [r.index for r in results] == list(range(24))
@@ -55,7 +58,7 @@ async def test_every_request_completes_with_its_exact_length(stub: Any, protocol
         assert sorted(b["model"] for b in bodies) == sorted(p.adapter_id or "" for p in planned)
 
 
-async def test_ttft_and_tpot_reflect_the_server_delays(stub: Any) -> None:
+async def test_ttft_and_tpot_reflect_the_server_delays(stub: StubServer) -> None:
     stub.behaviour.ttft_s, stub.behaviour.token_delay_s = 0.15, 0.02
     results = await _run(stub.url, [PlannedRequest(0, 0.0, "a b", "a", 3, 6)])
     (r,) = results
@@ -65,7 +68,7 @@ async def test_ttft_and_tpot_reflect_the_server_delays(stub: Any) -> None:
     assert r.e2e_s == pytest.approx(r.ttft_s + 5 * r.tpot_s)
 
 
-async def test_requests_leave_at_their_scheduled_times(stub: Any) -> None:
+async def test_requests_leave_at_their_scheduled_times(stub: StubServer) -> None:
     planned = _planned(5, gap=0.1)
     started = time.perf_counter()
     results = await _run(stub.url, planned)
@@ -74,7 +77,7 @@ async def test_requests_leave_at_their_scheduled_times(stub: Any) -> None:
         assert r.sent_s == pytest.approx(r.scheduled_s, abs=0.08)
 
 
-async def test_max_concurrency_caps_the_streams_in_flight(stub: Any) -> None:
+async def test_max_concurrency_caps_the_streams_in_flight(stub: StubServer) -> None:
     stub.behaviour.token_delay_s = 0.01
     results = await _run(stub.url, _planned(12, out=5), max_concurrency=3)
     assert all(r.ok for r in results)
@@ -84,14 +87,14 @@ async def test_max_concurrency_caps_the_streams_in_flight(stub: Any) -> None:
     assert all(r.e2e_s < 0.5 for r in results)
 
 
-async def test_open_loop_does_not_wait_for_answers(stub: Any) -> None:
+async def test_open_loop_does_not_wait_for_answers(stub: StubServer) -> None:
     stub.behaviour.ttft_s = 0.3
     results = await _run(stub.url, _planned(6, gap=0.02))
     assert stub.max_open_streams == 6
     assert all(r.ok for r in results)
 
 
-async def test_duration_stops_sending(stub: Any) -> None:
+async def test_duration_stops_sending(stub: StubServer) -> None:
     planned = _planned(50, gap=0.05)
     results = await _run(stub.url, planned, duration_s=0.22)
     assert 3 <= len(results) <= 5
@@ -99,7 +102,7 @@ async def test_duration_stops_sending(stub: Any) -> None:
     assert len(stub.generate_bodies()) == len(results)
 
 
-async def test_errors_are_counted_by_type(stub: Any) -> None:
+async def test_errors_are_counted_by_type(stub: StubServer) -> None:
     stub.behaviour.failures = {
         "bad": "generation",
         "busy": "overloaded",
