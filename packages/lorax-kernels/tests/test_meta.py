@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lorax_kernels import LoraBatchMeta
 from lorax_kernels.sgmv.meta import max_tiles
@@ -51,3 +53,29 @@ def test_rejects_bad_arguments() -> None:
     meta = LoraBatchMeta.allocate(8, 2, "cpu")
     with pytest.raises(ValueError, match="at most 8"):
         meta.update_(torch.zeros(9, dtype=torch.int32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    slots=st.lists(st.integers(-1, 6), min_size=0, max_size=70),
+    earlier=st.lists(st.integers(-1, 6), min_size=0, max_size=70),
+    block_m=st.sampled_from([16, 32]),
+)
+def test_any_step_after_any_step_tiles_exactly_its_tokens(
+    slots: list[int], earlier: list[int], block_m: int
+) -> None:
+    meta = LoraBatchMeta.allocate(70, num_slots=7, device="cpu", block_m=block_m)
+    meta.update_(torch.tensor(earlier, dtype=torch.int32))
+    meta.update_(torch.tensor(slots, dtype=torch.int32))
+    covered: list[int] = []
+    for i in range(meta.tile_slot.shape[0]):  # the whole table: nothing left from `earlier`
+        lo, hi = int(meta.tile_start[i]), int(meta.tile_end[i])
+        tokens = meta.sorted_ids[lo:hi].tolist()
+        assert len(tokens) <= block_m
+        assert all(slots[t] == int(meta.tile_slot[i]) for t in tokens)
+        covered += tokens
+    assert sorted(covered) == list(range(len(slots)))
+    assert meta.token_slots[len(slots) :].eq(-1).all()
+    # The launch grid (tiles_for) reaches every non-empty tile.
+    nonempty = (meta.tile_end > meta.tile_start).nonzero().flatten().tolist()
+    assert all(i < meta.tiles_for(len(slots)) for i in nonempty)

@@ -99,6 +99,13 @@ def test_prefill_small(q_heads, kv_heads, window, dtype) -> None:
     _check_prefill(q_lens, lens, q_heads, kv_heads, 32, 4, window, dtype, block_m=16, block_n=16)
 
 
+def test_head_dim_not_a_power_of_two() -> None:
+    """head_dim 40 (padded to 64 inside the kernels), fp16, both attention kernels."""
+    lens = [3, 21, 40]
+    _check_decode(lens, 4, 2, 40, 8, None, torch.float16, block_n=16, partition=16)
+    _check_prefill([3, 7, 40], lens, 4, 2, 40, 8, 11, torch.float16, block_m=16, block_n=16)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_reshape_and_cache(dtype) -> None:
     from lorax_kernels.kv_cache.triton import reshape_and_cache_

@@ -65,7 +65,7 @@ def _shrink_kernel(
     r_mask = offs_r < rank
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     if rank > 0:
-        a_base = a_ptr + s * stride_as + slot.to(tl.int64) * stride_aslot
+        a_base = a_ptr + s.to(tl.int64) * stride_as + slot.to(tl.int64) * stride_aslot
         k_start = split * k_per_split
         k_end = tl.minimum(k_start + k_per_split, in_features)
         for k0 in range(k_start, k_end, BLOCK_K):
@@ -145,7 +145,7 @@ def _expand_kernel(
     )  # [BLOCK_M, BLOCK_R] fp32
     b = tl.load(
         b_ptr
-        + s * stride_bs
+        + s.to(tl.int64) * stride_bs
         + slot.to(tl.int64) * stride_bslot
         + offs_n[None, :] * stride_bn
         + offs_r[:, None],
