@@ -158,6 +158,11 @@ def run(
                     assert manager.state(handle) is not AdapterState.FAILED, manager.error(handle)
                 keep.append((i, handle))
         pending = keep
+        if not running:
+            # Nothing to run until a promotion lands: block briefly, as the engine loop does when
+            # idle, instead of spinning (a spinning loop starves the promoter thread of the GIL).
+            time.sleep(0.0005)
+            continue
         core.step()
         steps += 1
         for i in [i for i in running if i in done]:
