@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,23 @@ def test_request_is_non_blocking_and_becomes_ready(
     base = manager.request(AdapterRef())
     assert manager.state(base) is AdapterState.READY
     assert manager.acquire(base) == -1
+    manager.shutdown()
+
+
+def test_wake_is_called_when_a_load_finishes(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    make_adapter("a")
+    woken = threading.Event()
+    loader = AdapterLoader(
+        SourceRegistry({"local": LocalSource([tmp_path])}),
+        spec,
+        LoadLimits(),
+        HostAdapterCache(1 << 30),
+    )
+    manager = AdapterManager(loader, FakeSlots(1), ManagerConfig(num_slots=1), wake=woken.set)  # type: ignore[arg-type]
+    manager.request(_ref("a"))
+    assert woken.wait(timeout=30)  # an idle loop blocked on its inbox would be woken here
     manager.shutdown()
 
 

@@ -102,7 +102,9 @@ class AdapterManager:
     """Turns requests' adapter references into GPU slots without blocking the step loop.
 
     ``request``/``state``/``acquire``/``release``/``step`` are meant for the engine thread;
-    ``prefetch`` and ``preload`` may be called from any thread.
+    ``prefetch`` and ``preload`` may be called from any thread. ``wake`` is called from a worker
+    thread whenever a load or a promotion finishes, so an idle engine loop can wake up and call
+    ``step``.
     """
 
     def __init__(
@@ -112,14 +114,14 @@ class AdapterManager:
         config: ManagerConfig,
         *,
         device: torch.device | str = "cpu",
-        on_loaded: Callable[[], None] | None = None,
+        wake: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.loader = loader
         self.config = config
         self._slots = slots
         self._device = torch.device(device)
-        self._on_loaded = on_loaded
+        self._wake = wake
         self._clock = clock
         self._pool = ThreadPoolExecutor(config.loader_threads, thread_name_prefix="adapter-load")
         self._lock = threading.RLock()
@@ -318,6 +320,7 @@ class AdapterManager:
             main_done = torch.cuda.Event()
             main_done.record(torch.cuda.current_stream(self._device))
             entry.promoting = self._promoter.submit(self._copy_to_slot, slot, weights, main_done)
+            self._notify(entry.promoting)
         else:
             self._slots.write_(slot, weights)
         # While resident the slot owns the host copy; the CPU tier's budget is for the rest.
@@ -328,6 +331,11 @@ class AdapterManager:
         entry.last_used = now
         self._owners[slot] = entry
         self.stats["promotions"] += 1
+
+    def _notify(self, future: Future[Any]) -> None:
+        if self._wake is not None:
+            wake = self._wake
+            future.add_done_callback(lambda _f: wake())
 
     def _copy_to_slot(self, slot: int, weights: LoraWeights, after: Any) -> Any:
         """On the promoter thread: write ``slot`` on the side stream, wait for the copy to land.
@@ -366,9 +374,7 @@ class AdapterManager:
             self._entries[key] = entry
         if entry.weights is None and entry.future is None and entry.error is None:
             entry.future = self._pool.submit(self.loader.load, ref)
-            if self._on_loaded is not None:
-                callback = self._on_loaded
-                entry.future.add_done_callback(lambda _f: callback())
+            self._notify(entry.future)
         return entry
 
     def preload(self, refs: Iterable[AdapterRef], timeout_s: float | None = None) -> None:
