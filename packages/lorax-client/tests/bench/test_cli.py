@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def test_sweep_over_adapters_writes_results_and_plot(
     assert doc["prompts"] == {"method": "tokenize", "tokens_per_word": 1.0, "special_tokens": 1}
     assert doc["server"]["info"]["model_id"] == "stub"
     assert doc["workload"]["adapter_counts"] == [0, 2, 4]
+    assert doc["complete"] is True
     assert plot.read_bytes().startswith(b"\x89PNG")
     assert len(stub.generate_bodies()) == 6 * 12
     table = capsys.readouterr().out
@@ -191,3 +193,32 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_results_are_written_after_every_point(stub: StubServer, tmp_path: Path) -> None:
+    # The second point's requests hang: interrupting there keeps the first point on disk.
+    stub.behaviour.failures = {"slow": "hang"}
+    out = tmp_path / "r.json"
+    command = [
+        sys.executable, "-m", "lorax.bench.cli", "--url", stub.url, "--output", str(out), *FAST,
+        "--num-requests", "6", "--rate", "inf", "--num-adapters", "1,2",
+        "--adapter-ids", "ok,slow", "--words-per-token", "1",
+    ]  # fmt: skip
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 60
+            while not (out.exists() and json.loads(out.read_text() or "{}").get("points")):
+                assert time.monotonic() < deadline
+                assert proc.poll() is None
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 130
+            assert proc.stderr is not None
+            assert "interrupted" in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert [p["num_adapters"] for p in doc["points"]] == [1]
+    assert doc["points"][0]["summary"]["requests"]["completed"] == 6

@@ -8,36 +8,13 @@ import asyncio
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from lorax._version import __version__
-from lorax.bench.metrics import RequestResult, summarize
-from lorax.bench.prompts import PromptCalibration, calibrate
-from lorax.bench.protocol import Endpoint
-from lorax.bench.report import format_table, results_document, write_results
-from lorax.bench.runner import Runner, RunOptions
-from lorax.bench.server import describe, token_counter
-from lorax.bench.sweep import (
-    ProgressFactory,
-    RateSpec,
-    SweepConfig,
-    plan,
-    prompts_for,
-    run_sweep,
-)
-from lorax.bench.workload import (
-    AdapterPopularity,
-    LengthDist,
-    WorkloadConfig,
-    build_trace,
-    load_trace,
-    save_trace,
-)
+from lorax.bench.metrics import RequestResult
+from lorax.bench.session import configs_from_args, run_benchmark
+from lorax.bench.sweep import ProgressFactory, RateSpec
+from lorax.bench.workload import LengthDist
 
 __all__ = ["main", "parser"]
 
@@ -222,144 +199,14 @@ def _progress_factory(enabled: bool) -> ProgressFactory | None:
     return factory
 
 
-@dataclass(slots=True, frozen=True)
-class _Configs:
-    sweep: SweepConfig
-    options: RunOptions
-    workload: WorkloadConfig
-
-
-def _configs(args: argparse.Namespace) -> _Configs:
-    """The validated configuration (a ValueError here is a usage error)."""
-    sweep = SweepConfig(
-        rates=args.rate,
-        adapter_counts=args.num_adapters,
-        adapter_template=args.adapter_template,
-        adapter_ids=args.adapter_ids,
-        popularity=AdapterPopularity(args.adapter_dist, args.zipf_alpha),
-        slo_ttft_s=args.slo_ttft,
-    )
-    endpoint = Endpoint(args.protocol, args.model, args.adapter_source)
-    options = RunOptions(endpoint, args.max_concurrency, args.duration, args.request_timeout)
-    workload = WorkloadConfig(
-        num_requests=args.num_requests,
-        seed=args.seed,
-        arrival=args.arrival,
-        cv=args.cv,
-        input_len=args.input_len,
-        output_len=args.output_len,
-    )
-    if args.words_per_token is not None and args.words_per_token <= 0:
-        raise ValueError("--words-per-token must be > 0")
-    if not 0 <= args.warmup <= args.num_requests:
-        raise ValueError("--warmup must be in [0, --num-requests]")
-    return _Configs(sweep, options, workload)
-
-
-async def bench(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
-    """Run the benchmark that ``args`` (parsed from ``argv``) describe; returns the results
-    document, also written to ``args.output``."""
-    configs = _configs(args)
-    sweep, options, workload = configs.sweep, configs.options, configs.workload
-    if args.trace is not None:
-        trace = load_trace(args.trace, args.seed)[: args.num_requests]
-    else:
-        trace = build_trace(workload)
-    if args.save_trace is not None:
-        save_trace(trace, args.save_trace)
-
-    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    # Latency is measured per request, so the connection pool must never be what makes a request
-    # wait: one connection per request in flight.
-    limits = httpx.Limits(max_connections=args.max_concurrency, max_keepalive_connections=None)
-    timeout = httpx.Timeout(args.request_timeout, connect=min(30.0, args.request_timeout))
-    async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, limits=limits, timeout=timeout
-    ) as http:
-        server = await describe(http)
-        if args.words_per_token is not None:
-            calibration = PromptCalibration.assumed(args.words_per_token)
-        else:
-            counter = await token_counter(http, args.model)
-            if counter is None:
-                calibration = PromptCalibration.assumed(0.75)
-                print(
-                    "lorax-bench: the server has no /tokenize; assuming 0.75 words per token",
-                    file=sys.stderr,
-                )
-            else:
-                calibration = await calibrate(counter)
-        prompts = prompts_for(trace, calibration)
-        progress = _progress_factory(not args.no_progress)
-        runner = Runner(http, options)
-        warmup: dict[str, Any] | None = None
-        if args.warmup:
-            planned = plan(
-                trace[: args.warmup],
-                prompts[: args.warmup],
-                math.inf,
-                max(sweep.adapter_counts),
-                sweep,
-            )
-            on_done = progress("warmup", len(planned)) if progress is not None else None
-            summary = summarize(await runner.run(planned, on_done), sweep.slo_ttft_s)
-            warmup = {"requests": summary["requests"], "errors": summary["errors"]}
-        points = await run_sweep(runner, trace, prompts, sweep, progress)
-
-    meta: dict[str, Any] = {
-        "tool": "lorax-bench",
-        "version": __version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": ["lorax-bench", *argv],
-        "server": {"url": args.url, "protocol": args.protocol, "model": args.model, **server},
-        "workload": {
-            "num_requests": len(trace),
-            "seed": args.seed,
-            "trace_file": None if args.trace is None else str(args.trace),
-            "arrival": args.arrival,
-            "cv": args.cv if args.arrival == "gamma" else 1.0,
-            "input_len": str(args.input_len),
-            "output_len": str(args.output_len),
-            "rates": [r.label for r in sweep.rates],
-            "adapter_counts": list(sweep.adapter_counts),
-            "adapter_template": None if sweep.adapter_ids else sweep.adapter_template,
-            "adapter_ids": list(sweep.adapter_ids) or None,
-            "adapter_dist": sweep.popularity.kind,
-            "zipf_alpha": sweep.popularity.alpha if sweep.popularity.kind == "zipf" else None,
-            "max_concurrency": args.max_concurrency,
-            "duration_s": args.duration,
-            "request_timeout_s": args.request_timeout,
-            "slo_ttft_s": args.slo_ttft,
-            "warmup": warmup,
-        },
-        "prompts": {
-            "method": calibration.method,
-            "tokens_per_word": calibration.tokens_per_word,
-            "special_tokens": calibration.special_tokens,
-        },
-    }
-    document = results_document(meta, points, per_request=args.save_requests)
-    write_results(args.output, document)
-    print(format_table(document["points"]))
-    print(f"results: {args.output}")
-    if args.plot is not None:
-        from lorax.bench.plot import plot_points
-
-        plot_points(
-            document["points"], args.plot, title=f"lorax-bench: {args.url}", axis=args.plot_x
-        )
-        print(f"plot: {args.plot}")
-    return document
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lorax-bench`` console script. Exit status 1 when no request of any
-    point completed (a server that is down, or a wrong URL)."""
+    point completed (a server that is down, or a wrong URL), 130 when interrupted (Ctrl-C)."""
     p = parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(arguments)
     try:
-        _configs(args)
+        configs_from_args(args)
     except ValueError as exc:
         p.error(str(exc))
     if any(math.isinf(r.value) for r in args.rate) and args.max_concurrency is None:
@@ -367,7 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lorax-bench: rate inf without --max-concurrency sends every request at once",
             file=sys.stderr,
         )
-    document = asyncio.run(bench(args, arguments))
+    progress = _progress_factory(not args.no_progress)
+    try:
+        document = asyncio.run(run_benchmark(args, arguments, progress))
+    except KeyboardInterrupt:
+        print(f"lorax-bench: interrupted; the points measured so far are in {args.output}",
+              file=sys.stderr)  # fmt: skip
+        return 130
     completed = sum(p["summary"]["requests"]["completed"] for p in document["points"])
     return 0 if completed else 1
 

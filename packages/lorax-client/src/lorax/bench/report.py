@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -42,9 +43,12 @@ def results_document(
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:
-    """Write the document as indented JSON (strict: no NaN)."""
+    """Write the document as indented JSON (strict: no NaN). Atomically: the file is rewritten
+    after every point, and whoever reads it meanwhile sees a whole document."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _ms(value: float | None) -> str:

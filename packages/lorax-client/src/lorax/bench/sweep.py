@@ -142,12 +142,14 @@ async def run_sweep(
     prompts: list[str],
     config: SweepConfig,
     progress: ProgressFactory | None = None,
+    on_point: Callable[[list[dict[str, Any]]], object] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every point (adapter counts outer, rates inner); returns one record per point:
     ``num_adapters``, ``rate`` (asked), ``rate_rps`` (used; None for inf and trace) and
     ``summary`` (see :func:`lorax.bench.metrics.summarize`), plus ``results``, the per-request
     :class:`RequestResult` list. A fraction of a saturation where nothing completed is recorded
-    with ``skipped`` (the reason) and no requests."""
+    with ``skipped`` (the reason) and no requests. ``on_point`` gets the points so far after
+    each one."""
     points: list[dict[str, Any]] = []
     for num_adapters in config.adapter_counts:
         saturation: float | None = None
@@ -166,6 +168,8 @@ async def run_sweep(
                             "results": [],
                         }
                     )
+                    if on_point is not None:
+                        on_point(points)
                     continue
                 rps = rate.value * saturation
             who = "base" if num_adapters == 0 else f"{num_adapters} adapters"
@@ -185,4 +189,6 @@ async def run_sweep(
                     "results": results,
                 }
             )
+            if on_point is not None:
+                on_point(points)
     return points
