@@ -6,11 +6,13 @@ import gc
 import json
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from transformers import PreTrainedTokenizerFast
 
 from lorax_engine.structured import (
     ConstraintFactory,
+    JsonSchemaFormat,
     LLGuidanceConstraint,
     StructuredOutputConfig,
     TokenConstraint,
@@ -119,3 +121,54 @@ def test_mask_sized_for_a_padded_model_vocab(bpe_tokenizer: PreTrainedTokenizerF
     assert not padded[factory.mask_words :].any()
     with pytest.raises(ValueError, match="words"):
         constraint.fill_allowed(np.zeros(factory.mask_words - 1, dtype=np.int32))
+
+
+class _OneTokenBackend:
+    """A stand-in grammar engine (as xgrammar would be): every document is one fixed token."""
+
+    def __init__(self) -> None:
+        self.compiled: list[str] = []
+
+    @property
+    def vocab_size(self) -> int:
+        return 40
+
+    def compile(self, fmt: JsonSchemaFormat) -> object:
+        self.compiled.append(fmt.key)
+        return 7
+
+    def start(self, compiled: object) -> TokenConstraint:
+        assert compiled == 7
+        return _FixedToken(7)
+
+
+class _FixedToken:
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.done = False
+
+    def fill_allowed(self, bitmask: npt.NDArray[np.int32]) -> None:
+        bitmask[:] = 0
+        bitmask[0] = 1 if self.done else 1 << self.token  # then only the stop token 0
+
+    def accept(self, token_id: int) -> bool:
+        self.done = token_id == self.token
+        return self.done
+
+    def is_finished(self) -> bool:
+        return self.done
+
+
+def test_another_grammar_backend_plugs_in(bpe_tokenizer: PreTrainedTokenizerFast) -> None:
+    backend = _OneTokenBackend()
+    factory = ConstraintFactory(bpe_tokenizer, backend=backend, stop_token_ids=[0])
+    assert factory.mask_words == 2
+    a = factory.make({"type": "json_schema", "schema": _SCHEMA})
+    b = factory.make({"type": "json_object", "schema": _SCHEMA})
+    assert len(backend.compiled) == 1  # cached by schema hash, whatever the backend
+    assert a is not None
+    assert b is not None
+    assert _allowed(a, factory.mask_words) == {7}
+    assert a.accept(7)
+    assert a.is_finished()
+    assert _allowed(a, factory.mask_words) == {0}
