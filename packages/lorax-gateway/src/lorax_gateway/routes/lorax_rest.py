@@ -93,9 +93,12 @@ async def _relay(stream: EngineStream, body: GenerateRequest) -> AsyncIterator[b
     """
     params = body.parameters
     held: dict[str, Any] | None = None
-    text = ""
-    count = 0
     stops = params.stop
+    # Only the tail can complete a stop sequence: keep as many characters as the longest one.
+    keep = max((len(s) for s in stops), default=0)
+    tail = ""
+    count = 0
+    last_count = params.max_new_tokens
     events = stream.events()
     try:
         async for event in events:
@@ -106,13 +109,12 @@ async def _relay(stream: EngineStream, body: GenerateRequest) -> AsyncIterator[b
                     held = None
                 token: dict[str, Any] = event["token"]
                 count += 1
-                if not token.get("special"):
-                    text += str(token.get("text", ""))
-                if (
-                    token.get("special")
-                    or count == params.max_new_tokens
-                    or (stops and any(s in text for s in stops))
-                ):
+                special = token.get("special")
+                stopped = False
+                if keep and not special:
+                    tail = tail[-keep:] + str(token.get("text", ""))
+                    stopped = any(s in tail for s in stops)
+                if special or count == last_count or stopped:
                     held = token
                     continue
                 yield sse({"token": token, "generated_text": None, "details": None})
