@@ -46,8 +46,9 @@ def test_sweep_over_adapters_writes_results_and_plot(
         assert s["requests"] == {"issued": 12, "completed": 12, "failed": 0}
         assert s["errors"] == {}
         assert s["tokens"]["output_len_mismatch"] == 0
-        # The stub counts a token per word plus BOS: calibrated prompts hit their target exactly.
+        # The stub counts a token per word plus BOS: fitted prompts hit their target exactly.
         assert s["tokens"]["prompt_len_error_mean"] == 0
+        assert s["tokens"]["prompt_len_mismatch"] == 0
         assert s["throughput"]["output_tokens_per_s"] > 0
         assert s["slo"]["attainment"] == 1.0
         adapters = {r["adapter_id"] for r in point["requests"]}
@@ -55,7 +56,12 @@ def test_sweep_over_adapters_writes_results_and_plot(
             assert adapters == {None}
         else:
             assert adapters <= {f"adapter-{i}" for i in range(point["num_adapters"])}
-    assert doc["prompts"] == {"method": "tokenize", "tokens_per_word": 1.0, "special_tokens": 1}
+    assert doc["prompts"] == {
+        "method": "tokenize",
+        "tokens_per_word": 1.0,
+        "special_tokens": 1,
+        "fit": "exact",
+    }
     assert doc["server"]["info"]["model_id"] == "stub"
     assert doc["workload"]["adapter_counts"] == [0, 2, 4]
     assert doc["complete"] is True
@@ -120,6 +126,7 @@ def test_openai_protocol_without_tokenize_assumes_a_ratio(stub: StubServer, tmp_
         "--num-adapters", "3",
     )  # fmt: skip
     assert doc["prompts"]["method"] == "assumed"
+    assert doc["prompts"]["fit"] == "mean"
     assert doc["prompts"]["tokens_per_word"] == pytest.approx(1 / 0.75)
     summary = doc["points"][0]["summary"]
     assert summary["requests"]["completed"] == 6

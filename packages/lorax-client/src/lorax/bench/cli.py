@@ -142,6 +142,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="skip the /tokenize calibration and assume this ratio",
     )
+    lengths.add_argument(
+        "--prompt-fit",
+        choices=("exact", "mean"),
+        default="exact",
+        help="exact: cut each prompt to its token count through /tokenize's spans (one call "
+        "per request before the run; mean when the server gives no spans); mean: size prompts "
+        "by the measured tokens per word",
+    )
 
     out = p.add_argument_group("output")
     out.add_argument("--slo-ttft", type=float, default=6.0, help="TTFT threshold (s) of the SLO")

@@ -123,6 +123,10 @@ def summarize(results: list[RequestResult], slo_ttft_s: float) -> dict[str, Any]
             "prompt": sum(prompt_known) if prompt_known else None,
             # Requests whose output length differs from max_new_tokens (EOS not ignored?).
             "output_len_mismatch": sum(1 for r in ok if r.output_tokens != r.output_len),
+            # Requests whose server-counted prompt length differs from the target.
+            "prompt_len_mismatch": sum(
+                1 for r in ok if r.prompt_tokens is not None and r.prompt_tokens != r.input_len
+            ),
             # Server-counted prompt tokens minus the target, averaged (prompt calibration error).
             "prompt_len_error_mean": (
                 math.fsum(r.prompt_tokens - r.input_len for r in ok if r.prompt_tokens is not None)

@@ -8,13 +8,15 @@ from typing import Any
 
 import httpx
 
+from lorax.bench.prompts import TokenSpans
 from lorax.client import AsyncClient
 from lorax.errors import LoraxError, json_object
 from lorax.retry import RetryConfig
 
-__all__ = ["describe", "token_counter"]
+__all__ = ["describe", "token_counter", "token_spans"]
 
 TokenCounter = Callable[[str], Awaitable[int]]
+"""``count(text)``: how many tokens ``text`` is on the server, special tokens included."""
 
 
 def _client(http: httpx.AsyncClient) -> AsyncClient:
@@ -62,3 +64,18 @@ async def token_counter(http: httpx.AsyncClient, model: str) -> TokenCounter | N
             continue
         return counter
     return None
+
+
+async def token_spans(http: httpx.AsyncClient) -> TokenSpans | None:
+    """Character spans of a text's tokens from LoRAX's ``POST /tokenize``, or None when the
+    server has no such route or its spans are empty (then prompts cannot be cut exactly)."""
+    client = _client(http)
+
+    async def spans(text: str) -> list[tuple[int, int]]:
+        return [(t.start, t.stop) for t in await client.tokenize(text, True, timeout=60)]
+
+    try:
+        probe = await spans("hello world")
+    except LoraxError:
+        return None
+    return spans if any(stop > 0 for _, stop in probe) else None

@@ -19,12 +19,12 @@ import httpx
 
 from lorax._version import __version__
 from lorax.bench.metrics import summarize
-from lorax.bench.prompts import PromptCalibration, calibrate
+from lorax.bench.prompts import PromptCalibration, calibrate, fitted_prompts, prompts_for
 from lorax.bench.protocol import Endpoint
 from lorax.bench.report import format_table, results_document, write_results
 from lorax.bench.runner import Runner, RunOptions
-from lorax.bench.server import describe, token_counter
-from lorax.bench.sweep import ProgressFactory, SweepConfig, plan, prompts_for, run_sweep
+from lorax.bench.server import describe, token_counter, token_spans
+from lorax.bench.sweep import ProgressFactory, SweepConfig, plan, run_sweep
 from lorax.bench.workload import (
     AdapterPopularity,
     TraceRequest,
@@ -146,12 +146,19 @@ async def run_benchmark(
     ) as http:
         meta["server"].update(await describe(http))
         calibration = await _calibration(http, args)
+        spans = None
+        if args.prompt_fit == "exact" and calibration.method == "tokenize":
+            spans = await token_spans(http)
+        if spans is not None:
+            prompts = await fitted_prompts(trace, calibration, spans)
+        else:
+            prompts = prompts_for(trace, calibration)
         meta["prompts"] = {
             "method": calibration.method,
             "tokens_per_word": calibration.tokens_per_word,
             "special_tokens": calibration.special_tokens,
+            "fit": "mean" if spans is None else "exact",
         }
-        prompts = prompts_for(trace, calibration)
         runner = Runner(http, configs.options)
         meta["workload"]["warmup"] = None
         if args.warmup:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -118,9 +119,12 @@ class StubServer:
         self, method: str, path: str, body: dict[str, Any], writer: asyncio.StreamWriter
     ) -> None:
         if method == "POST" and path == "/tokenize" and self.behaviour.tokenize:
-            words = str(body.get("inputs", "")).split()
+            text = str(body.get("inputs", ""))
             tokens = [{"id": 1, "text": "<s>", "start": 0, "stop": 0}]
-            tokens += [{"id": 5, "text": w, "start": 0, "stop": 0} for w in words]
+            tokens += [
+                {"id": 5, "text": m.group(), "start": m.start(), "stop": m.end()}
+                for m in re.finditer(r"\S+", text)
+            ]
             await _send_json(writer, 200, tokens)
         elif method == "GET" and path == "/info":
             await _send_json(writer, 200, {"model_id": "stub", "max_total_tokens": 1 << 20})

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorax.bench.metrics import RequestResult, summarize
-from lorax.bench.prompts import PromptCalibration, build_prompt
 from lorax.bench.runner import PlannedRequest, Runner
 from lorax.bench.workload import AdapterPopularity, TraceRequest, arrival_times
 
-__all__ = ["ProgressFactory", "RateSpec", "SweepConfig", "plan", "prompts_for", "run_sweep"]
+__all__ = ["ProgressFactory", "RateSpec", "SweepConfig", "plan", "run_sweep"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -122,14 +121,6 @@ def plan(
             PlannedRequest(index, at, prompt, adapter, request.input_len, request.output_len)
         )
     return planned
-
-
-def prompts_for(trace: list[TraceRequest], calibration: PromptCalibration) -> list[str]:
-    """Each request's prompt: the trace's own, or built to its input length."""
-    return [
-        r.prompt if r.prompt is not None else build_prompt(r.prompt_seed, r.input_len, calibration)
-        for r in trace
-    ]
 
 
 ProgressFactory = Callable[[str, int], Callable[[RequestResult], None]]
