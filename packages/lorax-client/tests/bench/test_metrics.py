@@ -71,6 +71,7 @@ def test_summary_counts_throughput_latency_and_slo() -> None:
     s = summarize(results, slo_ttft_s=6.0)
     assert s["requests"] == {"issued": 6, "completed": 3, "failed": 3}
     assert s["duration_s"] == 10.0
+    assert s["distinct_adapters"] == 3
     assert s["throughput"]["requests_per_s"] == pytest.approx(0.3)
     assert s["throughput"]["output_tokens_per_s"] == pytest.approx(1.7)
     assert s["throughput"]["total_tokens_per_s"] == pytest.approx(5.0)

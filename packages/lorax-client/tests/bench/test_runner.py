@@ -102,6 +102,15 @@ async def test_duration_stops_sending(stub: StubServer) -> None:
     assert len(stub.generate_bodies()) == len(results)
 
 
+async def test_duration_also_drops_requests_still_waiting_for_a_slot(stub: StubServer) -> None:
+    stub.behaviour.ttft_s = 0.1
+    results = await _run(stub.url, _planned(20, out=2), max_concurrency=2, duration_s=0.25)
+    # Two at a time, each about 0.1 s: a few waves are sent before 0.25 s, the rest never.
+    assert 2 <= len(results) <= 8
+    assert all(r.ok for r in results)
+    assert len(stub.generate_bodies()) == len(results)
+
+
 async def test_errors_are_counted_by_type(stub: StubServer) -> None:
     stub.behaviour.failures = {
         "bad": "generation",

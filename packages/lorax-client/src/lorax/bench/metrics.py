@@ -112,6 +112,8 @@ def summarize(results: list[RequestResult], slo_ttft_s: float) -> dict[str, Any]
             "completed": len(ok),
             "failed": len(results) - len(ok),
         },
+        # Adapters that requests of this point named (the base model not counted).
+        "distinct_adapters": len({r.adapter_id for r in results if r.adapter_id}),
         "duration_s": duration,
         "throughput": {
             "requests_per_s": per_s(len(ok)),

@@ -4,12 +4,14 @@ Open loop means a request is sent at its scheduled time whether or not earlier o
 answered, like independent users (a closed loop would slow down with the server and hide its
 queueing). ``max_concurrency`` caps the requests in flight (a late request waits for a slot, and
 the wait is recorded apart from its latencies); ``duration_s`` stops *sending* after that many
-seconds; every request is bounded by ``request_timeout_s``; so every run ends.
+seconds (requests not sent by then, scheduled later or still waiting for a slot, are dropped);
+every request is bounded by ``request_timeout_s``; so every run ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,8 +69,9 @@ class Runner:
         planned: list[PlannedRequest],
         on_done: Callable[[RequestResult], None] | None = None,
     ) -> list[RequestResult]:
-        """Send every planned request at its time (until ``duration_s``); return their results
-        in sending order once all have ended. ``on_done`` is called as each one ends."""
+        """Send every planned request at its time (until ``duration_s``); return the results of
+        those sent, in scheduled order, once all have ended. ``on_done`` is called as each sent
+        one ends."""
         options = self._options
         slots = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
         start = time.perf_counter()
@@ -93,7 +96,7 @@ class Runner:
                 )
                 results.append(result)
                 group.create_task(self._one(request, result, start, slots, on_done))
-        return results
+        return [r for r in results if not math.isnan(r.sent_s)]
 
     async def _one(
         self,
@@ -108,6 +111,9 @@ class Runner:
             await slots.acquire()
         try:
             sent = time.perf_counter()
+            duration = self._options.duration_s
+            if duration is not None and sent - start >= duration:
+                return  # waited for a slot past the end of sending: never sent
             result.client_wait_s = sent - ready
             result.sent_s = sent - start
             tracker = self._options.endpoint.tracker()
