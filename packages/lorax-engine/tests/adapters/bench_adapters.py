@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -192,8 +193,36 @@ def run(
     }
 
 
+def plot(results: str, out: str) -> None:
+    """Throughput vs N (log scale) from this script's JSON lines, base model as the ceiling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = Path(results).read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    runs = [r for r in rows if r.get("event") == "throughput"]
+    base = next(r["output_tok_s"] for r in runs if r["config"] == "base")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for dist, marker in (("uniform", "o"), ("powerlaw", "s")):
+        pts = sorted((r["n"], r["output_tok_s"]) for r in runs if r.get("dist") == dist)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{dist} popularity")
+    ax.axhline(base, color="gray", linestyle="--", label=f"base model alone ({base:.0f} tok/s)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("distinct adapters N (64 GPU slots)")
+    ax.set_ylabel("output tokens/s")
+    ax.set_ylim(0, base * 1.1)
+    ax.set_title("Llama-3-8B shape, bf16, H200: rank-16 adapters on all 7 projections")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--plot", nargs=2, metavar=("RESULTS_JSONL", "OUT_PNG"), help="only plot")
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     ap.add_argument("--ns", default="1,8,64,512,1024")
     ap.add_argument("--requests", type=int, default=512)
@@ -204,6 +233,9 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=16, help="distinct weight sets in host memory")
     ap.add_argument("--rank", type=int, default=16)
     args = ap.parse_args()
+    if args.plot:
+        plot(*args.plot)
+        return
 
     dev = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
