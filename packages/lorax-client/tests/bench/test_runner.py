@@ -62,29 +62,32 @@ async def test_ttft_and_tpot_reflect_the_server_delays(stub: StubServer) -> None
     stub.behaviour.ttft_s, stub.behaviour.token_delay_s = 0.15, 0.02
     results = await _run(stub.url, [PlannedRequest(0, 0.0, "a b", "a", 3, 6)])
     (r,) = results
-    assert 0.15 <= r.ttft_s < 0.6
+    # Lower bounds are exact (sleeps never end early); upper ones leave room for a busy machine.
+    assert 0.15 <= r.ttft_s < 1.0
     assert r.tpot_s is not None
-    assert 0.02 <= r.tpot_s < 0.1
+    assert 0.02 <= r.tpot_s < 0.2
     assert r.e2e_s == pytest.approx(r.ttft_s + 5 * r.tpot_s)
 
 
 async def test_requests_leave_at_their_scheduled_times(stub: StubServer) -> None:
-    planned = _planned(5, gap=0.1)
+    planned = _planned(6, gap=0.1)
     started = time.perf_counter()
     results = await _run(stub.url, planned)
-    assert time.perf_counter() - started >= 0.4
+    assert time.perf_counter() - started >= 0.5
     for r in results:
-        assert r.sent_s == pytest.approx(r.scheduled_s, abs=0.08)
+        assert r.sent_s >= r.scheduled_s
+        assert r.sent_s == pytest.approx(r.scheduled_s, abs=0.2)
 
 
 async def test_max_concurrency_caps_the_streams_in_flight(stub: StubServer) -> None:
-    stub.behaviour.token_delay_s = 0.01
-    results = await _run(stub.url, _planned(12, out=5), max_concurrency=3)
+    stub.behaviour.ttft_s = 0.1
+    results = await _run(stub.url, _planned(9, out=2), max_concurrency=3)
     assert all(r.ok for r in results)
     assert stub.max_open_streams == 3
-    # Later requests waited for a slot; the wait is not part of their latency.
-    assert max(r.client_wait_s for r in results) > 0.02
-    assert all(r.e2e_s < 0.5 for r in results)
+    # The third wave waited two waves for a slot; that wait is not part of its latency.
+    waited = [r for r in results if r.client_wait_s >= 0.2]
+    assert len(waited) >= 3
+    assert all(r.e2e_s < r.client_wait_s for r in waited)
 
 
 async def test_open_loop_does_not_wait_for_answers(stub: StubServer) -> None:
