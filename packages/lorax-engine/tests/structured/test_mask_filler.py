@@ -118,7 +118,11 @@ def test_filler_equals_direct_fill_for_real_constraints(
     # Exact width: one llguidance batch call; wider rows (a padded model vocabulary): the
     # row-by-row path, with the extra words zeroed.
     for extra_words in (0, 2):
-        filler = MaskFiller(factory.mask_words + extra_words, max_rows=16, num_threads=3)
+        filler = (
+            factory.mask_filler(max_rows=16)
+            if extra_words == 0
+            else MaskFiller(factory.mask_words + extra_words, max_rows=16, num_threads=3)
+        )
         try:
             got = filler.start(list(enumerate(constraints))).wait().numpy().copy()
         finally:

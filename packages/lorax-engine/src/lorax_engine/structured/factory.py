@@ -16,6 +16,7 @@ from lorax_engine.structured.llguidance_backend import (
     build_ll_tokenizer,
     stop_token_ids_of,
 )
+from lorax_engine.structured.mask_filler import MaskFiller
 from lorax_engine.structured.response_format import parse_response_format
 from lorax_engine.structured.tokenizer_check import check_tokenizer
 
@@ -66,6 +67,11 @@ class ConstraintFactory:
     def mask_words(self) -> int:
         """int32 words in one row's bitmask."""
         return (self.backend.vocab_size + 31) // 32
+
+    def mask_filler(self, max_rows: int) -> MaskFiller:
+        """A `MaskFiller` for this vocabulary with the configured fill threads; `max_rows` is
+        the most constrained rows one step can have (the engine's batch size)."""
+        return MaskFiller(self.mask_words, max_rows, self.config.num_fill_threads)
 
     def make(self, response_format: object) -> TokenConstraint | None:
         """The constraint for a request's `response_format` (None: unconstrained text).
