@@ -141,3 +141,14 @@ async def test_errors_are_counted_by_type(stub: StubServer) -> None:
 async def test_unreachable_server_is_a_connection_error() -> None:
     results = await _run("http://127.0.0.1:9", _planned(2), request_timeout_s=5)
     assert [r.error_type for r in results] == ["connection", "connection"]
+
+
+async def test_an_unexpected_client_failure_is_recorded_not_raised() -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("boom")
+
+    transport = httpx.MockTransport(broken)
+    async with httpx.AsyncClient(base_url="http://stub", transport=transport) as http:
+        results = await Runner(http, RunOptions()).run(_planned(2))
+    assert [r.error_type for r in results] == ["client_error", "client_error"]
+    assert results[0].error == "RuntimeError: boom"

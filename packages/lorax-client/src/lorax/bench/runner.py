@@ -126,6 +126,11 @@ class Runner:
             except httpx.HTTPError as exc:
                 result.error_type = "connection"
                 result.error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                # Anything else one odd response provokes is recorded against that request
+                # rather than ending an hour-long sweep (and its results) for all of them.
+                result.error_type = "client_error"
+                result.error = f"{type(exc).__name__}: {exc}"
             ended = time.perf_counter()
             if result.error_type is None:
                 if tracker.error is not None:
