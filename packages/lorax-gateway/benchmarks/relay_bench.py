@@ -151,6 +151,13 @@ def client_proc(
     queue.put((total, lat, start, time.monotonic()))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(
     port: int, route: str, cores: list[int], streams: int, tokens: int, measure: bool
 ) -> dict[str, Any]:
@@ -223,6 +230,7 @@ def main() -> None:
             try:
                 # Warm-up: imports, first-request paths, JIT-free but caches and pools.
                 run_load(port, route, cores[:1], 20, 20, False)
+                cpu0 = cpu_seconds(gw.pid)
                 if mode == "throughput":
                     res = run_load(
                         port, route, cores, args.throughput_streams, args.throughput_tokens, False
@@ -231,6 +239,12 @@ def main() -> None:
                     res = run_load(
                         port, route, cores, args.latency_streams, args.latency_tokens, True
                     )
+                # CPU time of the gateway process: tokens per CPU-second is its per-core rate,
+                # and stays meaningful when other processes compete for the core.
+                cpu = cpu_seconds(gw.pid) - cpu0
+                res["gateway_cpu_s"] = round(cpu, 3)
+                res["tokens_per_gateway_cpu_s"] = round(res["tokens"] / cpu) if cpu else None
+                if mode == "latency":
                     res["token_delay_s"] = delay
                     res["offered_tokens_per_s"] = round(args.latency_streams / delay)
             finally:
