@@ -229,3 +229,28 @@ def test_results_are_written_after_every_point(stub: StubServer, tmp_path: Path)
     assert doc["complete"] is False
     assert [p["num_adapters"] for p in doc["points"]] == [1]
     assert doc["points"][0]["summary"]["requests"]["completed"] == 6
+
+
+def test_progress_bar_and_missing_extras(
+    stub: StubServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "r.json"
+    args = ["--url", stub.url, "--output", str(out), "--input-len", "fixed:4", "--output-len",
+            "fixed:2", "--num-requests", "5", "--rate", "inf", "--num-adapters", "1,3"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 adapter @ inf" in err
+    assert "3 adapters @ inf" in err
+    assert "5/5" in err
+    # Without the bench extra: the run still completes, without a bar and without a plot.
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main([*args, "--plot", str(tmp_path / "p.png")]) == 0
+    err = capsys.readouterr().err
+    assert "no progress bar without tqdm" in err
+    assert "no plot without matplotlib" in err
+    assert not (tmp_path / "p.png").exists()
+    assert json.loads(out.read_text())["complete"] is True

@@ -175,7 +175,12 @@ def parser() -> argparse.ArgumentParser:
 def _progress_factory(enabled: bool) -> ProgressFactory | None:
     if not enabled:
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print("lorax-bench: no progress bar without tqdm (pip install 'lorax-client[bench]')",
+              file=sys.stderr)  # fmt: skip
+        return None
 
     bars: list[Any] = []
 

@@ -184,8 +184,13 @@ async def run_benchmark(
     if args.plot is not None:
         from lorax.bench.plot import plot_points
 
-        plot_points(
-            document["points"], args.plot, title=f"lorax-bench: {args.url}", axis=args.plot_x
-        )
-        print(f"plot: {args.plot}")
+        try:
+            plot_points(
+                document["points"], args.plot, title=f"lorax-bench: {args.url}", axis=args.plot_x
+            )
+        except ImportError:
+            print("lorax-bench: no plot without matplotlib (pip install 'lorax-client[bench]')",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"plot: {args.plot}")
     return document

@@ -163,7 +163,8 @@ async def run_sweep(
                         on_point(points)
                     continue
                 rps = rate.value * saturation
-            who = "base" if num_adapters == 0 else f"{num_adapters} adapters"
+            who = "base" if num_adapters == 0 else f"{num_adapters} adapter"
+            who += "s" if num_adapters > 1 else ""
             description = f"{who} @ {rate.label}" + (f" ({rps:.3g} req/s)" if rate.relative else "")
             planned = plan(trace, prompts, rps, num_adapters, config)
             on_done = progress(description, len(planned)) if progress is not None else None
