@@ -24,7 +24,12 @@ from lorax_engine.adapters import (
     S3Source,
     load_peft_lora,
 )
-from lorax_engine.adapters.peft_loader import WEIGHTS_NAME
+from lorax_engine.adapters.peft_loader import (
+    PICKLE_NAMES,
+    TEMPLATE_NAMES,
+    WEIGHTS_NAME,
+    read_chat_template,
+)
 from lorax_engine.adapters.ref import split_revision
 
 from .conftest import Spec
@@ -128,12 +133,14 @@ def test_s3_fetch_loads_the_same_weights(
 ) -> None:
     client, name = bucket
     d = make_adapter()
+    (d / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
     _upload(client, name, "org/lora", d)
     source = S3Source(tmp_path / "cache", max_bytes=1 << 30, endpoint_url=s3_endpoint)
     fetched = source.fetch(AdapterRef(f"s3://{name}/org/lora", source="s3"))
     got = load_peft_lora(fetched.directory, "k", spec, LoadLimits())
     want = load_peft_lora(d, "k", spec, LoadLimits())
     assert got.equal(want)
+    assert read_chat_template(fetched.directory, "x") == "{{ messages[0]['content'] }}"
     # A second fetch of the unchanged object uses the disk cache (same directory, no new files).
     again = source.fetch(AdapterRef(f"s3://{name}/org/lora/", source="s3"))
     assert again.directory == fetched.directory
@@ -230,7 +237,8 @@ def test_hub_passes_token_and_revision(
         "abc123",
         "hf_secret",
     )
-    assert set(call["allow_patterns"]) == {"adapter_config.json", WEIGHTS_NAME}  # never pickles
+    assert set(call["allow_patterns"]) == {"adapter_config.json", WEIGHTS_NAME, *TEMPLATE_NAMES}
+    assert not set(call["allow_patterns"]) & set(PICKLE_NAMES)  # pickles are never downloaded
 
 
 def test_hub_errors_do_not_leak_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,3 +268,55 @@ def test_hub_errors_do_not_leak_the_token(monkeypatch: pytest.MonkeyPatch) -> No
         assert info.value.__cause__ is None
         assert info.value.__suppress_context__
     assert "hf_secret" not in repr(ref)
+
+
+# ---- chat templates -------------------------------------------------------------------------
+
+
+def test_adapter_chat_templates(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    import json
+
+    from lorax_engine.adapters import AdapterLoader, HostAdapterCache, MergeSpec, SourceRegistry
+
+    jinja = make_adapter("jinja")
+    (jinja / "chat_template.jinja").write_text("J{{ messages }}")
+    config = make_adapter("config")
+    (config / "tokenizer_config.json").write_text(json.dumps({"chat_template": "C{{ messages }}"}))
+    named = make_adapter("named")
+    (named / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": [
+                    {"name": "tool_use", "template": "T"},
+                    {"name": "default", "template": "D"},
+                ]
+            }
+        )
+    )
+    make_adapter("plain")
+    broken = make_adapter("broken")
+    (broken / "chat_template.json").write_text("{")
+    loader = AdapterLoader(
+        SourceRegistry({"local": LocalSource([tmp_path])}),
+        spec,
+        LoadLimits(),
+        HostAdapterCache(1 << 30),
+    )
+
+    def template(name: str) -> str | None:
+        return loader.chat_template(AdapterRef(name, source="local"))
+
+    assert [template(n) for n in ("jinja", "config", "named", "plain")] == [
+        "J{{ messages }}",
+        "C{{ messages }}",
+        "D",
+        None,
+    ]
+    assert _code(AdapterLoadError, lambda: template("broken")) == "corrupt_config"
+    assert (
+        loader.chat_template(AdapterRef(merged=MergeSpec(("jinja",), (1.0,)), source="local"))
+        is None
+    )
+    assert loader.chat_template(AdapterRef()) is None

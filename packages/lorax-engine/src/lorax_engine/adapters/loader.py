@@ -6,13 +6,19 @@ Runs on the manager's loader threads, never on the step loop.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import torch
 
 from lorax_engine.adapters.host_cache import HostAdapterCache
 from lorax_engine.adapters.merge import merge_adapters, merge_seed
-from lorax_engine.adapters.peft_loader import LoadLimits, ModelSpecLike, load_peft_lora
+from lorax_engine.adapters.peft_loader import (
+    LoadLimits,
+    ModelSpecLike,
+    load_peft_lora,
+    read_chat_template,
+)
 from lorax_engine.adapters.ref import AdapterRef
 from lorax_engine.adapters.sources.base import SourceRegistry
 from lorax_engine.adapters.weights import LoraWeights
@@ -39,6 +45,25 @@ class AdapterLoader:
         self.limits = limits
         self.host_cache = host_cache
         self.dtype = dtype
+        self._templates: dict[str, str | None] = {}
+        self._templates_lock = threading.Lock()
+
+    def chat_template(self, ref: AdapterRef) -> str | None:
+        """The adapter's own chat template (None: use the base model's). Blocking, cached.
+
+        A merge has none of its own. Fetching goes through the source, so the same credential
+        rules apply as for the weights.
+        """
+        if ref.is_base or ref.merged is not None:
+            return None
+        key = ref.cache_key()
+        with self._templates_lock:
+            if key in self._templates:
+                return self._templates[key]
+        template = read_chat_template(self.sources.fetch(ref).directory, ref.adapter_id or key)
+        with self._templates_lock:
+            self._templates[key] = template
+        return template
 
     def load(self, ref: AdapterRef) -> LoraWeights:
         """The adapter's weights: from the CPU tier when there, else fetched (and cached)."""

@@ -24,6 +24,8 @@ from lorax_engine.adapters.weights import TARGET_ORDER, LoraWeights, ModuleKey
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.ckpt")
+# Where an adapter may ship its own chat template, in the order transformers looks.
+TEMPLATE_NAMES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json")
 MAX_CONFIG_BYTES = 1 << 20
 
 # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight (an adapter name may follow A/B).
@@ -302,3 +304,34 @@ def _pattern_value(patterns: Mapping[str, Any], module_name: str, default: float
         if re.match(rf"(.*\.)?({pattern})$", module_name):
             return float(value)
     return default
+
+
+def read_chat_template(directory: Path, name: str) -> str | None:
+    """The adapter's own chat template, or None when it ships none (the base model's applies).
+
+    ``chat_template.jinja``, then ``chat_template.json`` / ``tokenizer_config.json``
+    (``chat_template`` as a string, or a list of named templates of which ``default`` is used).
+    """
+    for file_name in TEMPLATE_NAMES:
+        path = directory / file_name
+        if not path.is_file():
+            continue
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise AdapterLoadError(
+                f"adapter {name!r}: {file_name} is too large", code="corrupt_config"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+            if file_name.endswith(".jinja"):
+                return text
+            template = json.loads(text).get("chat_template")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            raise AdapterLoadError(
+                f"adapter {name!r}: {file_name} is not valid", code="corrupt_config"
+            ) from None
+        if isinstance(template, list):
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if isinstance(template, str) and template:
+            return template
+    return None

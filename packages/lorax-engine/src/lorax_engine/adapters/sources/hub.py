@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorax_engine.adapters.errors import AdapterLoadError, AdapterNotFoundError
-from lorax_engine.adapters.peft_loader import CONFIG_NAME, WEIGHTS_NAME
+from lorax_engine.adapters.peft_loader import CONFIG_NAME, TEMPLATE_NAMES, WEIGHTS_NAME
 from lorax_engine.adapters.ref import AdapterRef, split_revision
 from lorax_engine.adapters.sources.base import FetchedAdapter
 
@@ -40,7 +40,7 @@ class HubSource:
                 revision=revision,
                 cache_dir=self._cache_dir,
                 token=ref.api_token,
-                allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+                allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, *TEMPLATE_NAMES],
                 endpoint=self._endpoint,
             )
         except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError):

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lorax_engine.adapters.errors import AdapterNotFoundError, AdapterRequestError
-from lorax_engine.adapters.peft_loader import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
+from lorax_engine.adapters.peft_loader import (
+    CONFIG_NAME,
+    PICKLE_NAMES,
+    TEMPLATE_NAMES,
+    WEIGHTS_NAME,
+)
 from lorax_engine.adapters.ref import AdapterRef
 from lorax_engine.adapters.sources.base import FetchedAdapter
 
@@ -58,7 +63,7 @@ class LocalSource:
     @staticmethod
     def _check_files(directory: Path, root: Path, adapter_id: str) -> None:
         # The directory may be inside the root while its files are symlinks to elsewhere.
-        for name in (CONFIG_NAME, WEIGHTS_NAME, *PICKLE_NAMES):
+        for name in (CONFIG_NAME, WEIGHTS_NAME, *TEMPLATE_NAMES, *PICKLE_NAMES):
             f = directory / name
             if (f.exists() or f.is_symlink()) and not f.resolve(strict=False).is_relative_to(root):
                 raise _escape(adapter_id)

@@ -16,7 +16,13 @@ from lorax_engine.adapters.errors import (
     AdapterNotFoundError,
     AdapterRequestError,
 )
-from lorax_engine.adapters.peft_loader import CONFIG_NAME, PICKLE_NAMES, WEIGHTS_NAME
+from lorax_engine.adapters.peft_loader import (
+    CONFIG_NAME,
+    MAX_CONFIG_BYTES,
+    PICKLE_NAMES,
+    TEMPLATE_NAMES,
+    WEIGHTS_NAME,
+)
 from lorax_engine.adapters.ref import AdapterRef
 from lorax_engine.adapters.sources.base import FetchedAdapter
 
@@ -77,26 +83,22 @@ class S3Source:
                     f"{self._max_bytes}",
                     code="too_large",
                 )
+            # Small optional files come along (templates); oversized ones are left for the loader
+            # to miss rather than fetched.
+            wanted = {CONFIG_NAME: config, WEIGHTS_NAME: weights}
+            for name in TEMPLATE_NAMES:
+                o = objects.get(name)
+                if o is not None and int(o.get("Size", 0)) <= MAX_CONFIG_BYTES:
+                    wanted[name] = o
+            present = {n: o for n, o in wanted.items() if o is not None}
             tag = "|".join(
-                f"{name}:{o.get('ETag', '')}:{o.get('Size', 0)}"
-                for name, o in ((CONFIG_NAME, config), (WEIGHTS_NAME, weights))
-                if o is not None
+                f"{n}:{o.get('ETag', '')}:{o.get('Size', 0)}" for n, o in present.items()
             )
             target = (
                 self._cache_dir / hashlib.sha256(f"{bucket}/{prefix}|{tag}".encode()).hexdigest()
             )
             if not target.is_dir():
-                self._download(
-                    client,
-                    bucket,
-                    prefix,
-                    [
-                        n
-                        for n, o in ((CONFIG_NAME, config), (WEIGHTS_NAME, weights))
-                        if o is not None
-                    ],
-                    target,
-                )
+                self._download(client, bucket, prefix, list(present), target)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND_CODES:
