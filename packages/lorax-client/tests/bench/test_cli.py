@@ -118,6 +118,17 @@ def test_same_seed_replays_the_same_requests(stub: StubServer, tmp_path: Path) -
     assert requests_seen() != first
 
 
+def test_trace_timestamps_replay(stub: StubServer, tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    lines = [{"input_len": 4, "output_len": 2, "arrival_s": t} for t in (0.0, 0.3, 0.35)]
+    trace.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    doc = _run(stub, tmp_path, "--trace", str(trace), "--rate", "trace", "--save-requests")
+    (point,) = doc["points"]
+    assert point["rate"] == "trace"
+    assert [r["scheduled_s"] for r in point["requests"]] == [0.0, 0.3, 0.35]
+    assert point["summary"]["requests"]["completed"] == 3
+
+
 def test_openai_protocol_without_tokenize_assumes_a_ratio(stub: StubServer, tmp_path: Path) -> None:
     stub.behaviour.tokenize = False
     doc = _run(
@@ -171,6 +182,8 @@ def test_a_server_that_is_down_exits_1(tmp_path: Path) -> None:
         ["--adapter-template", "no-placeholder"],
         ["--input-len", "uniform:5:1"],
         ["--max-concurrency", "0"],
+        ["--rate", "trace"],  # a drawn trace has no timestamps
+        ["--trace", "/no/such/trace.jsonl"],
     ],
 )
 def test_bad_arguments_are_usage_errors(bad: list[str]) -> None:

@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(arguments)
     try:
         configs_from_args(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # bad values, or a trace file that cannot be read
         p.error(str(exc))
     if any(math.isinf(r.value) for r in args.rate) and args.max_concurrency is None:
         print(

@@ -44,10 +44,12 @@ class Configs:
     sweep: SweepConfig
     options: RunOptions
     workload: WorkloadConfig
+    trace: list[TraceRequest]
 
 
 def configs_from_args(args: argparse.Namespace) -> Configs:
-    """Build and validate every config (a ValueError here is a usage error)."""
+    """Build and validate every config, and draw or read the trace (a ValueError here is a
+    usage error)."""
     sweep = SweepConfig(
         rates=args.rate,
         adapter_counts=args.num_adapters,
@@ -70,7 +72,13 @@ def configs_from_args(args: argparse.Namespace) -> Configs:
         raise ValueError("--words-per-token must be > 0")
     if not 0 <= args.warmup <= args.num_requests:
         raise ValueError("--warmup must be in [0, --num-requests]")
-    return Configs(sweep, options, workload)
+    if args.trace is not None:
+        trace = load_trace(args.trace, args.seed)[: args.num_requests]
+    else:
+        trace = build_trace(workload)
+    if any(r.value == 0 for r in sweep.rates) and any(r.arrival_s is None for r in trace):
+        raise ValueError("--rate trace needs a --trace whose requests all have arrival_s")
+    return Configs(sweep, options, workload, trace)
 
 
 def _workload_record(
@@ -114,11 +122,7 @@ async def run_benchmark(
     """Run the benchmark that ``args`` (parsed from ``argv``) describe, writing the results file
     as it goes; returns the final results document."""
     configs = configs_from_args(args)
-    sweep = configs.sweep
-    if args.trace is not None:
-        trace = load_trace(args.trace, args.seed)[: args.num_requests]
-    else:
-        trace = build_trace(configs.workload)
+    sweep, trace = configs.sweep, configs.trace
     if args.save_trace is not None:
         save_trace(trace, args.save_trace)
     meta: dict[str, Any] = {
