@@ -41,6 +41,32 @@ def test_openai_body_names_the_adapter_as_model() -> None:
     assert endpoint.body("hi", None, 9)["model"] == "base-model"
 
 
+def test_chat_body_sends_the_prompt_as_a_user_message() -> None:
+    endpoint = Endpoint("openai-chat", model="base-model")
+    assert endpoint.path == "/v1/chat/completions"
+    body = endpoint.body("hi", "adapter-1", 9)
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert "prompt" not in body
+    assert (body["model"], body["max_tokens"], body["stream"]) == ("adapter-1", 9, True)
+
+
+def test_chat_stream_counts_content_deltas() -> None:
+    tracker = Endpoint("openai-chat").tracker()
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    assert tracker.feed(_data(role)) == 0  # the role chunk is not a token
+    chunk = {"choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": None}]}
+    assert tracker.feed(_data(chunk)) == 1
+    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    assert tracker.feed(_data(end)) == 0
+    assert tracker.finished
+    assert tracker.output_tokens == 1
+
+
+def test_unknown_protocol_is_refused() -> None:
+    with pytest.raises(ValueError, match="protocol"):
+        Endpoint("grpc")  # type: ignore[arg-type]
+
+
 def test_lorax_stream_counts_tokens_and_reads_details() -> None:
     tracker = Endpoint("lorax").tracker()
     token = {"id": 1, "text": "a", "logprob": 0.0, "special": False}

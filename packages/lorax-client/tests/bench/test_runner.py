@@ -33,7 +33,7 @@ async def _run(url: str, planned: list[PlannedRequest], **options: Any) -> list[
         return await Runner(http, RunOptions(**options)).run(planned)
 
 
-@pytest.mark.parametrize("protocol", ["lorax", "openai"])
+@pytest.mark.parametrize("protocol", ["lorax", "openai", "openai-chat"])
 async def test_every_request_completes_with_its_exact_length(
     stub: StubServer, protocol: str
 ) -> None:
@@ -55,6 +55,7 @@ async def test_every_request_completes_with_its_exact_length(
         )
     else:
         assert sorted(b["max_tokens"] for b in bodies) == sorted(p.output_len for p in planned)
+        assert all(("messages" in b) == (protocol == "openai-chat") for b in bodies)
         assert sorted(b["model"] for b in bodies) == sorted(p.adapter_id or "" for p in planned)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lorax.bench.metrics import RequestResult
+from lorax.bench.protocol import PROTOCOLS
 from lorax.bench.session import configs_from_args, run_benchmark
 from lorax.bench.sweep import ProgressFactory, RateSpec
 from lorax.bench.workload import LengthDist
@@ -44,9 +45,10 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--url", default="http://127.0.0.1:8080", help="server root URL")
     server.add_argument(
         "--protocol",
-        choices=("lorax", "openai"),
+        choices=PROTOCOLS,
         default="lorax",
-        help="lorax: /generate_stream; openai: /v1/completions (streaming)",
+        help="lorax: /generate_stream; openai: /v1/completions; openai-chat: "
+        "/v1/chat/completions (all streaming)",
     )
     server.add_argument("--model", default="", help="openai: the `model` of base-model requests")
     server.add_argument("--api-key", default=None, help="sent as Authorization: Bearer")

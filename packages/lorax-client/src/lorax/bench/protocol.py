@@ -5,6 +5,8 @@
 - ``openai``: ``POST /v1/completions`` with ``stream: true`` (vLLM, SGLang, our gateway): the
   adapter is ``model``; one chunk per token (or a few); ``usage`` on the final chunk;
   ``data: [DONE]`` ends the body.
+- ``openai-chat``: ``POST /v1/chat/completions``, the prompt as one user message (the server's
+  chat template adds its own tokens to the prompt); the text comes in ``choices[].delta``.
 
 Both ask for exactly ``output_len`` new tokens with EOS ignored (``ignore_eos_token`` for LoRAX;
 for OpenAI servers both the vLLM spelling ``ignore_eos`` and ours, since servers ignore unknown
@@ -19,9 +21,15 @@ from typing import Any, Literal, cast
 
 from lorax.errors import json_object
 
-__all__ = ["Endpoint", "Protocol", "StreamTracker"]
+__all__ = ["PROTOCOLS", "Endpoint", "Protocol", "StreamTracker"]
 
-Protocol = Literal["lorax", "openai"]
+Protocol = Literal["lorax", "openai", "openai-chat"]
+PROTOCOLS: tuple[Protocol, ...] = ("lorax", "openai", "openai-chat")
+_PATHS: dict[Protocol, str] = {
+    "lorax": "/generate_stream",
+    "openai": "/v1/completions",
+    "openai-chat": "/v1/chat/completions",
+}
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,7 +37,7 @@ class Endpoint:
     """Where and how requests are sent.
 
     Attributes:
-        protocol: ``lorax`` or ``openai``.
+        protocol: ``lorax``, ``openai`` or ``openai-chat``.
         model: OpenAI ``model`` for base-model requests (the base model's id, or ``""`` for our
             gateway); ignored by ``lorax``.
         adapter_source: LoRAX ``adapter_source`` (``hub``, ``local``, ``s3``), or None for the
@@ -41,13 +49,13 @@ class Endpoint:
     adapter_source: str | None = None
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("lorax", "openai"):
+        if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}")
 
     @property
     def path(self) -> str:
         """The streaming route."""
-        return "/generate_stream" if self.protocol == "lorax" else "/v1/completions"
+        return _PATHS[self.protocol]
 
     def body(self, prompt: str, adapter_id: str | None, max_new_tokens: int) -> dict[str, Any]:
         """The JSON body of one request (``adapter_id`` None = the base model)."""
@@ -62,9 +70,12 @@ class Endpoint:
                 if self.adapter_source:
                     parameters["adapter_source"] = self.adapter_source
             return {"inputs": prompt, "parameters": parameters}
-        body: dict[str, Any] = {
-            "model": adapter_id or self.model,
-            "prompt": prompt,
+        body: dict[str, Any] = {"model": adapter_id or self.model}
+        if self.protocol == "openai":
+            body["prompt"] = prompt
+        else:
+            body["messages"] = [{"role": "user", "content": prompt}]
+        body |= {
             "max_tokens": max_new_tokens,
             "temperature": 0.0,
             "stream": True,
@@ -85,7 +96,8 @@ class StreamTracker:
     """Follows one streaming response, event by event (the ``data`` of each SSE event).
 
     Attributes:
-        tokens: token events seen (for OpenAI: chunks that carried text).
+        tokens: token events seen (for OpenAI: chunks that carried text, or a chat delta's
+            content).
         finished: the final event arrived (LoRAX: ``generated_text``; OpenAI: a
             ``finish_reason``).
         prompt_tokens / generated_tokens: what the server reported, when it did.
@@ -146,7 +158,8 @@ class StreamTracker:
                 choice = json_object(raw)
                 if choice is None:
                     continue
-                if choice.get("text"):
+                delta = json_object(choice.get("delta"))
+                if choice.get("text") or (delta is not None and delta.get("content")):
                     new = 1
                 if choice.get("finish_reason") is not None:
                     self.finished = True

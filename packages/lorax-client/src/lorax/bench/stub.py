@@ -26,6 +26,13 @@ from lorax.errors import json_object
 
 __all__ = ["StubBehaviour", "StubServer", "main"]
 
+# route -> the shape of its stream
+_GENERATE_ROUTES = {
+    "/generate_stream": "lorax",
+    "/v1/completions": "openai",
+    "/v1/chat/completions": "openai-chat",
+}
+
 
 @dataclass(slots=True)
 class StubBehaviour:
@@ -94,7 +101,7 @@ class StubServer:
 
     def generate_bodies(self) -> list[dict[str, Any]]:
         """Bodies of the generation requests seen, in arrival order."""
-        return [b for p, b in self.requests if p in ("/generate_stream", "/v1/completions")]
+        return [b for p, b in self.requests if p in _GENERATE_ROUTES]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -130,16 +137,20 @@ class StubServer:
             await _send_json(writer, 200, {"model_id": "stub", "max_total_tokens": 1 << 20})
         elif method == "GET" and path == "/health":
             await _send_json(writer, 200, {})
-        elif method == "POST" and path in ("/generate_stream", "/v1/completions"):
-            await self._generate(path == "/v1/completions", body, writer)
+        elif method == "POST" and path in _GENERATE_ROUTES:
+            await self._generate(_GENERATE_ROUTES[path], body, writer)
         else:
             await _send_json(writer, 404, {"error": "no such route", "error_type": "not_found"})
 
     async def _generate(
-        self, openai: bool, body: dict[str, Any], writer: asyncio.StreamWriter
+        self, shape: str, body: dict[str, Any], writer: asyncio.StreamWriter
     ) -> None:
-        if openai:
+        if shape == "openai":
             adapter, prompt, n = body.get("model"), body.get("prompt"), body.get("max_tokens")
+        elif shape == "openai-chat":
+            messages: list[Any] = body.get("messages") or [{}]
+            last = json_object(messages[-1]) or {}
+            adapter, prompt, n = body.get("model"), last.get("content"), body.get("max_tokens")
         else:
             params = json_object(body.get("parameters")) or {}
             adapter, prompt, n = (
@@ -164,13 +175,13 @@ class StubServer:
         self.max_open_streams = max(self.max_open_streams, self.open_streams)
         try:
             prompt_tokens = len(str(prompt or "").split()) + 1
-            await self._tokens(openai, prompt_tokens, int(n or 16), failure, writer)
+            await self._tokens(shape, prompt_tokens, int(n or 16), failure, writer)
         finally:
             self.open_streams -= 1
 
     async def _tokens(
         self,
-        openai: bool,
+        shape: str,
         prompt_tokens: int,
         n: int,
         failure: str | None,
@@ -190,11 +201,13 @@ class StubServer:
                 writer.write(_sse({"error": "adapter crashed", "error_type": "generation"}))
                 return
             last = i == n - 1
-            if openai:
-                choice = {"index": 0, "text": f" t{i}", "finish_reason": "length" if last else None}
-                writer.write(
-                    _sse({"object": "text_completion", "choices": [choice], "usage": None})
-                )
+            if shape != "lorax":
+                finish = "length" if last else None
+                if shape == "openai":
+                    choice = {"index": 0, "text": f" t{i}", "finish_reason": finish}
+                else:
+                    choice = {"index": 0, "delta": {"content": f" t{i}"}, "finish_reason": finish}
+                writer.write(_sse({"object": "chunk", "choices": [choice], "usage": None}))
             else:
                 event: dict[str, Any] = {
                     "token": {"id": 9, "text": f" t{i}", "logprob": -0.1, "special": False},
@@ -211,9 +224,9 @@ class StubServer:
                     }
                 writer.write(_sse(event))
             await writer.drain()
-        if openai:
+        if shape != "lorax":
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n}
-            writer.write(_sse({"object": "text_completion", "choices": [], "usage": usage}))
+            writer.write(_sse({"object": "chunk", "choices": [], "usage": usage}))
             writer.write(b"data: [DONE]\n\n")
             await writer.drain()
 
