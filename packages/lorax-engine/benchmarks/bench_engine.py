@@ -11,6 +11,7 @@ null tokenizer (the random model's ids have no text), so host-side text work is 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import time
 
@@ -101,6 +102,7 @@ def run_batch(
         if first_token_at is None and core.stats.generated_tokens > 0:
             first_token_at = time.perf_counter() - t0
     wall = time.perf_counter() - t0
+    graph_ms = replay_ms(core, batch)
     decode_times.sort()
     med = decode_times[len(decode_times) // 2] if decode_times else float("nan")
     ctx = sum(decode_ctx) / max(1, len(decode_ctx))
@@ -120,7 +122,26 @@ def run_batch(
         roofline_ms=round(roof * 1000, 3),
         pct_roofline=round(100 * roof / med, 1),
         first_token_s=round(first_token_at or 0.0, 3),
+        graph_replay_ms=graph_ms,
+        graph_pct_roofline=round(100 * roof * 1000 / graph_ms, 1) if graph_ms else None,
     )
+
+
+def replay_ms(core: EngineCore, batch: int) -> float | None:
+    """GPU time of one decode step alone: replay the bucket's graph on the last step's inputs."""
+    graphs = core.runner.graphs
+    if graphs is None:
+        return None
+    key = (graphs.buckets[bisect.bisect_left(graphs.buckets, batch)], False)
+    graph = graphs._graphs[key][0]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(20):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return round(start.elapsed_time(end) / 20, 3)
 
 
 def hf_baseline(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -33,6 +33,7 @@ class AsyncEngine:
         self.tokenizer = loaded.tokenizer
         self.model_dir = loaded.model_dir
         self._in_flight = 0
+        self._ids = itertools.count()
         self.metrics = EngineMetrics(self.core, lambda: self._in_flight)
         self.core.start()
 
@@ -55,12 +56,14 @@ class AsyncEngine:
             except EngineError as exc:
                 yield _error(exc)
                 return
-            if len(requests) == 1:
-                async for event in self._stream(requests[0]):
+            # Close the inner generator explicitly: its `finally` aborts the request right away
+            # instead of whenever the garbage collector finalizes it.
+            inner = self._stream(requests[0]) if len(requests) == 1 else self._best_of(requests)
+            try:
+                async for event in inner:
                     yield event
-            else:
-                async for event in self._best_of(requests):
-                    yield event
+            finally:
+                await inner.aclose()
         finally:
             self._in_flight -= 1
 
@@ -81,7 +84,8 @@ class AsyncEngine:
             ids = ids[-truncate:]
         sp = parse_parameters(params, len(ids), limits)
         response_format = params.get("response_format")
-        request_id = str(body.get("request_id") or f"req-{uuid.uuid4().hex}")
+        # The caller's id need not be unique (retries, tests); the core needs a unique key.
+        request_id = f"{body.get('request_id') or 'req'}#{next(self._ids)}"
         now = time.monotonic()
         seeds = (
             [sp.seed] if sp.best_of == 1 else [random.getrandbits(63) for _ in range(sp.best_of)]
@@ -111,7 +115,14 @@ class AsyncEngine:
     async def _stream(self, request: Request) -> AsyncGenerator[Event, None]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        self.core.submit(request, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+
+        def sink(event: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the consumer's loop is gone: nobody is listening any more
+                self.core.abort(request.request_id)
+
+        self.core.submit(request, sink)
         done = False
         try:
             while True:
@@ -125,7 +136,7 @@ class AsyncEngine:
             if not done:
                 self.core.abort(request.request_id)
 
-    async def _best_of(self, requests: list[Request]) -> AsyncIterator[Event]:
+    async def _best_of(self, requests: list[Request]) -> AsyncGenerator[Event, None]:
         """Run the candidates together; the best (highest total logprob) is the main sequence."""
         streams = [self._collect(r) for r in requests]
         tasks = [asyncio.ensure_future(s) for s in streams]

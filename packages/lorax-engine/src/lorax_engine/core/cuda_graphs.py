@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
     """1, 2, 4, 8, then every 16 up to ``max_num_seqs`` (padding waste stays under ~2x at small
@@ -45,7 +47,7 @@ class DecodeGraphs:
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=dev)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)
         self.pool = None
-        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, _Outputs]] = {}
 
     def can_run(self, num_seqs: int) -> bool:
         return num_seqs <= self.buckets[-1]
@@ -64,7 +66,7 @@ class DecodeGraphs:
 
     def _capture(
         self, size: int, lora_meta: LoraBatchMeta | None
-    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    ) -> tuple[torch.cuda.CUDAGraph, _Outputs]:
         model = self.runner.model
         batch = self._batch(size, lora_meta)
         # Warm up outside the graph so lazy initialisation (cuBLAS handles, Triton autotune) is done.
@@ -73,18 +75,22 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = model.compute_logits(model(batch, self.runner.kv_caches))
+            logits = model.compute_logits(model(batch, self.runner.kv_caches))  # [size, vocab]
+            # The greedy choice, so the common all-greedy batch needs no kernel outside the graph.
+            ids = logits.argmax(dim=-1)
+            logprobs = logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
         if self.pool is None:
             self.pool = graph.pool()
         log.debug("captured decode graph for batch %d (lora=%s)", size, lora_meta is not None)
-        return graph, logits
+        return graph, (logits, ids, logprobs)
 
     def capture_all(self) -> None:
         """Capture every bucket now (largest first, so smaller ones reuse its memory pool)."""
         for size in reversed(self.buckets):
             self._graphs[(size, False)] = self._capture(size, None)
 
-    def run(self, host: HostBatch, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
+    def run(self, host: HostBatch, lora_meta: LoraBatchMeta | None) -> _Outputs:
+        """Replay the bucket's graph; returns ``(logits, greedy ids, greedy logprobs)`` for n rows."""
         n = len(host.seq_lens)
         size = self.buckets[bisect.bisect_left(self.buckets, n)]
         width = host.block_tables.shape[1]
@@ -98,6 +104,6 @@ class DecodeGraphs:
         key = (size, lora_meta is not None)
         if key not in self._graphs:
             self._graphs[key] = self._capture(size, lora_meta)
-        graph, logits = self._graphs[key]
+        graph, (logits, ids, logprobs) = self._graphs[key]
         graph.replay()
-        return logits[:n]
+        return logits[:n], ids[:n], logprobs[:n]

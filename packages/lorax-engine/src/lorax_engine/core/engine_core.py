@@ -6,17 +6,17 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from lorax_engine.core.model_runner import ModelRunner
+from lorax_engine.core.model_runner import ModelRunner, RunnerOutput
 from lorax_engine.core.output import EventSink, RequestOutput
 from lorax_engine.core.request import Request, RequestStatus
 from lorax_engine.core.sampler import Sampler, SamplingRow
-from lorax_engine.core.scheduler import Scheduler
+from lorax_engine.core.scheduler import ScheduledChunk, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,13 @@ class EngineCore:
     # ---- loop thread ----------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self.scheduler.has_work:
-                cmd = self._inbox.get()  # sleep until there is something to do
-                self._apply(cmd)
-            self.step()
+            try:
+                if not self.scheduler.has_work:
+                    cmd = self._inbox.get()  # sleep until there is something to do
+                    self._apply(cmd)
+                self.step()
+            except Exception:  # the loop thread must outlive any one bad step
+                log.exception("engine loop error")
 
     def _drain_inbox(self) -> None:
         while True:
@@ -125,16 +128,14 @@ class EngineCore:
                 c.request.first_scheduled_time = now
         try:
             result = self.runner.execute(sched.chunks)
-            self._process(sched.chunks, result.sample_logits, result.prompt_logprobs)
+            self._process(sched.chunks, result)
         except Exception as exc:  # a failed step must not take the server down with it
             log.exception("engine step failed")
             self._fail_all(f"engine step failed: {exc}")
         self.stats.steps += 1
 
-    def _process(
-        self, chunks: Any, logits: torch.Tensor, prompt_logprobs: dict[int, list[float]]
-    ) -> None:
-        for i, lps in prompt_logprobs.items():
+    def _process(self, chunks: Sequence[ScheduledChunk], result: RunnerOutput) -> None:
+        for i, lps in result.prompt_logprobs.items():
             plp = chunks[i].request.prompt_logprobs
             if plp is not None:
                 plp.extend(lps)
@@ -157,7 +158,7 @@ class EngineCore:
             sampling.append(req)
         if not rows:
             return
-        out = self.sampler(logits, rows)
+        out = self.sampler(result.sample_logits, rows, result.greedy)
         for j, req in enumerate(sampling):
             token = out.token_ids[j]
             req.token_ids.append(token)
@@ -166,7 +167,8 @@ class EngineCore:
             if req.constraint is not None:
                 req.constraint.accept(token)
             output = self._outputs.get(req.request_id)
-            if output is None:
+            if output is None:  # nobody listens (a cancel is on its way): stop generating now
+                self.scheduler.finish(req)
                 continue
             if output.on_token(token, out.logprobs[j], out.alternatives[j]):
                 self._finish(output)
@@ -183,5 +185,8 @@ class EngineCore:
             req = output.request
             if req.status is not RequestStatus.FINISHED:
                 self.scheduler.finish(req)
-            output.sink({"type": "error", "error": message, "error_type": "generation"})
+            try:
+                output.sink({"type": "error", "error": message, "error_type": "generation"})
+            except Exception:
+                log.exception("could not deliver an error event")
         self._outputs.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,8 +22,10 @@ class RunnerOutput:
     """Logits of the chunks that sample (in chunk order) and the prompt logprobs gathered."""
 
     sample_logits: torch.Tensor  # [num_sampling_chunks, vocab] float32
+    # Greedy choice and its logprob per sampling row, when the CUDA graph already computed them.
+    greedy: tuple[torch.Tensor, torch.Tensor] | None = None
     # Per chunk index, logprobs of the prompt tokens it scored (token j + 1 given tokens <= j).
-    prompt_logprobs: dict[int, list[float]]
+    prompt_logprobs: dict[int, list[float]] = field(default_factory=dict[int, list[float]])
 
 
 @dataclass(slots=True)
@@ -71,6 +73,8 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self, max_num_seqs)
 
     def build_host_batch(self, chunks: Sequence[ScheduledChunk]) -> HostBatch:
+        if all(c.num_tokens == 1 for c in chunks):
+            return self._build_decode_batch(chunks)
         bs = self.block_size
         ids: list[np.ndarray] = []
         pos: list[np.ndarray] = []
@@ -103,6 +107,31 @@ class ModelRunner:
             is_decode=all(c.num_tokens == 1 for c in chunks),
         )
 
+    def _build_decode_batch(self, chunks: Sequence[ScheduledChunk]) -> HostBatch:
+        """The common all-decode step, with scalar Python instead of per-request numpy calls."""
+        bs = self.block_size
+        n = len(chunks)
+        reqs = [c.request for c in chunks]
+        pos = [c.start for c in chunks]
+        tables = np.zeros((n, max(len(r.block_ids) for r in reqs)), dtype=np.int32)
+        for i, r in enumerate(reqs):
+            tables[i, : len(r.block_ids)] = r.block_ids
+        return HostBatch(
+            input_ids=np.array(
+                [r.token_ids[p] for r, p in zip(reqs, pos, strict=True)], dtype=np.int64
+            ),
+            positions=np.array(pos, dtype=np.int64),
+            slot_mapping=np.array(
+                [r.block_ids[p // bs] * bs + p % bs for r, p in zip(reqs, pos, strict=True)],
+                dtype=np.int64,
+            ),
+            block_tables=tables,
+            seq_lens=np.array(pos, dtype=np.int32) + 1,
+            query_start_loc=np.arange(n + 1, dtype=np.int32),
+            token_slots=np.array([r.adapter_slot for r in reqs], dtype=np.int32),
+            is_decode=True,
+        )
+
     def _lora_meta_for(self, token_slots: np.ndarray) -> LoraBatchMeta | None:
         """Update the LoRA metadata for this step, or None when no token uses an adapter."""
         if self.lora_meta is None or not bool((token_slots >= 0).any()):
@@ -120,8 +149,8 @@ class ModelRunner:
             and len(sampling) == len(chunks)
             and self.graphs.can_run(len(chunks))
         ):
-            logits = self.graphs.run(host, self._lora_meta_for(host.token_slots))
-            return RunnerOutput(logits, {})
+            logits, ids, logprobs = self.graphs.run(host, self._lora_meta_for(host.token_slots))
+            return RunnerOutput(logits, (ids, logprobs))
 
         dev = self.device
         batch = ForwardBatch(
@@ -163,4 +192,4 @@ class ModelRunner:
             for owner, v in zip(score_owner, values, strict=True):
                 prompt_logprobs.setdefault(owner, []).append(v)
             logits = logits[n:]
-        return RunnerOutput(logits, prompt_logprobs)
+        return RunnerOutput(logits, prompt_logprobs=prompt_logprobs)

@@ -56,7 +56,15 @@ class SamplerOutput:
 class Sampler:
     """Turns ``[rows, vocab]`` float32 logits into one token per row."""
 
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        greedy: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> SamplerOutput:
+        """``greedy``: the argmax and its logprob per row, if the caller already has them."""
+        if all(_plain_greedy(r) for r in rows):
+            return _greedy(logits, greedy)
         device = logits.device
         num_rows, vocab = logits.shape
         logits = logits.float()
@@ -95,6 +103,27 @@ class Sampler:
                 kk = r.params.return_k_alternatives
                 alternatives[i] = list(zip(alt_id_list[i][:kk], alt_lp_list[i][:kk], strict=True))
         return SamplerOutput(ids, lps, alternatives)
+
+
+def _plain_greedy(row: SamplingRow) -> bool:
+    p = row.params
+    return p.greedy and not p.has_penalties and row.bitmask is None and p.return_k_alternatives == 0
+
+
+def _greedy(
+    logits: torch.Tensor, precomputed: tuple[torch.Tensor, torch.Tensor] | None
+) -> SamplerOutput:
+    """Argmax rows: one small device-to-host copy for ids and logprobs together."""
+    if precomputed is None:
+        ids = logits.argmax(dim=-1)
+        lps = logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
+    else:
+        ids, lps = precomputed
+    # float64 holds every vocabulary id exactly, so one transfer carries both.
+    both = torch.stack([ids.double(), lps.double()]).cpu()
+    return SamplerOutput(
+        [int(i) for i in both[0].tolist()], both[1].tolist(), [[] for _ in range(len(both[0]))]
+    )
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow], vocab: int) -> torch.Tensor:

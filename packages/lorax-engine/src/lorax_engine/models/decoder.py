@@ -17,7 +17,7 @@ import lorax_kernels
 from lorax_engine.lora import LoraSlots, ModelLoraSpec
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.model_config import ModelConfig
-from lorax_engine.models.rope import RotaryEmbedding
+from lorax_engine.models.rope import RotaryEmbedding, apply_rotary
 from lorax_kernels import LoraBatchMeta
 
 
@@ -30,9 +30,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # HF normalises in float32 and rounds before scaling by the weight.
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
 
 
 class LoraLinear(nn.Module):
@@ -79,16 +80,18 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         batch: ForwardBatch,
-        rotary: RotaryEmbedding,
+        rope: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         cfg = self.cfg
         qkv = self.qkv(x, batch.lora_meta)  # [T, q_size + 2 * kv_size]
-        q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-        q = q.view(-1, cfg.num_heads, cfg.head_dim)
-        k = k.view(-1, cfg.num_kv_heads, cfg.head_dim)
-        v = v.reshape(-1, cfg.num_kv_heads, cfg.head_dim)
-        q, k = rotary(batch.positions, q, k)
+        num_tokens = qkv.shape[0]
+        # Rotate q and k together: one pass of elementwise kernels instead of two.
+        qk = qkv[:, : cfg.q_size + cfg.kv_size].view(num_tokens, -1, cfg.head_dim)
+        qk = apply_rotary(qk, *rope)  # [T, Hq + Hkv, D]
+        q = qk[:, : cfg.num_heads]
+        k = qk[:, cfg.num_heads :]
+        v = qkv[:, cfg.q_size + cfg.kv_size :].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         k_cache, v_cache = kv
         lorax_kernels.reshape_and_cache_(k, v, k_cache, v_cache, batch.slot_mapping)
         if batch.is_decode:
@@ -140,10 +143,10 @@ class DecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         batch: ForwardBatch,
-        rotary: RotaryEmbedding,
+        rope: tuple[torch.Tensor, torch.Tensor],
         kv: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        x = x + self.attn(self.input_norm(x), batch, rotary, kv)
+        x = x + self.attn(self.input_norm(x), batch, rope, kv)
         return x + self.mlp(self.post_attn_norm(x), batch.lora_meta)
 
 
@@ -167,8 +170,9 @@ class DecoderModel(nn.Module):
         self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> torch.Tensor:
         x = self.embed(batch.input_ids)  # [num_tokens, hidden]
+        rope = self.rotary(batch.positions, x.dtype)
         for layer, kv in zip(self.layers, kv_caches, strict=True):
-            x = layer(x, batch, self.rotary, kv)
+            x = layer(x, batch, rope, kv)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

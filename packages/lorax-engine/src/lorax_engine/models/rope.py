@@ -47,18 +47,15 @@ class RotaryEmbedding(torch.nn.Module):
         )
 
     def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+        self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate ``q [T, Hq, D]`` and ``k [T, Hkv, D]`` by their positions ``[T]`` (HF half-split)."""
-        cos, sin = self.cos_sin.index_select(0, positions).chunk(2, dim=-1)  # [T, D/2] each
-        cos = cos.unsqueeze(1)
-        sin = sin.unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        """``(cos, sin)``, each ``[T, 1, D]`` in ``dtype``: computed once per step, used by every layer."""
+        cos, sin = self.cos_sin.index_select(0, positions).to(dtype).chunk(2, dim=-1)  # [T, D/2]
+        return torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's half-split rotation of ``x [T, H, D]``, in x's dtype as HF computes it."""
     half = x.shape[-1] // 2
-    x1 = x[..., :half].float()
-    x2 = x[..., half:].float()
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return out.to(x.dtype)
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
