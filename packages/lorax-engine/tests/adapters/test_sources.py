@@ -33,6 +33,7 @@ from lorax_engine.adapters.peft_loader import (
 from lorax_engine.adapters.ref import split_revision
 
 from .conftest import Spec
+from .fakehub import FakeHub
 
 
 def _local(adapter_id: str) -> AdapterRef:
@@ -239,6 +240,51 @@ def test_hub_passes_token_and_revision(
     )
     assert set(call["allow_patterns"]) == {"adapter_config.json", WEIGHTS_NAME, *TEMPLATE_NAMES}
     assert not set(call["allow_patterns"]) & set(PICKLE_NAMES)  # pickles are never downloaded
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    from huggingface_hub.utils import disable_progress_bars
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # no server credential: only the request's
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    disable_progress_bars()
+    hub = FakeHub()
+    try:
+        yield hub
+    finally:
+        hub.close()
+
+
+def test_hub_download_with_revision_and_credential_scoping(
+    tmp_path: Path, fake_hub: FakeHub, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    d = make_adapter()
+    fake_hub.add("org/public", d)
+    fake_hub.add("org/private", d, token="hf_owner")
+    source = HubSource(cache_dir=tmp_path / "hub", endpoint=fake_hub.url)
+
+    public = source.fetch(AdapterRef("org/public@main", source="hub"))
+    want = load_peft_lora(d, "k", spec, LoadLimits())
+    assert load_peft_lora(public.directory, "k", spec, LoadLimits()).equal(want)
+    owner = AdapterRef("org/private", source="hub", api_token="hf_owner", tenant="t1")
+    owner_dir = source.fetch(owner).directory
+    assert load_peft_lora(owner_dir, "k", spec, LoadLimits()).equal(want)
+    assert ("GET", "/api/models/org/private/revision/main", "Bearer hf_owner") in fake_hub.requests
+    # huggingface_hub answers a refused credential from its cache when the files are there: the
+    # owner's download must not sit in the cache that other credentials read.
+    for other in (
+        AdapterRef("org/private", source="hub"),
+        AdapterRef("org/private", source="hub", api_token="hf_guess", tenant="t1"),
+    ):
+        with pytest.raises(AdapterNotFoundError) as info:
+            source.fetch(other)
+        assert "hf_" not in str(info.value)
+    # The same token under another tenant: allowed by the hub, kept in a cache of its own.
+    other_tenant = AdapterRef("org/private", source="hub", api_token="hf_owner", tenant="t2")
+    assert source.fetch(other_tenant).directory != owner_dir
+    with pytest.raises(AdapterNotFoundError):
+        source.fetch(AdapterRef("org/missing", source="hub"))
 
 
 def test_hub_errors_do_not_leak_the_token(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from lorax_engine.adapters.errors import AdapterLoadError, AdapterNotFoundError
@@ -14,14 +15,28 @@ class HubSource:
     """Downloads an adapter's config and safetensors weights with ``huggingface_hub``.
 
     The request's ``api_token`` is the credential (without one, the server's own, e.g.
-    ``HF_TOKEN``). The Hub checks access on every fetch, so a request without the credential never
-    gets a private adapter from the shared download cache. A missing repo, revision or a refused
-    credential are one answer (404), so a private adapter's existence is not disclosed.
+    ``HF_TOKEN``). Downloads made with a credential go to a cache directory of their own per
+    ``(tenant, credential)``: ``huggingface_hub`` answers a refused credential from its local cache
+    when the files are there, so one shared cache would hand a private adapter to anyone who names
+    it after its owner did. A missing repo, revision or a refused credential are one answer (404),
+    so a private adapter's existence is not disclosed.
     """
 
     def __init__(self, cache_dir: Path | None = None, endpoint: str | None = None) -> None:
         self._cache_dir = cache_dir
         self._endpoint = endpoint
+
+    def cache_dir_for(self, ref: AdapterRef) -> Path | None:
+        """The download cache for ``ref``'s credential scope (None: huggingface_hub's default)."""
+        if ref.api_token is None:
+            return self._cache_dir
+        from huggingface_hub import constants
+
+        base = self._cache_dir or Path(constants.HF_HUB_CACHE)
+        # A plain hash (stable across restarts, so the disk cache survives them): hub tokens are
+        # long random strings, so the directory name cannot be turned back into one.
+        scope = hashlib.sha256(f"lorax\0{ref.tenant or ''}\0{ref.api_token}".encode()).hexdigest()
+        return base / "lorax-credentialed" / scope[:32]
 
     def fetch(self, ref: AdapterRef) -> FetchedAdapter:
         from huggingface_hub import snapshot_download
@@ -38,7 +53,7 @@ class HubSource:
             path = snapshot_download(
                 repo,
                 revision=revision,
-                cache_dir=self._cache_dir,
+                cache_dir=self.cache_dir_for(ref),
                 token=ref.api_token,
                 allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, *TEMPLATE_NAMES],
                 endpoint=self._endpoint,
