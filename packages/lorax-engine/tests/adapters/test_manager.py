@@ -367,3 +367,57 @@ def test_host_cache_is_an_lru_bounded_in_bytes(tmp_path: Path) -> None:
     cache.put(big)
     assert "big" not in cache  # larger than the whole tier: not kept, nothing else evicted
     assert len(cache) == 2
+
+
+def test_with_fair_queues_every_adapter_is_served(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    """The scheduler pattern: AdapterQueues decide who is admitted, the manager who is resident.
+
+    One slot, a hot adapter with a steady stream of requests and two cold ones: the cold ones are
+    served within a few cycles instead of waiting for the hot stream to end.
+    """
+    from lorax_engine.adapters import AdapterQueues
+
+    for name in ("hot", "cold1", "cold2"):
+        make_adapter(name, seed=len(name))
+    now = [0.0]
+    manager, slots = _manager(tmp_path, spec, 1, cycle_time_s=1.0)
+    manager._clock = lambda: now[0]
+    queues: AdapterQueues[AdapterHandle] = AdapterQueues(
+        max_active=1, cycle_time_s=1.0, clock=lambda: now[0]
+    )
+
+    def submit(name: str) -> None:
+        h = manager.request(_ref(name))
+        queues.push(h.key, h)
+
+    for _ in range(3):
+        submit("hot")
+    now[0] = 0.05  # the cold ones arrive just after the hot ones
+    submit("cold1")
+    submit("cold2")
+    served: list[str] = []
+    for step in range(3000):
+        now[0] = step * 0.1  # each step: 100 ms
+        if step % 2 == 0 and step < 600:
+            submit("hot")
+        manager.step(priority=queues.active_keys())
+        item = queues.pop(manager.ready)
+        if item is not None:
+            key, h = item
+            slot = manager.acquire(h)
+            slots.in_use.add(slot)
+            held = slots.held[slot]
+            assert held is not None
+            assert held.adapter_key == key
+            served.append(key.split(":")[1].split("#")[0])
+            manager.release(h)  # a one-step request
+            slots.in_use.discard(slot)
+        if {"cold1", "cold2"} <= set(served) and step > 50:
+            break
+        time.sleep(0.001)  # let the loader threads run
+    assert {"cold1", "cold2"} <= set(served)
+    assert served[0] == "hot"
+    assert served.index("cold2") < 20  # after about one hot cycle, not after its 300 requests
+    manager.shutdown()

@@ -168,6 +168,22 @@ class AdapterManager:
                 return AdapterState.READY
             return AdapterState.LOADING
 
+    def ready(self, key: str) -> bool:
+        """Whether the adapter with cache key ``key`` ("" = base model) can run now.
+
+        For ``AdapterQueues.pop``, which works on keys.
+        """
+        if key == "":
+            return True
+        with self._lock:
+            entry = self._entries.get(key)
+            return (
+                entry is not None
+                and entry.error is None
+                and entry.slot is not None
+                and entry.promoting is None
+            )
+
     def error(self, handle: AdapterHandle) -> AdapterError | None:
         """The load failure of a FAILED handle (answer its request with ``error.to_event()``)."""
         return None if handle._entry is None else handle._entry.error
@@ -243,7 +259,11 @@ class AdapterManager:
                 )
                 entry.failed_at = now
                 self.stats["load_failures"] += 1
-                log.warning("adapter %s failed to load: %s", entry.key, entry.error.message)
+                # Our own errors say everything; anything else is a bug worth its traceback.
+                trace = None if isinstance(exc, AdapterError) else exc
+                log.warning(
+                    "adapter %s failed to load: %s", entry.key, entry.error.message, exc_info=trace
+                )
         if entry.promoting is not None and entry.promoting.done():
             promotion, entry.promoting = entry.promoting, None
             exc = promotion.exception()
