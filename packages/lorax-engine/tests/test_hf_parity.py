@@ -75,3 +75,28 @@ def test_preemption_by_tiny_kv_pool_recomputes_exactly(
     blocks = engine.core.scheduler.blocks
     blocks.check_invariants()
     assert blocks.num_used_blocks == 0
+
+
+def test_prompt_logprobs_match_hf_across_prefill_chunks(
+    make_checkpoint: Callable[[str], Path],
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = make_checkpoint("llama")
+    prompt = PROMPTS[2]
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt])).logits[0]
+    expected = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(prompt[1:]).unsqueeze(1))
+    engine = make_engine(path, max_batch_prefill_tokens=8, max_batch_size=4)
+    c = Collector(engine)
+    c.add(
+        "a", prompt, SamplingParams(max_new_tokens=2, ignore_eos=True, decoder_input_details=True)
+    )
+    c.run()
+    prefill = c.events["a"][0]
+    assert prefill["type"] == "prefill"
+    got = [t["logprob"] for t in prefill["tokens"]]
+    assert got[0] is None
+    assert got[1:] == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
