@@ -85,8 +85,10 @@ def test_openai_stream_disconnect_cancels_all_choices(gateway_factory: ServeFact
             json={"model": "", "prompt": "w " * 200, "max_tokens": 500, "n": 3, "stream": True},
         ) as s,
     ):
-        next(line for line in s.iter_lines() if line.startswith("data:"))
+        lines = s.iter_lines()  # kept referenced: dropping it would close the response now
+        next(line for line in lines if line.startswith("data:"))
         assert wait_for(lambda: backend.active == 3)
+        assert backend.cancelled == 0
     assert wait_for(lambda: backend.cancelled == 3 and backend.active == 0)
 
 

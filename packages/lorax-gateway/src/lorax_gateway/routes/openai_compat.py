@@ -6,6 +6,7 @@ choices are merged as their chunks arrive; the stream ends with ``data: [DONE]``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -13,7 +14,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 from litestar import Request, post
 from litestar.params import JSONBody
 
@@ -139,26 +139,16 @@ def _chat_logprobs(tokens: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def _merge(
-    streams: list[EngineStream], out: MemoryObjectSendStream[tuple[int, dict[str, Any]]]
-) -> None:
-    async def pump(index: int, stream: EngineStream) -> None:
-        events = stream.events()
-        try:
-            async for event in events:
-                await out.send((index, event))
-        finally:
-            await events.aclose()
-
-    async with out, anyio.create_task_group() as tg:
-        for index, stream in enumerate(streams):
-            tg.start_soon(pump, index, stream)
-
-
 async def _events(
     streams: list[EngineStream],
 ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
-    """(choice index, event) pairs of all streams; one stream is relayed without tasks."""
+    """(choice index, event) pairs of all streams as they arrive.
+
+    Several streams are pumped by plain tasks into a queue (no task group spans the ``yield``, so
+    a client disconnect that closes this generator cannot leave a cancel scope half-exited); on
+    exit the tasks are cancelled and awaited, which finalizes every stream and cancels its engine
+    request.
+    """
     if len(streams) == 1:
         events = streams[0].events()
         try:
@@ -167,17 +157,31 @@ async def _events(
         finally:
             await events.aclose()
         return
-    send, receive = anyio.create_memory_object_stream[tuple[int, dict[str, Any]]](64)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_merge, streams, send)
+    queue: asyncio.Queue[tuple[int, dict[str, Any] | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: EngineStream) -> None:
+        events = stream.events()
         try:
-            async with receive:
-                async for item in receive:
-                    yield item
+            async for event in events:
+                queue.put_nowait((index, event))
         finally:
-            tg.cancel_scope.cancel()
-            for stream in streams:
-                await stream.close()
+            await events.aclose()
+            queue.put_nowait((index, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, event = await queue.get()
+            if event is None:
+                remaining -= 1
+            else:
+                yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _stream_body(
