@@ -27,6 +27,7 @@ from lorax_engine.adapters import (
     LoadLimits,
     LocalSource,
     ManagerConfig,
+    MergeSpec,
     SourceRegistry,
 )
 from lorax_engine.core.request import Request
@@ -43,6 +44,8 @@ ADAPTERS: dict[str, dict[str, Any]] = {
         "target_modules": ["o_proj", "gate_proj", "up_proj", "down_proj"],
     },
     "r16": {"r": 16, "lora_alpha": 16, "target_modules": list(ALL_TARGETS)},
+    # Only in the merge test: same rank as r16 (merges need one rank), another scale.
+    "r16b": {"r": 16, "lora_alpha": 32, "target_modules": list(ALL_TARGETS)},
 }
 PROMPTS = [[0, *range(10, 10 + n)] for n in (5, 13, 8)]
 NEW_TOKENS = 10
@@ -89,67 +92,110 @@ def setup(
     return ckpt, root, refs
 
 
+def _engine_and_manager(ckpt: Path, root: Path, num_slots: int) -> tuple[Any, AdapterManager]:
+    engine = make_engine(ckpt, lora_slots=num_slots, lora_max_rank=16, max_batch_size=16)
+    slots = engine.core.runner.lora_slots
+    assert slots is not None
+    loader = AdapterLoader(
+        SourceRegistry({"local": LocalSource([root])}),
+        engine.core.runner.model.lora_spec(),
+        LoadLimits(max_rank=16),
+        HostAdapterCache(1 << 30),
+    )
+    return engine.core, AdapterManager(loader, slots, ManagerConfig(num_slots, cycle_time_s=0.0))
+
+
+def _generate(
+    core: Any, manager: AdapterManager, jobs: list[tuple[str, AdapterRef, list[int]]]
+) -> dict[str, list[int]]:
+    """Run ``(request id, adapter, prompt)`` jobs concurrently, admitting each once READY."""
+    pending = [(rid, manager.request(ref), prompt) for rid, ref, prompt in jobs]
+    events: dict[str, list[dict[str, Any]]] = {}
+    running: dict[str, AdapterHandle] = {}
+    for _ in range(2000):
+        manager.step()
+        for item in list(pending):
+            rid, handle, prompt = item
+            state = manager.state(handle)
+            assert state is not AdapterState.FAILED, manager.error(handle)
+            if state is AdapterState.READY:
+                params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+                req = Request(rid, prompt, params, 0.0)
+                req.adapter_slot = manager.acquire(handle)
+                req.adapter_key = handle.key
+                events[rid] = []
+                core.submit(req, events[rid].append)
+                running[rid] = handle
+                pending.remove(item)
+        core.step()
+        for rid, evs in events.items():
+            if rid in running and evs and evs[-1]["type"] in ("end", "error"):
+                manager.release(running.pop(rid))
+        if not pending and not running:
+            break
+    assert (pending, running) == ([], {}), "requests did not finish"
+    for evs in events.values():
+        assert evs[-1]["type"] == "end", evs[-1]
+    return {
+        rid: [e["token"]["id"] for e in evs if e["type"] == "token"] for rid, evs in events.items()
+    }
+
+
+def _ref(name: str) -> AdapterRef:
+    return AdapterRef() if name == "base" else AdapterRef(name, source="local")
+
+
 def test_mixed_batches_match_peft_alone_across_eviction(
     setup: tuple[Path, Path, dict[str, list[list[int]]]],
 ) -> None:
     ckpt, root, refs = setup
     for name in ADAPTERS:  # every adapter changes the output, so a mix-up cannot pass
         assert refs[name] != refs["base"], name
-    engine = make_engine(ckpt, lora_slots=2, lora_max_rank=16, max_batch_size=16)
-    core = engine.core
-    slots = core.runner.lora_slots
-    assert slots is not None
-    loader = AdapterLoader(
-        SourceRegistry({"local": LocalSource([root])}),
-        core.runner.model.lora_spec(),
-        LoadLimits(max_rank=16),
-        HostAdapterCache(1 << 30),
-    )
-    manager = AdapterManager(loader, slots, ManagerConfig(num_slots=2, cycle_time_s=0.0))
-
+    core, manager = _engine_and_manager(ckpt, root, num_slots=2)
     # Waves: r4 + r8 + base together; then r16 evicts one of them; then r4 again (promoted back).
     waves = [["r4", "r8", "base"], ["r16", "r8", "base"], ["r4", "r16"]]
-    results: dict[str, list[int]] = {}
     for wave_no, wave in enumerate(waves):
-        pending: list[tuple[str, int, AdapterHandle]] = []
-        for name in wave:
-            ref = AdapterRef() if name == "base" else AdapterRef(name, source="local")
-            pending += [(name, i, manager.request(ref)) for i in range(len(PROMPTS))]
-        events: dict[str, list[dict[str, Any]]] = {}
-        running: dict[str, AdapterHandle] = {}
-        for _ in range(2000):
-            manager.step()
-            for item in list(pending):
-                name, i, handle = item
-                state = manager.state(handle)
-                assert state is not AdapterState.FAILED, manager.error(handle)
-                if state is AdapterState.READY:
-                    rid = f"w{wave_no}-{name}-{i}"
-                    req = Request(
-                        rid,
-                        PROMPTS[i],
-                        SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True),
-                        0.0,
-                    )
-                    req.adapter_slot = manager.acquire(handle)
-                    req.adapter_key = handle.key
-                    events[rid] = []
-                    core.submit(req, events[rid].append)
-                    running[rid] = handle
-                    pending.remove(item)
-            core.step()
-            for rid, evs in events.items():
-                if rid in running and evs and evs[-1]["type"] in ("end", "error"):
-                    manager.release(running.pop(rid))
-            if not pending and not running:
-                break
-        assert (pending, running) == ([], {}), f"wave {wave_no} did not finish"
-        for rid, evs in events.items():
-            assert evs[-1]["type"] == "end", evs[-1]
-            results[rid] = [e["token"]["id"] for e in evs if e["type"] == "token"]
-
+        jobs = [(f"w{wave_no}-{n}-{i}", _ref(n), p) for n in wave for i, p in enumerate(PROMPTS)]
+        for rid, tokens in _generate(core, manager, jobs).items():
+            _, name, i = rid.split("-")
+            assert tokens == refs[name][int(i)], rid
     assert manager.stats["evictions"] >= 1
-    for rid, tokens in results.items():
-        _, name, i = rid.split("-")
-        assert tokens == refs[name][int(i)], rid
+    manager.shutdown()
+
+
+def test_merged_adapter_matches_peft_add_weighted_adapter(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]],
+) -> None:
+    """A ``ties`` merge served beside plain adapters equals PEFT generating with its own merge."""
+    ckpt, root, refs = setup
+    merge = MergeSpec(("r16", "r16b"), (0.7, 0.5), "ties", 0.5, "total")
+    base: Any = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+    with peft_quiet():
+        peft: Any = PeftModel.from_pretrained(base, str(root / "r16"), adapter_name="r16")
+        peft.load_adapter(str(root / "r16b"), adapter_name="r16b")
+        peft.add_weighted_adapter(
+            ["r16", "r16b"], [0.7, 0.5], "m", combination_type="ties", density=0.5
+        )
+        peft.set_adapter("m")
+        want = [
+            peft.generate(
+                input_ids=torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, len(p) :].tolist()
+            for p in PROMPTS
+        ]
+    assert want != refs["r16"]
+    core, manager = _engine_and_manager(ckpt, root, num_slots=2)
+    merged = AdapterRef(merged=merge, source="local")
+    jobs = [(f"m-{i}", merged, p) for i, p in enumerate(PROMPTS)]
+    jobs += [(f"r4-{i}", _ref("r4"), p) for i, p in enumerate(PROMPTS)]
+    got = _generate(core, manager, jobs)
+    for i in range(len(PROMPTS)):
+        assert got[f"m-{i}"] == want[i], i
+        assert got[f"r4-{i}"] == refs["r4"][i], i
     manager.shutdown()
