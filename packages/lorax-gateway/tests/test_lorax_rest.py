@@ -230,3 +230,34 @@ def test_unenforceable_response_format_is_422_before_queueing(gateway: Served) -
         f"{gateway.url}/generate", json={"inputs": "x", "parameters": {"response_format": good}}
     )
     assert r.status_code == 200
+
+
+def test_engine_request_ids_are_unique_even_for_a_reused_request_id(gateway: Served) -> None:
+    for _ in range(2):
+        httpx.post(
+            f"{gateway.url}/generate", json={"inputs": "x"}, headers={"x-request-id": "same"}
+        )
+    sent = [r["request_id"] for r in gateway.backend.requests[-2:]]  # type: ignore[attr-defined]
+    assert sent[0] != sent[1]
+    assert all(rid.startswith("same.") for rid in sent)
+
+
+def test_openapi_and_docs(gateway: Served) -> None:
+    spec = httpx.get(f"{gateway.url}/openapi.json").json()
+    for path in (
+        "/generate",
+        "/generate_stream",
+        "/",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/tokenize",
+        "/health",
+        "/info",
+        "/metrics",
+    ):
+        assert path in spec["paths"], path
+    assert "GenerateRequest" in spec["components"]["schemas"]
+    docs = httpx.get(f"{gateway.url}/docs")
+    assert docs.status_code == 200
+    assert docs.headers["content-type"].startswith("text/html")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,19 @@ class RequestContext:
     tenant: Tenant | None
     headers: Mapping[str, str]
     started: float = field(default_factory=time.monotonic)
+
+    def engine_request_id(self, choice: int | None = None) -> str:
+        """A unique id for one engine request of this call, prefixed by the public request id.
+
+        Callers may reuse an ``x-request-id``; the engine keys cancellation on its request id, so
+        two concurrent calls must never share one.
+        """
+        suffix = secrets.token_hex(4)
+        return (
+            f"{self.request_id}.{suffix}"
+            if choice is None
+            else f"{self.request_id}.{choice}.{suffix}"
+        )
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ async def _open(
         engine_params.pop("adapter_id")  # "" means the base model, same as null
     svc.check_response_format(engine_params.get("response_format"))
     request = {
-        "request_id": ctx.request_id,
+        "request_id": ctx.engine_request_id(),
         "inputs": body.inputs,
         "parameters": engine_params,
         "tenant": ctx.tenant.id if ctx.tenant else None,

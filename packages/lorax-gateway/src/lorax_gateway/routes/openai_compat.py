@@ -85,9 +85,9 @@ def _requests(
                 choice_params["seed"] = params["seed"] + i  # distinct but reproducible choices
             out.append(
                 {
-                    "request_id": f"{ctx.request_id}-{p * n + i}"
-                    if len(prompts) * n > 1
-                    else ctx.request_id,
+                    "request_id": ctx.engine_request_id(
+                        p * n + i if len(prompts) * n > 1 else None
+                    ),
                     "inputs": prompt,
                     "parameters": choice_params,
                     "tenant": ctx.tenant.id if ctx.tenant else None,
