@@ -184,7 +184,7 @@ def test_locked_requirements_are_what_the_image_needs(
         assert {"litestar", "httpx", "uvicorn"} <= names
         assert not {n for n in names if GPU_STACK.match(n)}, "the gateway must not ship torch/CUDA"
     else:
-        assert {"torch", "triton", "transformers"} <= names
+        assert {"torch", "triton", "transformers", "boto3"} <= names  # boto3: S3 adapters
     # The workspace packages themselves are installed from source, exactly the exported set.
     installs = [r for r in dockerfiles[image].run_commands() if "--no-deps" in r]
     assert len(installs) == 1
