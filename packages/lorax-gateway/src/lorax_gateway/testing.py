@@ -118,12 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-delay-s", type=float, default=0.0)
     parser.add_argument("--adapters", default="")
     parser.add_argument("--model-id", default="synthetic")
+    parser.add_argument("--stamp-tokens", action="store_true", help="token text = emission time")
+    parser.add_argument("--max-total-tokens", type=int, default=2048)
     args = parser.parse_args(argv)
     backend = SyntheticBackend(
         SyntheticConfig(
             model_id=args.model_id,
             token_delay_s=args.token_delay_s,
             adapters=tuple(a for a in args.adapters.split(",") if a),
+            stamp_tokens=args.stamp_tokens,
+            max_total_tokens=args.max_total_tokens,
         )
     )
     uvicorn.run(

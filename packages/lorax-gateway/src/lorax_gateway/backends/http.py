@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx
+import msgspec
 
 from lorax_gateway.backends.base import BackendUnavailableError, EngineEvent
 
@@ -68,6 +69,27 @@ def rendezvous_order(key: str, urls: Sequence[str]) -> list[str]:
         return int.from_bytes(hashlib.blake2b(f"{key}\0{url}".encode(), digest_size=8).digest())
 
     return sorted(urls, key=weight, reverse=True)
+
+
+_decode_event = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+async def _sse_events(response: httpx.Response) -> AsyncIterator[EngineEvent]:
+    """The ``data:`` payloads of an SSE body, parsed from raw bytes.
+
+    This is the gateway's per-token hot path with remote engines: splitting bytes and decoding
+    with msgspec costs a fraction of text line iteration plus ``json.loads``.
+    """
+    buffer = b""
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        while (end := buffer.find(b"\n\n")) >= 0:
+            block, buffer = buffer[:end], buffer[end + 2 :]
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    yield _decode_event(line[5:])
 
 
 class HttpBackend:
@@ -222,12 +244,10 @@ class HttpBackend:
                 }
             return
         try:
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    event: EngineEvent = json.loads(line[5:])
-                    yield event
-                    if event.get("type") in ("end", "error"):
-                        return
+            async for event in _sse_events(response):
+                yield event
+                if event.get("type") in ("end", "error"):
+                    return
         except (httpx.HTTPError, RuntimeError) as exc:
             # RuntimeError: the health loop closed this response under us (engine went down).
             yield {
