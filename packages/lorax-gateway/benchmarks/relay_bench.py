@@ -42,39 +42,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(
-    core: int, port: int, token_delay_s: float, route_check: bool = True
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        "taskset",
-        "-c",
-        str(core),
-        sys.executable,
-        "-m",
-        "lorax_gateway.cli",
-        "serve",
-        "--backend",
-        "synthetic",
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--max-concurrent-requests",
-        "100000",
-        "--log-level",
-        "WARNING",
-        "--backend-option",
-        "stamp_tokens=true",
-        "--backend-option",
-        f"token_delay_s={token_delay_s}",
-        "--backend-option",
-        "max_total_tokens=100000",
-        "--backend-option",
-        "max_input_length=1000",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _wait_healthy(proc: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                 s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -83,7 +53,32 @@ def start_gateway(
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "gateway did not start")
+    raise RuntimeError("server did not start")
+
+
+def start_engine(core: int, port: int, token_delay_s: float) -> subprocess.Popen[bytes]:
+    """A synthetic engine *process* (engine wire protocol) for the ``http`` backend runs."""
+    cmd = ["taskset", "-c", str(core), sys.executable, "-m", "lorax_gateway.testing"]
+    cmd += ["--port", str(port), "--stamp-tokens", "--max-total-tokens", "100000"]
+    cmd += ["--token-delay-s", str(token_delay_s)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _wait_healthy(proc, port)
+
+
+def start_gateway(
+    core: int, port: int, token_delay_s: float, engine_url: str | None = None
+) -> subprocess.Popen[bytes]:
+    cmd = ["taskset", "-c", str(core), sys.executable, "-m", "lorax_gateway.cli", "serve"]
+    cmd += ["--port", str(port), "--host", "127.0.0.1", "--log-level", "WARNING"]
+    cmd += ["--max-concurrent-requests", "100000"]
+    if engine_url is not None:
+        cmd += ["--engine-url", engine_url]
+    else:
+        cmd += ["--backend", "synthetic", "--backend-option", "stamp_tokens=true"]
+        cmd += ["--backend-option", f"token_delay_s={token_delay_s}"]
+        cmd += ["--backend-option", "max_total_tokens=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _wait_healthy(proc, port)
 
 
 async def one_stream(port: int, route: str, tokens: int, latencies: list[int] | None) -> int:
@@ -213,10 +208,17 @@ def main() -> None:
         "--token-delay-s", default="0.05,0.02", help="pacing of the latency runs (comma list)"
     )
     ap.add_argument("--routes", default="generate_stream,completions")
+    ap.add_argument(
+        "--engine-core",
+        type=int,
+        default=None,
+        help="run the synthetic engine as its own process on this core (http backend)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
     cores = [int(c) for c in args.client_cores.split(",")]
     report: dict[str, Any] = {
+        "backend": "synthetic in-process" if args.engine_core is None else "http",
         "cpu": _cpu_name(),
         "python": sys.version.split()[0],
         "gateway_core": args.gateway_core,
@@ -226,7 +228,13 @@ def main() -> None:
         delays = [float(d) for d in args.token_delay_s.split(",")]
         for mode, delay in [("throughput", 0.0)] + [("latency", d) for d in delays]:
             port = free_port()
-            gw = start_gateway(args.gateway_core, port, delay)
+            engine = None
+            engine_url = None
+            if args.engine_core is not None:
+                engine_port = free_port()
+                engine = start_engine(args.engine_core, engine_port, delay)
+                engine_url = f"http://127.0.0.1:{engine_port}"
+            gw = start_gateway(args.gateway_core, port, delay, engine_url)
             try:
                 # Warm-up: imports, first-request paths, JIT-free but caches and pools.
                 run_load(port, route, cores[:1], 20, 20, False)
@@ -250,6 +258,9 @@ def main() -> None:
             finally:
                 gw.send_signal(signal.SIGTERM)
                 gw.wait(timeout=30)
+                if engine is not None:
+                    engine.send_signal(signal.SIGTERM)
+                    engine.wait(timeout=30)
             key = f"{route}/{mode}" + (f"@{delay}s" if mode == "latency" else "")
             report[key] = res
             print(key, json.dumps(res), flush=True)

@@ -224,3 +224,27 @@ def test_failover_before_first_event(
         )
         assert r.status_code == 200, r.text
     assert backend.engines[dead].healthy is False
+
+
+@pytest.mark.anyio
+async def test_slow_probe_of_a_streaming_engine_keeps_its_streams() -> None:
+    # An engine whose probe times out while its streams still receive bytes is busy, not dead.
+    backend = HttpBackend(
+        HttpBackendConfig(engine_urls=["http://127.0.0.1:9"], health_timeout_s=0.2)
+    )
+    await backend.start()
+    try:
+        engine = backend.engines["http://127.0.0.1:9"]
+        engine.healthy = True
+        response = httpx.Response(200)
+        engine.open_responses.add(response)
+        engine.last_activity = time.monotonic()
+        await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+        assert engine.healthy
+        assert response in engine.open_responses
+        engine.last_activity = time.monotonic() - 1.0  # silent: now the failed probe counts
+        await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+        assert not engine.healthy
+        assert not engine.open_responses
+    finally:
+        await backend.close()

@@ -3,8 +3,10 @@
 * Health: every ``health_interval_s`` each engine's ``GET /health`` is probed; an engine that
   fails is taken out of rotation and its in-flight streams are closed at once (they end with an
   ``unavailable`` error event), and one that answers again is put back, so restarts are picked up
-  without restarting the gateway. A killed engine also closes its sockets, which ends its
-  streams immediately, before the next probe.
+  without restarting the gateway. A probe that times out while the engine's streams kept
+  receiving bytes is ignored (a busy engine is not a dead one), so a hung engine is dropped within
+  ``health_interval_s + health_timeout_s`` (0.75 s by default). A killed engine also closes its
+  sockets, which ends its streams immediately, before the next probe.
 * Routing: rendezvous (highest-random-weight) hashing of the adapter id over the healthy engines,
   so an adapter keeps landing where it is already resident; when that engine has
   ``affinity_slack`` more requests in flight than the least loaded one, or for the base model,
@@ -20,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -37,7 +40,7 @@ class HttpBackendConfig:
     """Where the engines are and how to watch them."""
 
     engine_urls: list[str]
-    health_interval_s: float = 0.5
+    health_interval_s: float = 0.25
     health_timeout_s: float = 0.5
     connect_timeout_s: float = 2.0
     affinity_slack: int = 8
@@ -60,6 +63,8 @@ class Engine:
     healthy: bool = False
     in_flight: int = 0
     open_responses: set[httpx.Response] = field(default_factory=set[httpx.Response])
+    #: Monotonic time of the last bytes any stream received from this engine.
+    last_activity: float = 0.0
 
 
 def rendezvous_order(key: str, urls: Sequence[str]) -> list[str]:
@@ -74,7 +79,7 @@ def rendezvous_order(key: str, urls: Sequence[str]) -> list[str]:
 _decode_event = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-async def _sse_events(response: httpx.Response) -> AsyncIterator[EngineEvent]:
+async def _sse_events(response: httpx.Response, engine: Engine) -> AsyncIterator[EngineEvent]:
     """The ``data:`` payloads of an SSE body, parsed from raw bytes.
 
     This is the gateway's per-token hot path with remote engines: splitting bytes and decoding
@@ -82,6 +87,7 @@ async def _sse_events(response: httpx.Response) -> AsyncIterator[EngineEvent]:
     """
     buffer = b""
     async for chunk in response.aiter_bytes():
+        engine.last_activity = time.monotonic()
         buffer += chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
@@ -146,6 +152,13 @@ class HttpBackend:
             ok = r.status_code == 200
         except httpx.HTTPError:
             ok = False
+        # A slow probe is not a dead engine while its streams are still receiving tokens: an
+        # engine busy enough to miss the probe's deadline keeps its streams and its place. Only
+        # bytes that arrived while this probe waited count, so a hung engine is still dropped
+        # within interval + timeout.
+        busy = time.monotonic() - engine.last_activity < self.config.health_timeout_s
+        if not ok and engine.open_responses and busy:
+            return
         if ok != engine.healthy:
             logger.warning("engine %s is %s", engine.url, "up" if ok else "DOWN")
         engine.healthy = ok
@@ -214,7 +227,7 @@ class HttpBackend:
                     continue
                 engine.open_responses.add(response)
                 try:
-                    async for event in self._events(response):
+                    async for event in self._events(response, engine):
                         yield event
                     return
                 finally:
@@ -226,7 +239,7 @@ class HttpBackend:
             "no engine is available" if tried == 0 else f"all {tried} engines failed"
         )
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[EngineEvent]:
+    async def _events(self, response: httpx.Response, engine: Engine) -> AsyncIterator[EngineEvent]:
         if response.status_code != 200:
             raw = await response.aread()
             try:
@@ -244,7 +257,7 @@ class HttpBackend:
                 }
             return
         try:
-            async for event in _sse_events(response):
+            async for event in _sse_events(response, engine):
                 yield event
                 if event.get("type") in ("end", "error"):
                     return
