@@ -384,6 +384,16 @@ def test_with_fair_queues_every_adapter_is_served(
     now = [0.0]
     manager, slots = _manager(tmp_path, spec, 1, cycle_time_s=1.0)
     manager._clock = lambda: now[0]
+    real_load = manager.loader.load
+
+    def slow_hot(ref: AdapterRef) -> LoraWeights:
+        # The hot adapter loads last, so a cold one is prefetched into the only slot first and
+        # must give it up to the adapter the queues admit.
+        if ref.adapter_id == "hot":
+            time.sleep(0.3)
+        return real_load(ref)
+
+    manager.loader.load = slow_hot  # type: ignore[method-assign]
     queues: AdapterQueues[AdapterHandle] = AdapterQueues(
         max_active=1, cycle_time_s=1.0, clock=lambda: now[0]
     )
@@ -399,7 +409,6 @@ def test_with_fair_queues_every_adapter_is_served(
     submit("cold2")
     served: list[str] = []
     for step in range(3000):
-        now[0] = step * 0.1  # each step: 100 ms
         if step % 2 == 0 and step < 600:
             submit("hot")
         manager.step(priority=queues.active_keys())
@@ -414,10 +423,12 @@ def test_with_fair_queues_every_adapter_is_served(
             served.append(key.split(":")[1].split("#")[0])
             manager.release(h)  # a one-step request
             slots.in_use.discard(slot)
+            now[0] += 0.1  # the clock is the work done: 100 ms per request served
         if {"cold1", "cold2"} <= set(served) and step > 50:
             break
         time.sleep(0.001)  # let the loader threads run
     assert {"cold1", "cold2"} <= set(served)
     assert served[0] == "hot"
+    assert manager.stats["evictions"] >= 1
     assert served.index("cold2") < 20  # after about one hot cycle, not after its 300 requests
     manager.shutdown()

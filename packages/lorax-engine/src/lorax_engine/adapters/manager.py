@@ -236,8 +236,9 @@ class AdapterManager:
             now = self._clock()
             for entry in list(self._entries.values()):
                 self._collect(entry, now)
+            first = frozenset(priority)
             for entry in self._wanted(priority):
-                if not self._promote(entry, now):
+                if not self._promote(entry, now, first):
                     break
             self._forget_idle()
 
@@ -291,31 +292,39 @@ class AdapterManager:
         wanted.sort(key=lambda e: (rank.get(e.key, len(rank)), min(e.waiting.values())))
         return wanted
 
-    def _promote(self, entry: _Entry, now: float) -> bool:
+    def _promote(self, entry: _Entry, now: float, priority: frozenset[str]) -> bool:
         """Give ``entry`` a slot (evicting an idle one if needed); False when none can be had."""
-        slot = self._free_slot(now)
+        slot = self._free_slot(now, urgent=not priority or entry.key in priority, priority=priority)
         if slot is None:
             return False
         assert entry.weights is not None
         self._write(slot, entry, now)
         return True
 
-    def _free_slot(self, now: float) -> int | None:
+    def _free_slot(self, now: float, *, urgent: bool, priority: frozenset[str]) -> int | None:
         free = [s for s, owner in enumerate(self._owners) if owner is None]
         if free:
             return free[0]
-        # Never a slot the running batch uses or one still being written. Adapters nobody waits
-        # for go first (least recently used first). One with waiting requests only once some of
-        # them ran and it held the slot for a whole cycle: a hot adapter cannot keep cold ones out
-        # for ever, and a promotion is never undone before its requests ran (which would thrash).
-        idle = [
-            (bool(o.waiting), o.last_used, s)
-            for s, o in enumerate(self._owners)
-            if o is not None
-            and o.running == 0
-            and o.promoting is None
-            and (not o.waiting or (o.served and now - o.promoted_at >= self.config.cycle_time_s))
-        ]
+        # Never a slot the running batch uses or one still being written. Victims, best first:
+        # 0. adapters nobody waits for (least recently used first);
+        # 1. for an adapter the scheduler wants first, ones it does not (prefetched into a slot
+        #    that was free at the time);
+        # 2. for such an adapter, one whose requests ran and that held its slot for a whole cycle:
+        #    a hot adapter cannot keep cold ones out for ever, and a promotion is never undone
+        #    before its requests ran (which would thrash).
+        # A prefetch (not urgent) only takes a slot nobody waits for.
+        idle: list[tuple[int, float, int]] = []
+        for s, o in enumerate(self._owners):
+            if o is None or o.running or o.promoting is not None:
+                continue
+            if not o.waiting:
+                idle.append((0, o.last_used, s))
+            elif not urgent:
+                continue
+            elif priority and o.key not in priority:
+                idle.append((1, o.last_used, s))
+            elif o.served and now - o.promoted_at >= self.config.cycle_time_s:
+                idle.append((2, o.last_used, s))
         if not idle:
             return None
         _, _, slot = min(idle)
