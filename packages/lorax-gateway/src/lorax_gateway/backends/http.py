@@ -222,8 +222,11 @@ class HttpBackend:
                         ),
                         stream=True,
                     )
-                except httpx.TransportError:
-                    engine.healthy = False  # failover: the next candidate gets the request
+                except httpx.TransportError as exc:
+                    # Failover: the next candidate gets the request. Only a refused connection
+                    # proves the engine is gone; a timeout under load is left to the probes.
+                    if isinstance(exc, httpx.ConnectError):
+                        engine.healthy = False
                     continue
                 engine.open_responses.add(response)
                 try:
@@ -278,8 +281,9 @@ class HttpBackend:
         for engine in self.candidates(adapter_id):
             try:
                 return await self.client.request(method, f"{engine.url}{path}", **kwargs)
-            except httpx.TransportError:
-                engine.healthy = False
+            except httpx.TransportError as exc:
+                if isinstance(exc, httpx.ConnectError):
+                    engine.healthy = False
         raise BackendUnavailableError("no engine is available")
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[dict[str, Any]]:
