@@ -79,6 +79,32 @@ async def test_prefill_details_and_alternatives(engine: AsyncEngine) -> None:
     assert tok["alternative_tokens"][0]["logprob"] >= tok["alternative_tokens"][1]["logprob"]
 
 
+async def test_penalties_and_sampling_run_through_the_engine(engine: AsyncEngine) -> None:
+    params: dict[str, Any] = {
+        "repetition_penalty": 1.3,
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0.5,
+    }
+    greedy = await collect(engine.generate(req(max_new_tokens=6, ignore_eos_token=True, **params)))
+    assert greedy[-1]["type"] == "end", greedy[-1]
+    sampled = await collect(
+        engine.generate(
+            req(
+                max_new_tokens=6,
+                ignore_eos_token=True,
+                do_sample=True,
+                top_k=5,
+                top_p=0.9,
+                typical_p=0.9,
+                temperature=0.7,
+                **params,
+            )
+        )
+    )
+    assert sampled[-1]["type"] == "end", sampled[-1]
+    assert sampled[-1]["generated_tokens"] == 6
+
+
 async def test_greedy_is_deterministic_and_seeds_reproduce(engine: AsyncEngine) -> None:
     a = await collect(
         engine.generate(req(max_new_tokens=8, do_sample=True, seed=7, ignore_eos_token=True))

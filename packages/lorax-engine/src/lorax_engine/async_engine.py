@@ -15,9 +15,17 @@ from lorax_engine.config import EngineConfig
 from lorax_engine.core.factory import LoadedEngine, load_engine
 from lorax_engine.core.output import Event
 from lorax_engine.core.request import Request
-from lorax_engine.errors import EngineError, GenerationError, OverloadedError, ValidationError
+from lorax_engine.errors import (
+    EngineError,
+    GenerationError,
+    OverloadedError,
+    ValidationError,
+    from_error_type,
+)
 from lorax_engine.metrics import EngineMetrics
 from lorax_engine.params import SamplingParams, parse_parameters, parse_truncate
+
+_NO_ADAPTERS = "adapters are not enabled on this engine (start it with --max-active-adapters > 0)"
 
 
 def _error(exc: EngineError) -> Event:
@@ -32,6 +40,7 @@ class AsyncEngine:
         self.core = loaded.core
         self.tokenizer = loaded.tokenizer
         self.model_dir = loaded.model_dir
+        self.adapter_manager = loaded.adapter_manager
         self._in_flight = 0
         self._ids = itertools.count()
         self.metrics = EngineMetrics(self.core, lambda: self._in_flight)
@@ -73,10 +82,7 @@ class AsyncEngine:
         inputs = body.get("inputs")
         if not isinstance(inputs, str):
             raise ValidationError("`inputs` must be a string")
-        if params.get("adapter_id") or params.get("merged_adapters"):
-            raise GenerationError(
-                "adapters are not enabled on this engine (no adapter manager configured)"
-            )
+        adapter_ref = self._adapter_ref(params, body.get("tenant"))
         limits = self.config.limits
         truncate = parse_truncate(params, limits)
         ids = self.tokenizer.encode(inputs)
@@ -95,8 +101,25 @@ class AsyncEngine:
             sub = _with_seed(sp, seed)
             rid = request_id if len(seeds) == 1 else f"{request_id}/{i}"
             constraint = self._make_constraint(response_format) if response_format else None
-            out.append(Request(rid, list(ids), sub, arrival_time=now, constraint=constraint))
+            req = Request(rid, list(ids), sub, arrival_time=now, constraint=constraint)
+            req.adapter_ref = adapter_ref
+            out.append(req)
         return out
+
+    def _adapter_ref(self, params: dict[str, Any], tenant: Any) -> Any:
+        """The request's AdapterRef, or None for the base model (``adapter_id`` null or "")."""
+        if not (params.get("adapter_id") or params.get("merged_adapters")):
+            return None
+        if self.adapter_manager is None:
+            raise GenerationError(_NO_ADAPTERS)
+        from lorax_engine.adapters import AdapterError, AdapterRef
+
+        try:
+            return AdapterRef.from_parameters(
+                params, tenant=tenant, default_source=self.config.adapter_source
+            )
+        except AdapterError as exc:
+            raise from_error_type(exc.message, exc.error_type) from exc
 
     def _make_constraint(self, response_format: Any) -> Any:
         if isinstance(response_format, dict) and response_format.get("type") == "text":
@@ -181,12 +204,23 @@ class AsyncEngine:
         adapter_id: str | None = None,
         tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Render messages with the base model's template (adapter templates need the manager)."""
+        """Render messages with the adapter's own template when it ships one, else the model's."""
+        template: str | None = None
         if adapter_id:
-            raise GenerationError(
-                "adapters are not enabled on this engine (no adapter manager configured)"
-            )
-        return await asyncio.to_thread(self.tokenizer.apply_chat_template, messages, tools)
+            ref = self._adapter_ref({"adapter_id": adapter_id}, None)
+            manager = self.adapter_manager
+            assert manager is not None  # _adapter_ref raised otherwise
+            try:
+                template = await asyncio.to_thread(manager.loader.chat_template, ref)
+            except Exception as exc:
+                from lorax_engine.adapters import AdapterError
+
+                if isinstance(exc, AdapterError):
+                    raise from_error_type(exc.message, exc.error_type) from exc
+                raise
+        return await asyncio.to_thread(
+            self.tokenizer.apply_chat_template, messages, tools, template
+        )
 
     def info(self) -> dict[str, Any]:
         cfg = self.config
@@ -203,7 +237,8 @@ class AsyncEngine:
             "max_batch_prefill_tokens": cfg.max_batch_prefill_tokens,
             "max_batch_total_tokens": self.core.scheduler.blocks.num_blocks * cfg.block_size,
             "block_size": cfg.block_size,
-            "adapters_enabled": False,
+            "adapters_enabled": self.adapter_manager is not None,
+            "max_active_adapters": cfg.lora_slots,
             "version": __version__,
         }
 
@@ -216,6 +251,8 @@ class AsyncEngine:
 
     async def shutdown(self) -> None:
         await asyncio.to_thread(self.core.stop)
+        if self.adapter_manager is not None:
+            self.adapter_manager.shutdown()
 
 
 def _with_seed(sp: SamplingParams, seed: int) -> SamplingParams:

@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-bin-weights", action="store_true", help="allow pickled .bin weights (unsafe)"
     )
     serve.add_argument("--cache-dir", type=Path, default=None)
+    serve.add_argument(
+        "--max-active-adapters", type=int, default=0, help="GPU LoRA slots (0: no adapters)"
+    )
+    serve.add_argument("--max-lora-rank", type=int, default=64)
+    serve.add_argument(
+        "--adapter-source",
+        choices=["hub", "local", "s3"],
+        default="",
+        help="default: hub (local for demo)",
+    )
+    serve.add_argument(
+        "--local-adapter-root", type=Path, default=None, help="directory `local` adapters load from"
+    )
     return parser
 
 
@@ -77,6 +90,10 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         eager=args.eager,
         allow_bin_weights=args.allow_bin_weights,
         cache_dir=args.cache_dir,
+        lora_slots=args.max_active_adapters,
+        lora_max_rank=args.max_lora_rank,
+        adapter_source=args.adapter_source,
+        local_adapter_root=args.local_adapter_root,
     )
 
 

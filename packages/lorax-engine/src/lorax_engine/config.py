@@ -32,6 +32,9 @@ class EngineConfig:
     # Multi-LoRA slot tables: 0 disables adapters (requests naming one get a generation error).
     lora_slots: int = 0
     lora_max_rank: int = 64
+    adapter_source: str = ""  # default source of adapter ids; "": hub (local for the demo)
+    local_adapter_root: Path | str | None = None  # the only place `local` adapters load from
+    adapter_host_cache_bytes: int = 4 << 30  # CPU tier of loaded adapters
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -51,6 +54,10 @@ class EngineConfig:
         if self.lora_slots < 0 or self.lora_max_rank <= 0:
             raise ValueError("lora_slots must be >= 0 and lora_max_rank > 0")
         self.max_batch_size = min(self.max_batch_size, self.max_batch_prefill_tokens)
+        if not self.adapter_source:
+            self.adapter_source = "local" if self.model_id == "demo" else "hub"
+        if self.adapter_source not in ("hub", "local", "s3"):
+            raise ValueError("adapter_source must be hub, local or s3")
 
     @property
     def torch_device(self) -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lorax_engine.core.adapter_admission import AdapterAdmission
 from lorax_engine.core.model_runner import ModelRunner, RunnerOutput
 from lorax_engine.core.output import EventSink, RequestOutput
 from lorax_engine.core.request import Request, RequestStatus
@@ -47,6 +49,7 @@ class EngineCore:
         eos_token_ids: frozenset[int],
     ) -> None:
         self.scheduler = scheduler
+        self.adapters: AdapterAdmission | None = None
         self.runner = runner
         self.tokenizer = tokenizer
         self.sampler = Sampler()
@@ -60,6 +63,17 @@ class EngineCore:
         self._thread: threading.Thread | None = None
 
     # ---- thread-safe API ------------------------------------------------------------------
+    def attach_adapters(self, adapters: AdapterAdmission) -> None:
+        """Serve adapter requests: admission waits for the adapter's slot and pins it."""
+        self.adapters = adapters
+        self.scheduler.can_schedule = adapters.can_schedule
+        self.scheduler.on_admit = adapters.on_admit
+        self.scheduler.on_release = adapters.on_release
+
+    def wake(self) -> None:
+        """Make an idle loop run a step (the adapter manager calls this when a load finishes)."""
+        self._inbox.put(("wake", None))
+
     def submit(self, request: Request, sink: EventSink) -> None:
         """Queue a validated request; ``sink`` receives its events on the loop thread."""
         self._inbox.put(("add", (request, sink)))
@@ -87,9 +101,12 @@ class EngineCore:
         while not self._stop.is_set():
             try:
                 if not self.scheduler.has_work:
-                    cmd = self._inbox.get()  # sleep until there is something to do
-                    self._apply(cmd)
+                    self._apply(self._inbox.get())  # sleep until there is something to do
                 self.step()
+                if self.stats.batch_size == 0 and self.scheduler.has_work:
+                    # Only requests whose adapters are loading: wait for news instead of spinning.
+                    with contextlib.suppress(queue.Empty):
+                        self._apply(self._inbox.get(timeout=0.005))
             except Exception:  # the loop thread must outlive any one bad step
                 log.exception("engine loop error")
 
@@ -105,6 +122,17 @@ class EngineCore:
         kind, payload = cmd
         if kind == "add":
             request, sink = payload
+            if request.adapter_ref is not None:
+                if self.adapters is None:
+                    sink(
+                        {
+                            "type": "error",
+                            "error": "adapters are not enabled on this engine",
+                            "error_type": "generation",
+                        }
+                    )
+                    return
+                self.adapters.register(request, request.adapter_ref)
             self._outputs[request.request_id] = RequestOutput(
                 request, self.tokenizer, self.special_ids, self.eos_ids, sink
             )
@@ -117,6 +145,12 @@ class EngineCore:
     def step(self) -> None:
         """One engine iteration (also callable directly, without the thread, as tests do)."""
         self._drain_inbox()
+        if self.adapters is not None:
+            for req, event in self.adapters.step(list(self.scheduler.waiting)):
+                self.scheduler.finish(req)
+                output = self._outputs.pop(req.request_id, None)
+                if output is not None:
+                    output.sink(event)
         sched = self.scheduler.schedule()
         self.stats.batch_size = len(sched.chunks)
         self.stats.num_tokens = sched.num_tokens

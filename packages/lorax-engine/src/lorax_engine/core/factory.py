@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lorax_engine.config import EngineConfig
+from lorax_engine.core.adapter_admission import AdapterAdmission
 from lorax_engine.core.block_manager import BlockManager
 from lorax_engine.core.engine_core import EngineCore
 from lorax_engine.core.kv_cache import (
@@ -34,6 +37,7 @@ class LoadedEngine:
     core: EngineCore
     tokenizer: TokenizerInfo
     model_dir: Path
+    adapter_manager: Any = None  # lorax_engine.adapters.AdapterManager when adapters are on
 
 
 def num_kv_blocks(config: EngineConfig, model: DecoderModel) -> int:
@@ -93,7 +97,53 @@ def build_engine(
         BlockManager(blocks, bs),
     )
     core = EngineCore(scheduler, runner, tokenizer.tokenizer, tokenizer.eos_token_ids)
-    return LoadedEngine(core, tokenizer, model_dir)
+    manager = None
+    if slots is not None:
+        manager = _adapter_manager(config, model, slots, model_dir, core.wake)
+        core.attach_adapters(AdapterAdmission(manager))
+    return LoadedEngine(core, tokenizer, model_dir, manager)
+
+
+def _adapter_manager(
+    config: EngineConfig,
+    model: DecoderModel,
+    slots: LoraSlots,
+    model_dir: Path,
+    wake: Callable[[], None],
+) -> Any:
+    """Sources (hub; local only under the configured root; the demo's own adapters) -> loader ->
+    manager over the runner's slot tables."""
+    from lorax_engine.adapters import (
+        AdapterLoader,
+        AdapterManager,
+        HostAdapterCache,
+        HubSource,
+        LoadLimits,
+        LocalSource,
+        ManagerConfig,
+        SourceRegistry,
+    )
+
+    roots: list[Path] = []
+    if config.local_adapter_root is not None:
+        roots.append(Path(config.local_adapter_root))
+    if config.model_id == "demo":
+        roots.append(model_dir / "adapters")
+    sources = SourceRegistry({"hub": HubSource(config.cache_dir), "local": LocalSource(roots)})
+    loader = AdapterLoader(
+        sources,
+        model.lora_spec(),
+        LoadLimits(max_rank=config.lora_max_rank),
+        HostAdapterCache(config.adapter_host_cache_bytes, pin=config.torch_device.type == "cuda"),
+        dtype=config.torch_dtype,
+    )
+    return AdapterManager(
+        loader,
+        slots,
+        ManagerConfig(num_slots=config.lora_slots),
+        device=config.torch_device,
+        wake=wake,
+    )
 
 
 def load_engine(config: EngineConfig) -> LoadedEngine:

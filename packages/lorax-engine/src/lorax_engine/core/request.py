@@ -29,6 +29,8 @@ class Request:
     arrival_time: float
     adapter_slot: int = -1  # LoRA slot of the request's adapter, -1 = base model
     adapter_key: str | None = None
+    adapter_ref: Any = None  # lorax_engine.adapters.AdapterRef, registered on the engine thread
+    adapter_handle: Any = None  # lorax_engine.adapters.AdapterHandle once registered
     constraint: Any = None  # lorax_engine.structured TokenConstraint, or None
     token_ids: list[int] = field(default_factory=list[int])
     output_logprobs: list[float] = field(default_factory=list[float])

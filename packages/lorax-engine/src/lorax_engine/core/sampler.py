@@ -56,6 +56,7 @@ class SamplerOutput:
 class Sampler:
     """Turns ``[rows, vocab]`` float32 logits into one token per row."""
 
+    @torch.inference_mode()
     def __call__(
         self,
         logits: torch.Tensor,

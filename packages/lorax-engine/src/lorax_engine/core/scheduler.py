@@ -66,10 +66,16 @@ class Scheduler:
         config: SchedulerConfig,
         block_manager: BlockManager,
         can_schedule: Callable[[Request], bool] | None = None,
+        on_admit: Callable[[Request], None] | None = None,
+        on_release: Callable[[Request, bool], None] | None = None,
     ) -> None:
         self.config = config
         self.blocks = block_manager
+        # Admission hooks (the adapter manager): whether a waiting request may run now, and
+        # what to do when it enters or leaves the running batch (requeue=True: preempted).
         self.can_schedule = can_schedule or (lambda _req: True)
+        self.on_admit = on_admit or (lambda _req: None)
+        self.on_release = on_release or (lambda _req, _requeue: None)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._aborted: list[Request] = []
@@ -86,12 +92,15 @@ class Scheduler:
 
     def finish(self, request: Request) -> None:
         """A request is complete: free its blocks now."""
+        if request.status is RequestStatus.FINISHED:
+            return
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
         self.blocks.free(request.block_ids)
         request.status = RequestStatus.FINISHED
+        self.on_release(request, False)
 
     @property
     def has_work(self) -> bool:
@@ -129,22 +138,20 @@ class Scheduler:
             budget -= n
 
         # Admit new work only when nothing was preempted: otherwise we would evict and readmit.
-        while (
-            not preempted
-            and self.waiting
-            and budget > 0
-            and len(self.running) < self.config.max_batch_size
-        ):
-            req = self.waiting[0]
-            if not self.can_schedule(req):
+        # In arrival order; a request whose adapter is still loading is passed over, not waited on.
+        for req in list(self.waiting) if not preempted else []:
+            if budget == 0 or len(self.running) >= self.config.max_batch_size:
                 break
+            if not self.can_schedule(req):
+                continue
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self.blocks.can_grow(req.block_ids, req.num_computed_tokens + n):
                 break
-            self.waiting.popleft()
+            self.waiting.remove(req)
             self.blocks.grow(req.block_ids, req.num_computed_tokens + n)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
+            self.on_admit(req)
             chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
             budget -= n
         return SchedulerOutput(tuple(chunks), tuple(preempted), tuple(aborted))
@@ -157,13 +164,13 @@ class Scheduler:
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)
         self.num_preemptions += 1
+        self.on_release(req, True)
 
     def _process_aborts(self) -> list[Request]:
         done: list[Request] = []
         for req in self._aborted:
-            if req.status is RequestStatus.FINISHED:
-                continue
-            self.finish(req)
-            done.append(req)
+            if req.status is not RequestStatus.FINISHED:
+                self.finish(req)
+                done.append(req)
         self._aborted.clear()
         return done
