@@ -50,6 +50,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "gpus": 2,
             "runtimeClassName": "nvidia",
             "hfToken": {"secretName": "hf", "secretKey": "token"},
+            "adapters": {
+                "maxActive": 128,
+                "maxRank": 16,
+                "source": "s3",
+                "localClaimName": "team-adapters",
+                "s3SecretName": "aws",
+            },
             "extraArgs": ["--max-batch-total-tokens", "65536"],
             "env": [{"name": "TZ", "value": "UTC"}],
             "cache": {"persistence": True, "size": "200Gi", "storageClass": "fast"},
@@ -219,6 +226,27 @@ def test_engine_args_and_environment(scenario: tuple[dict[str, Any], list[Manife
         assert parsed.port == container(engine)["ports"][0]["containerPort"]
         assert parsed.model_id == engine_values.get("modelId", "demo")
         assert parsed.dtype == engine_values.get("dtype")
+        adapters = {"maxActive": 32, "maxRank": 64, **engine_values.get("adapters", {})}
+        assert parsed.max_active_adapters == adapters["maxActive"]
+        assert parsed.max_lora_rank == adapters["maxRank"]
+        assert parsed.adapter_source == adapters.get("source", "")
+        pod = engine["spec"]["template"]["spec"]
+        if "localClaimName" in adapters:
+            # Local adapters come from a claim mounted read-only where --local-adapter-root says.
+            (mount,) = [m for m in container(engine)["volumeMounts"] if m["name"] == "adapters"]
+            assert mount["readOnly"] is True
+            assert str(parsed.local_adapter_root) == mount["mountPath"]
+            (volume,) = [v for v in pod["volumes"] if v["name"] == "adapters"]
+            assert volume["persistentVolumeClaim"] == {
+                "claimName": adapters["localClaimName"],
+                "readOnly": True,
+            }
+        else:
+            assert parsed.local_adapter_root is None
+        if "s3SecretName" in adapters:
+            assert container(engine)["envFrom"] == [{"secretRef": {"name": "aws"}}]
+        else:
+            assert "envFrom" not in container(engine)
         extra = engine_values.get("extraArgs", [])
         assert args[len(args) - len(extra) :] == extra
         env = env_of(engine)
@@ -405,6 +433,7 @@ def test_disruption_budget_only_with_spare_gateways() -> None:
         ({"engine": {"modelid": "x"}}, "additional properties 'modelid'"),
         ({"engine": {"replicas": 0}}, "/engine/replicas"),
         ({"engine": {"dtype": "fp8"}}, "/engine/dtype"),
+        ({"engine": {"adapters": {"source": "gcs"}}}, "/engine/adapters/source"),
         ({"gateway": {"port": "8080"}}, "/gateway/port"),
         ({"otel": {"endpoint": "collector:4318"}}, "/otel/endpoint"),
     ],

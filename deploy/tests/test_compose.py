@@ -108,6 +108,8 @@ def test_engine_command_serves_the_model_on_its_exposed_port(
     assert args.host == "0.0.0.0"
     # LORAX_MODEL_ID picks the model; without it the built-in demo model is served.
     assert args.model_id == "demo"
+    # Serving adapters is the point: GPU slots for them are on by default.
+    assert args.max_active_adapters > 0
     engine = compose["services"]["engine"]
     assert engine["expose"] == [exposed]
     # The engine API has no authentication: it must not be published on the host.

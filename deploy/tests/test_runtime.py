@@ -137,11 +137,11 @@ def _stop(process: subprocess.Popen[bytes], dockerfile: Dockerfile, grace_s: flo
     return time.monotonic() - started
 
 
-def _generate(gateway_url: str, logs: list[Path]) -> dict[str, Any]:
+def _generate(gateway_url: str, parameters: dict[str, Any], logs: list[Path]) -> dict[str, Any]:
     """`POST /generate` through the gateway. A 503 (engine momentarily marked unhealthy, e.g. a
     health probe that timed out on a loaded CI machine) is retried for a while; anything else fails
     with the servers' logs."""
-    body = json.dumps({"inputs": "Hello", "parameters": {"max_new_tokens": 4}}).encode()
+    body = json.dumps({"inputs": "Hello", "parameters": parameters}).encode()
     request = urllib.request.Request(
         f"{gateway_url}/generate", body, {"content-type": "application/json"}
     )
@@ -188,8 +188,12 @@ def test_compose_topology_generates(
         assert _healthcheck(dockerfiles["engine"], engine_port) == 0
         assert _healthcheck(dockerfiles["gateway"], gateway_port) == 0
 
-        reply = _generate(gateway_url, [tmp_path / "engine.log", tmp_path / "gateway.log"])
-        assert isinstance(reply["generated_text"], str)
+        logs = [tmp_path / "engine.log", tmp_path / "gateway.log"]
+        base = _generate(gateway_url, {"max_new_tokens": 4}, logs)
+        assert isinstance(base["generated_text"], str)
+        # An adapter too: compose turns the engine's adapter slots on (the demo ships adapters).
+        pirate = _generate(gateway_url, {"max_new_tokens": 4, "adapter_id": "demo/pirate"}, logs)
+        assert isinstance(pirate["generated_text"], str)
 
         # The demo checkpoint was built on the volume, nowhere else.
         assert list(data.glob("lorax-engine/demo-*/config.json"))
