@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,23 +229,37 @@ def test_failover_before_first_event(
 
 @pytest.mark.anyio
 async def test_slow_probe_of_a_streaming_engine_keeps_its_streams() -> None:
-    # An engine whose probe times out while its streams still receive bytes is busy, not dead.
-    backend = HttpBackend(
-        HttpBackendConfig(engine_urls=["http://127.0.0.1:9"], health_timeout_s=0.2)
-    )
-    await backend.start()
-    try:
-        engine = backend.engines["http://127.0.0.1:9"]
-        engine.healthy = True
-        response = httpx.Response(200)
-        engine.open_responses.add(response)
-        engine.last_activity = time.monotonic()
-        await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
-        assert engine.healthy
-        assert response in engine.open_responses
-        engine.last_activity = time.monotonic() - 1.0  # silent: now the failed probe counts
-        await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
-        assert not engine.healthy
-        assert not engine.open_responses
-    finally:
-        await backend.close()
+    # A socket that accepts connections (in the kernel) but never answers: probes time out.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        # A long interval: the background loop stays out of the way of the probes made here.
+        config = HttpBackendConfig(engine_urls=[url], health_timeout_s=0.2, health_interval_s=60)
+        backend = HttpBackend(config)
+        await backend.start()
+        try:
+            engine = backend.engines[url]
+            engine.healthy = True
+            response = httpx.Response(200)
+            engine.open_responses.add(response)
+            engine.last_activity = time.monotonic() + 10  # bytes keep arriving
+            await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+            assert engine.healthy
+            assert response in engine.open_responses
+            engine.last_activity = time.monotonic() - 1.0  # silent: now the failed probe counts
+            await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+            assert not engine.healthy
+            assert not engine.open_responses
+            # An idle engine is dropped only after two missed probes in a row.
+            engine.healthy = True
+            await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+            assert not engine.healthy  # third miss in a row
+            engine.failed_probes = 0
+            engine.healthy = True
+            await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+            assert engine.healthy
+            await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+            assert not engine.healthy
+        finally:
+            await backend.close()

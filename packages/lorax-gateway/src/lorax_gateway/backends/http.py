@@ -65,6 +65,7 @@ class Engine:
     open_responses: set[httpx.Response] = field(default_factory=set[httpx.Response])
     #: Monotonic time of the last bytes any stream received from this engine.
     last_activity: float = 0.0
+    failed_probes: int = 0
 
 
 def rendezvous_order(key: str, urls: Sequence[str]) -> list[str]:
@@ -147,18 +148,26 @@ class HttpBackend:
 
     # ---- health ---------------------------------------------------------------------------
     async def _probe(self, engine: Engine) -> None:
+        refused = False
         try:
             r = await self.client.get(f"{engine.url}/health", timeout=self.config.health_timeout_s)
             ok = r.status_code == 200
+        except httpx.ConnectError:
+            ok, refused = False, True
         except httpx.HTTPError:
             ok = False
-        # A slow probe is not a dead engine while its streams are still receiving tokens: an
-        # engine busy enough to miss the probe's deadline keeps its streams and its place. Only
-        # bytes that arrived while this probe waited count, so a hung engine is still dropped
-        # within interval + timeout.
-        busy = time.monotonic() - engine.last_activity < self.config.health_timeout_s
-        if not ok and engine.open_responses and busy:
-            return
+        engine.failed_probes = 0 if ok else engine.failed_probes + 1
+        if not ok and not refused:
+            # A slow probe is not a dead engine while its streams are still receiving tokens: an
+            # engine busy enough to miss the probe's deadline keeps its streams and its place.
+            # Only bytes that arrived while this probe waited count, so a hung engine with
+            # streams is still dropped within interval + timeout. An idle engine needs two missed
+            # probes in a row (one slow answer is not worth refusing requests for).
+            busy = time.monotonic() - engine.last_activity < self.config.health_timeout_s
+            if (engine.open_responses and busy) or (
+                not engine.open_responses and engine.failed_probes < 2
+            ):
+                return
         if ok != engine.healthy:
             logger.warning("engine %s is %s", engine.url, "up" if ok else "DOWN")
         engine.healthy = ok
