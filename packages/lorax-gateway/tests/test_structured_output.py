@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema
+import openai
 import pytest
 
 from lorax_gateway.structured_output import (
@@ -18,7 +21,7 @@ from lorax_gateway.structured_output import (
     prepare_response_format,
     validate_response_format,
 )
-from lorax_gateway.testing import Served
+from lorax_gateway.testing import Served, serve
 
 PERSON: dict[str, Any] = {
     "type": "object",
@@ -209,3 +212,86 @@ def test_malformed_schema_is_a_422_over_http(gateway: Served) -> None:
     )
     assert r.status_code == 422
     assert "at 'required'" in r.json()["error"]
+
+
+# --- through the real engine (the `local` backend: lorax-engine in this process) -------------
+
+COLOR: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "n": {"type": "integer", "minimum": 0, "maximum": 99},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 2},
+    },
+    "required": ["color", "n", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def engine_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    pytest.importorskip("lorax_engine")
+    from lorax_engine.demo import build_demo
+    from lorax_gateway import GatewaySettings, create_app
+    from lorax_gateway.backends.local import LocalBackend
+
+    options = {
+        "model_id": str(build_demo(tmp_path_factory.mktemp("demo"))),
+        "device": "cpu",
+        "dtype": "float32",
+        "max_batch_total_tokens": 4096,
+    }
+    backend = LocalBackend.from_options(options)
+    app = create_app(GatewaySettings(backend="local", backend_options=options), backend)
+    with serve(app, backend, timeout_s=120.0) as served:
+        yield served
+
+
+def test_openai_chat_json_schema_through_the_engine(engine_gateway: Served) -> None:
+    sdk = openai.OpenAI(base_url=f"{engine_gateway.url}/v1", api_key="none", max_retries=0)
+    response_format: Any = {
+        "type": "json_schema",
+        "json_schema": {"name": "color", "schema": COLOR, "strict": True},
+    }
+    for seed in range(3):
+        chat = sdk.chat.completions.create(
+            model="",
+            messages=[{"role": "user", "content": "A color, as JSON."}],
+            max_tokens=120,
+            temperature=1.0,
+            seed=seed,
+            response_format=response_format,
+        )
+        choice = chat.choices[0]
+        assert choice.finish_reason == "stop", choice
+        jsonschema.validate(json.loads(choice.message.content or ""), COLOR)
+    stream = sdk.chat.completions.create(
+        model="",
+        messages=[{"role": "user", "content": "A color, as JSON."}],
+        max_tokens=120,
+        seed=7,
+        temperature=1.0,
+        stream=True,
+        response_format=response_format,
+    )
+    chunks = [chunk.choices[0] for chunk in stream if chunk.choices]
+    assert chunks[-1].finish_reason == "stop"
+    jsonschema.validate(json.loads("".join(c.delta.content or "" for c in chunks)), COLOR)
+
+
+def test_lorax_generate_stream_json_through_the_engine(engine_gateway: Served) -> None:
+    body = {
+        "inputs": "A color, as JSON:",
+        "parameters": {
+            "max_new_tokens": 120,
+            "do_sample": True,
+            "seed": 11,
+            "response_format": {"type": "json_object", "schema": COLOR},
+        },
+    }
+    r = httpx.post(f"{engine_gateway.url}/generate_stream", json=body, timeout=60)
+    assert r.status_code == 200
+    events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    last = events[-1]
+    assert last["details"]["finish_reason"] == "eos_token", last
+    jsonschema.validate(json.loads(last["generated_text"]), COLOR)
