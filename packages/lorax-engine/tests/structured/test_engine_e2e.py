@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jsonschema
 import pytest
 from engine_testkit import Collector, make_engine
@@ -128,3 +129,59 @@ async def test_streamed_constrained_request_through_async_engine(checkpoint: Pat
         assert "uniqueItems" in events[-1]["error"]
     finally:
         await engine.shutdown()
+
+
+@pytest.mark.anyio
+async def test_adapters_constrained_and_free_in_one_batch(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    config = EngineConfig(
+        model_id="demo",
+        device="cpu",
+        cache_dir=tmp_path_factory.mktemp("demo-cache"),
+        limits=Limits(max_input_length=64, max_total_tokens=192),
+        lora_slots=2,
+        lora_max_rank=8,
+    )
+    engine = AsyncEngine.from_config(config)
+    fmt = {"type": "json_object", "schema": SCHEMA}
+
+    def body(adapter: str | None, constrained: bool, seed: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"max_new_tokens": 120, "do_sample": True, "seed": seed}
+        if adapter is not None:
+            params["adapter_id"] = adapter
+        if constrained:
+            params["response_format"] = fmt
+        return {"inputs": "Arr, a color as JSON:", "parameters": params}
+
+    bodies = [
+        body(None, False, 1),
+        body("demo/pirate", False, 2),
+        body("demo/shakespeare", True, 3),
+        body("demo/pirate", True, 4),
+        body(None, True, 5),
+    ]
+    try:
+        together: list[list[dict[str, Any]]] = [[] for _ in bodies]
+
+        async def run(i: int) -> None:
+            together[i] = await _events(engine, bodies[i])
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(len(bodies)):
+                    tg.start_soon(run, i)
+        for i in (0, 1):  # the free requests, alone
+            alone = await _events(engine, bodies[i])
+            assert _token_ids(alone) == _token_ids(together[i]), i
+        for i in (2, 3, 4):
+            end = together[i][-1]
+            assert end["type"] == "end", end
+            assert end["finish_reason"] == "eos_token", end
+            jsonschema.validate(json.loads(end["generated_text"]), SCHEMA)
+    finally:
+        await engine.shutdown()
+
+
+def _token_ids(events: list[dict[str, Any]]) -> list[int]:
+    return [e["token"]["id"] for e in events if e["type"] == "token"]
