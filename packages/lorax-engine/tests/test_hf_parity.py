@@ -77,8 +77,9 @@ def test_preemption_by_tiny_kv_pool_recomputes_exactly(
     assert blocks.num_used_blocks == 0
 
 
+@pytest.mark.parametrize("preempt", [False, True])
 def test_prompt_logprobs_match_hf_across_prefill_chunks(
-    make_checkpoint: Callable[[str], Path],
+    make_checkpoint: Callable[[str], Path], preempt: bool
 ) -> None:
     import torch
     from transformers import AutoModelForCausalLM
@@ -89,12 +90,24 @@ def test_prompt_logprobs_match_hf_across_prefill_chunks(
     with torch.no_grad():
         logits = hf(torch.tensor([prompt])).logits[0]
     expected = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(prompt[1:]).unsqueeze(1))
-    engine = make_engine(path, max_batch_prefill_tokens=8, max_batch_size=4)
+    if preempt:  # a second request fills the tiny pool, so "a" is evicted mid-prefill
+        engine = make_engine(
+            path,
+            limits=Limits(max_input_length=40, max_total_tokens=48),
+            max_batch_total_tokens=48,
+            block_size=8,
+            max_batch_prefill_tokens=8,
+        )
+    else:
+        engine = make_engine(path, max_batch_prefill_tokens=8, max_batch_size=4)
     c = Collector(engine)
-    c.add(
-        "a", prompt, SamplingParams(max_new_tokens=2, ignore_eos=True, decoder_input_details=True)
-    )
+    if preempt:
+        c.add("b", PROMPTS[1], _params(20))
+    params = SamplingParams(max_new_tokens=2, ignore_eos=True, decoder_input_details=True)
+    c.add("a", prompt, params)
     c.run()
+    if preempt:
+        assert engine.core.scheduler.num_preemptions > 0
     prefill = c.events["a"][0]
     assert prefill["type"] == "prefill"
     got = [t["logprob"] for t in prefill["tokens"]]

@@ -70,6 +70,12 @@ class _EngineCollector(Collector):
             "LoRA slots on the device",
             value=0 if slots is None else slots.num_slots,
         )
+        if core.adapters is not None:
+            yield GaugeMetricFamily(
+                "lorax_engine_adapters_resident",
+                "Adapters in a GPU slot",
+                value=len(core.adapters.manager.resident()),
+            )
 
 
 class EngineMetrics:

@@ -174,9 +174,12 @@ class ModelRunner:
             req = c.request
             if not req.wants_prompt_logprobs:
                 continue
-            # Token j's logits score prompt token j + 1.
+            # Token j's logits score prompt token j + 1. After a preemption the prefill is
+            # recomputed from 0, but tokens already scored are not scored twice.
+            assert req.prompt_logprobs is not None
+            first = max(c.start, len(req.prompt_logprobs) - 1)
             last = min(c.start + c.num_tokens, req.num_prompt_tokens - 1)
-            for j in range(c.start, last):
+            for j in range(first, last):
                 score_rows.append(int(qsl[i]) + j - c.start)
                 score_next.append(req.token_ids[j + 1])
                 score_owner.append(i)
