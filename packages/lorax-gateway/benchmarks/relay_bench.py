@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 STAMP = re.compile(rb'"text":" (\d+)"')
+ERRORS: list[str] = []  # error events seen by this load process
 
 
 def free_port() -> int:
@@ -108,16 +109,23 @@ async def one_stream(port: int, route: str, tokens: int, latencies: list[int] | 
     await writer.drain()
     received = 0
     tail = b""
+    first = True
     while True:
         chunk = await reader.read(65536)
         if not chunk:
             break
+        if first:
+            first = False
+            if not chunk.startswith(b"HTTP/1.1 200"):
+                ERRORS.append(chunk[:300].decode(errors="replace"))
         now = time.monotonic_ns()
         data = tail + chunk
         # Keep a partial event for the next read so a stamp split across reads is not lost.
         cut = data.rfind(b"\n\n")
         complete, tail = (data[: cut + 2], data[cut + 2 :]) if cut >= 0 else (b"", data)
         stamps = STAMP.findall(complete)
+        if b'"error_type"' in complete:
+            ERRORS.append(complete[complete.find(b'"error') - 20 :][:300].decode(errors="replace"))
         received += len(stamps)
         if latencies is not None:
             latencies.extend(now - int(s) for s in stamps)
@@ -143,7 +151,7 @@ def client_proc(
         pass
     start = time.monotonic()
     total, lat = asyncio.run(run())
-    queue.put((total, lat, start, time.monotonic()))
+    queue.put((total, lat, start, time.monotonic(), ERRORS))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -173,12 +181,15 @@ def run_load(
         p.join()
     wall = max(r[3] for r in results) - start
     total = sum(r[0] for r in results)
+    errors = [e for r in results for e in r[4]]
     out: dict[str, Any] = {
         "streams": streams,
         "tokens_per_stream": tokens,
         "tokens": total,
         "wall_s": round(wall, 3),
         "tokens_per_s": round(total / wall),
+        "errors": len(errors),
+        "error_samples": errors[:3],
     }
     if measure:
         lat = sorted(x for r in results for x in r[1])

@@ -42,7 +42,7 @@ class HttpBackendConfig:
     engine_urls: list[str]
     health_interval_s: float = 0.25
     health_timeout_s: float = 0.5
-    connect_timeout_s: float = 2.0
+    connect_timeout_s: float = 5.0
     affinity_slack: int = 8
 
     def __post_init__(self) -> None:
