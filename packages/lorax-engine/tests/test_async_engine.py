@@ -216,6 +216,9 @@ async def test_tokenize_chat_template_info_metrics(engine: AsyncEngine) -> None:
     info = engine.info()
     assert info["max_total_tokens"] == 96
     assert info["max_best_of"] == 3
+    assert info["dtype"] == "float32"
+    assert info["device"] == "cpu"
+    assert info["adapters"] == []
     text = engine.metrics_text()
     for name in (
         "lorax_engine_batch_size",

@@ -88,6 +88,7 @@ async def test_mixed_adapters_and_base_match_peft(engine: AsyncEngine) -> None:
         assert events[-1]["type"] == "end", events[-1]
         assert [e["token"]["id"] for e in events if e["type"] == "token"] == refs[name], name
     assert engine.info()["adapters_enabled"] is True
+    assert engine.info()["adapters"] == ["demo/pirate", "demo/shakespeare"]
     assert "lorax_engine_adapters_resident 1.0" in engine.metrics_text()
 
 

@@ -15,6 +15,7 @@ from lorax_engine.config import EngineConfig
 from lorax_engine.core.factory import LoadedEngine, load_engine
 from lorax_engine.core.output import Event
 from lorax_engine.core.request import Request
+from lorax_engine.demo import DEMO_ADAPTERS
 from lorax_engine.errors import (
     EngineError,
     GenerationError,
@@ -223,12 +224,23 @@ class AsyncEngine:
         )
 
     def info(self) -> dict[str, Any]:
+        """Model facts and limits (``dtype``/``device`` per internals.md, plus LoRAX's names)."""
         cfg = self.config
         limits = cfg.limits
+        dtype = str(cfg.torch_dtype).removeprefix("torch.")
+        # Adapter ids this engine ships (listed by the gateway's /v1/models): the demo's own.
+        shipped = (
+            [f"demo/{name}" for name in DEMO_ADAPTERS]
+            if cfg.model_id == "demo" and self.adapter_manager is not None
+            else []
+        )
         return {
             "model_id": cfg.model_id,
-            "model_dtype": str(cfg.torch_dtype).removeprefix("torch."),
+            "dtype": dtype,
+            "device": str(cfg.torch_device),
+            "model_dtype": dtype,
             "model_device_type": cfg.torch_device.type,
+            "adapters": shipped,
             "max_input_length": limits.max_input_length,
             "max_total_tokens": limits.max_total_tokens,
             "max_concurrent_requests": limits.max_concurrent_requests,
