@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
 
+from lorax_gateway.backends.synthetic import SyntheticBackend, SyntheticConfig
 from lorax_gateway.testing import Served
+
+from .conftest import ServeFactory
 
 
 @pytest.fixture
@@ -185,3 +190,28 @@ def test_response_format_mapping(gateway: Served) -> None:
         },
     )
     assert r.status_code == 422
+
+
+def test_chat_template_errors_keep_the_engine_error_type(gateway_factory: ServeFactory) -> None:
+    class AdapterError(Exception):
+        error_type = "generation"
+
+    class FailingTemplate(SyntheticBackend):
+        async def apply_chat_template(self, messages: Any, adapter_id: Any, tools: Any) -> str:
+            if adapter_id:
+                raise AdapterError(f"adapter {adapter_id} could not be loaded")
+            raise ValueError("messages must alternate user/assistant")
+
+    served = gateway_factory(None, FailingTemplate(SyntheticConfig(adapters=("org/public",))))
+    url = f"{served.url}/v1/chat/completions"
+    r = httpx.post(
+        url, json={"model": "org/public", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert r.status_code == 424
+    assert r.json() == {
+        "error": "adapter org/public could not be loaded",
+        "error_type": "generation",
+    }
+    r = httpx.post(url, json={"model": "", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 422
+    assert "alternate" in r.json()["error"]

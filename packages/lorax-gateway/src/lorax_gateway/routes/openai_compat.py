@@ -17,7 +17,8 @@ import anyio
 from litestar import Request, post
 from litestar.params import JSONBody
 
-from lorax_gateway.errors import GatewayError
+from lorax_gateway.backends.base import BackendUnavailableError
+from lorax_gateway.errors import STATUS_BY_ERROR_TYPE, GatewayError
 from lorax_gateway.openai_schemas import ChatCompletionRequest, CommonFields, CompletionRequest
 from lorax_gateway.routes.common import context_of, service_of, sse, sse_stream
 from lorax_gateway.service import EngineStream, GenerationResult, GenerationService, RequestContext
@@ -411,7 +412,14 @@ async def chat_completions(
             prompt = await svc.backend.apply_chat_template(messages, adapter, tools)
         except GatewayError:
             raise
+        except BackendUnavailableError as exc:
+            raise GatewayError("unavailable", str(exc) or "no engine available") from exc
         except Exception as exc:
+            # Engine errors carry their public error_type (e.g. an adapter that cannot load is
+            # `generation`); anything else is a template the messages do not fit.
+            error_type = getattr(exc, "error_type", None)
+            if isinstance(error_type, str) and error_type in STATUS_BY_ERROR_TYPE:
+                raise GatewayError(error_type, str(exc)) from exc
             raise GatewayError("validation", f"chat template failed: {exc}") from exc
     streams = await _open_all(svc, ctx, _requests(ctx, [prompt], data.n, params, extra), adapter)
     model = data.model or svc.base_model_id
