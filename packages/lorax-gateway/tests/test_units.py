@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from lorax_gateway.backends.http import HttpBackend
+from lorax_gateway.backends.registry import available_backends, load_backend
+from lorax_gateway.backends.synthetic import SyntheticBackend
 from lorax_gateway.errors import GatewayError
 from lorax_gateway.limits import TenantLimiter, TenantLimits
 from lorax_gateway.routes.openai_compat import _tool_calls  # pyright: ignore[reportPrivateUsage]
@@ -114,3 +117,17 @@ def test_configs_validate() -> None:
     with pytest.raises(ValueError, match="otlp_endpoint"):
         TracingConfig(otlp_endpoint="collector:4318")
     assert not TracingConfig().enabled
+
+
+def test_backends_load_by_entry_point_name() -> None:
+    assert {"local", "http", "openai", "synthetic"} <= set(available_backends())
+    backend = load_backend("synthetic", {"adapters": "a/1,a/2", "token_delay_s": 0.5})
+    assert isinstance(backend, SyntheticBackend)
+    assert backend.config.adapters == ("a/1", "a/2")
+    http = load_backend("http", {"engine_urls": "http://a:1,http://b:2"})
+    assert isinstance(http, HttpBackend)
+    assert list(http.engines) == ["http://a:1", "http://b:2"]
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_backend("nope", {})
+    with pytest.raises(ValueError, match="does not support"):
+        load_backend("local", {"model_id": "demo", "no_such_flag": 1})
