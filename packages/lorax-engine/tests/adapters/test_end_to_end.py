@@ -7,6 +7,7 @@ requests still give PEFT's tokens.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ def _generate(
     pending = [(rid, manager.request(ref), prompt) for rid, ref, prompt in jobs]
     events: dict[str, list[dict[str, Any]]] = {}
     running: dict[str, AdapterHandle] = {}
-    for _ in range(2000):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         manager.step()
         for item in list(pending):
             rid, handle, prompt = item
@@ -127,6 +129,8 @@ def _generate(
                 core.submit(req, events[rid].append)
                 running[rid] = handle
                 pending.remove(item)
+        if not running:
+            time.sleep(0.002)  # adapters still loading on the loader threads
         core.step()
         for rid, evs in events.items():
             if rid in running and evs and evs[-1]["type"] in ("end", "error"):

@@ -123,7 +123,8 @@ def test_more_adapters_than_slots_under_concurrent_requests(
     pending = [manager.request(_ref(rng.choice(names))) for _ in range(60)]
     running: dict[int, tuple[AdapterHandle, int, int]] = {}  # handle id -> handle, slot, steps left
     finished = 0
-    for _ in range(5000):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         manager.step()
         for hid, (h, slot, left) in list(running.items()):
             held = slots.held[slot]
@@ -408,7 +409,7 @@ def test_with_fair_queues_every_adapter_is_served(
     submit("cold1")
     submit("cold2")
     served: list[str] = []
-    for step in range(3000):
+    for step in range(20_000):
         if step % 2 == 0 and step < 600:
             submit("hot")
         manager.step(priority=queues.active_keys())
