@@ -57,6 +57,17 @@ def test_readme_flows(launcher: Process) -> None:
         model="", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
     )
     assert chat.choices[0].message.role == "assistant"
+    # The README's adapter example: the demo model ships demo/pirate and demo/shakespeare.
+    r = httpx.post(
+        f"{launcher.url}/generate",
+        json={"inputs": "Hello", "parameters": {"max_new_tokens": 16, "adapter_id": "demo/pirate"}},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-adapter-id"] == "demo/pirate"
+    models = [m.id for m in sdk.models.list()]
+    assert models[0] == "demo"
+    assert "demo/pirate" in models
     info = httpx.get(f"{launcher.url}/info").json()
     assert (info["model_id"], info["backend"]) == ("demo", "local")
     assert 'engine="local"' in httpx.get(f"{launcher.url}/metrics").text

@@ -15,6 +15,10 @@ from typing import Any
 
 from lorax_gateway.cli import add_gateway_flags, run_server, settings_from_args
 
+#: Adapters are the point of LoRAX, so the launcher enables a few slots by default (upstream
+#: LoRAX defaults to 1024, but here every slot preallocates its LoRA tables up front).
+DEFAULT_ACTIVE_ADAPTERS = 8
+
 #: Launcher flag (dest) -> engine option name. Flags left unset are not passed, so the engine's
 #: own defaults apply.
 _ENGINE_FLAGS = {
@@ -54,12 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-total-tokens",
         "--max-batch-size",
         "--block-size",
-        "--max-active-adapters",
         "--max-lora-rank",
     ):
         parser.add_argument(flag, type=int)
+    parser.add_argument(
+        "--max-active-adapters",
+        type=int,
+        default=DEFAULT_ACTIVE_ADAPTERS,
+        help="adapter slots on the device (each preallocates LoRA memory; 0 disables adapters)",
+    )
     parser.add_argument("--adapter-source", choices=["hub", "local", "s3"])
-    parser.add_argument("--local-adapter-root", action="append")
+    parser.add_argument("--local-adapter-root", help="directory `local` adapters load from")
     parser.add_argument("--eager", action="store_true", default=None, help="no CUDA graphs")
     add_gateway_flags(parser)
     return parser

@@ -15,6 +15,7 @@ from lorax_gateway.settings import LoggingConfig
 
 #: LogRecord attributes of the stdlib, so everything else on a record is treated as an extra.
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STD_ATTRS.add("color_message")  # uvicorn's ANSI-coloured copy of the message
 
 
 class JsonFormatter(logging.Formatter):
