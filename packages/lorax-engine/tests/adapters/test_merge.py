@@ -176,3 +176,46 @@ def test_merge_key_names_components_scopes_and_parameters() -> None:
     assert other.cache_key() != public
     with pytest.raises(AdapterRequestError):
         AdapterRef("z", merged=merge)
+
+
+def test_reference_from_request_parameters() -> None:
+    ref = AdapterRef.from_parameters(
+        {"adapter_id": "org/a@v1", "api_token": "hf_x"}, tenant="t", default_source="hub"
+    )
+    assert (ref.adapter_id, ref.source, ref.api_token, ref.tenant) == (
+        "org/a@v1",
+        "hub",
+        "hf_x",
+        "t",
+    )
+    assert AdapterRef.from_parameters(
+        {"adapter_id": ""}, tenant=None, default_source="local"
+    ).is_base
+    assert AdapterRef.from_parameters({}, tenant=None, default_source="hub").is_base
+    merged = AdapterRef.from_parameters(
+        {
+            "merged_adapters": {
+                "ids": ["a", "b"],
+                "weights": [1, 0.5],
+                "merge_strategy": "dare_ties",
+                "density": 0.3,
+            },
+            "adapter_source": "s3",
+        },
+        tenant=None,
+        default_source="hub",
+    )
+    assert merged.source == "s3"
+    assert merged.merged == MergeSpec(("a", "b"), (1.0, 0.5), "dare_ties", 0.3, "total")
+    with pytest.raises(AdapterRequestError):
+        AdapterRef.from_parameters(
+            {"adapter_source": "pbase", "adapter_id": "x"}, tenant=None, default_source="hub"
+        )
+    with pytest.raises(AdapterRequestError):
+        AdapterRef.from_parameters({"merged_adapters": [1]}, tenant=None, default_source="hub")
+    with pytest.raises(AdapterRequestError):
+        AdapterRef.from_parameters(
+            {"merged_adapters": {"ids": ["a"], "weights": ["heavy"]}},
+            tenant=None,
+            default_source="hub",
+        )

@@ -99,11 +99,20 @@ class AdapterRef:
         if merged_raw is not None:
             if not isinstance(merged_raw, Mapping):
                 raise AdapterRequestError("merged_adapters must be an object", code="bad_merge")
+            try:
+                ids = tuple(str(i) for i in merged_raw.get("ids") or ())
+                weights = tuple(float(w) for w in merged_raw.get("weights") or ())
+                density = float(merged_raw.get("density", 1.0))
+            except (TypeError, ValueError):
+                raise AdapterRequestError(
+                    "merged_adapters: ids must be strings, weights and density numbers",
+                    code="bad_merge",
+                ) from None
             merged = MergeSpec(
-                ids=tuple(str(i) for i in merged_raw.get("ids") or ()),
-                weights=tuple(float(w) for w in merged_raw.get("weights") or ()),
+                ids=ids,
+                weights=weights,
                 merge_strategy=str(merged_raw.get("merge_strategy") or "linear"),
-                density=float(merged_raw.get("density", 1.0)),
+                density=density,
                 majority_sign_method=str(merged_raw.get("majority_sign_method") or "total"),
             )
         adapter_id = parameters.get("adapter_id")
