@@ -25,6 +25,7 @@ from lorax_engine.errors import (
 )
 from lorax_engine.metrics import EngineMetrics
 from lorax_engine.params import SamplingParams, parse_parameters, parse_truncate
+from lorax_engine.structured.response_format import parse_response_format
 
 _NO_ADAPTERS = "adapters are not enabled on this engine (start it with --max-active-adapters > 0)"
 
@@ -123,17 +124,18 @@ class AsyncEngine:
             raise from_error_type(exc.message, exc.error_type) from exc
 
     def _make_constraint(self, response_format: Any) -> Any:
-        if isinstance(response_format, dict) and response_format.get("type") == "text":
-            return None
+        """The request's TokenConstraint from the engine's one factory (None for text)."""
+        factory = self.core.constraints
         try:
-            from lorax_engine.structured import make_constraint  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise ValidationError("response_format is not supported by this engine build") from exc
-        try:
-            return make_constraint(response_format, self.tokenizer.tokenizer)
-        except EngineError:
-            raise
-        except Exception as exc:  # a schema the compiler rejects is the caller's error
+            if factory is None:
+                if parse_response_format(response_format) is None:
+                    return None
+                raise ValidationError(
+                    "response_format is not enabled on this engine "
+                    "(it was started with --disable-structured-output)"
+                )
+            return factory.make(response_format)
+        except ValueError as exc:  # a format or schema the compiler rejects: the caller's error
             raise ValidationError(f"invalid response_format: {exc}") from exc
 
     async def _stream(self, request: Request) -> AsyncGenerator[Event, None]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from lorax_engine.config import DTYPES, EngineConfig
 from lorax_engine.params import Limits
+from lorax_engine.structured.config import StructuredOutputConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--local-adapter-root", type=Path, default=None, help="directory `local` adapters load from"
     )
+    serve.add_argument(
+        "--disable-structured-output",
+        action="store_true",
+        help="serve without response_format (for a tokenizer the grammar engine cannot read)",
+    )
+    serve.add_argument(
+        "--json-whitespace",
+        choices=["compact", "spaced"],
+        default="compact",
+        help='constrained JSON layout: compact {"a":1} or spaced {"a": 1}',
+    )
     return parser
 
 
@@ -94,6 +107,9 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         lora_max_rank=args.max_lora_rank,
         adapter_source=args.adapter_source,
         local_adapter_root=args.local_adapter_root,
+        structured_output=None
+        if args.disable_structured_output
+        else StructuredOutputConfig(whitespace=args.json_whitespace),
     )
 
 
@@ -108,9 +124,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     from lorax_engine.async_engine import AsyncEngine
+    from lorax_engine.core.factory import EngineStartupError
     from lorax_engine.serve import run_server
 
-    engine = AsyncEngine.from_config(config)
+    try:
+        engine = AsyncEngine.from_config(config)
+    except EngineStartupError as exc:
+        # A configuration problem, not a crash: one clear line instead of a traceback.
+        logging.getLogger("lorax_engine").error("%s", exc)
+        sys.exit(f"lorax-engine: cannot start: {exc}")
     run_server(engine, args.host, args.port)
 
 

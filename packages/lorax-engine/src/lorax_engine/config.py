@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lorax_engine.params import Limits
+from lorax_engine.structured.config import StructuredOutputConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -35,6 +36,9 @@ class EngineConfig:
     adapter_source: str = ""  # default source of adapter ids; "": hub (local for the demo)
     local_adapter_root: Path | str | None = None  # the only place `local` adapters load from
     adapter_host_cache_bytes: int = 4 << 30  # CPU tier of loaded adapters
+    # Constrained decoding (`response_format`); None serves without it (a tokenizer the grammar
+    # engine cannot read then does not stop the engine from starting).
+    structured_output: StructuredOutputConfig | None = field(default_factory=StructuredOutputConfig)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:

@@ -16,7 +16,6 @@ from engine_testkit import Collector, make_engine
 from lorax_engine.async_engine import AsyncEngine
 from lorax_engine.config import EngineConfig
 from lorax_engine.params import Limits, SamplingParams
-from lorax_engine.structured import make_constraint
 
 # Bounded everywhere, so even a greedy random model must close the document.
 SCHEMA: dict[str, Any] = {
@@ -37,11 +36,12 @@ def _run(
     path: Path, requests: dict[str, tuple[list[int], SamplingParams, dict[str, Any] | None]]
 ) -> Collector:
     engine = make_engine(path, max_batch_size=8)
-    tokenizer = engine.tokenizer.tokenizer
+    factory = engine.core.constraints
+    assert factory is not None
     c = Collector(engine)
     for rid, (prompt, params, fmt) in requests.items():
         req = c.add(rid, prompt, params)
-        req.constraint = make_constraint(fmt, tokenizer) if fmt is not None else None
+        req.constraint = factory.make(fmt) if fmt is not None else None
     c.run()
     return c
 

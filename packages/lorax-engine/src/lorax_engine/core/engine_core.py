@@ -19,6 +19,7 @@ from lorax_engine.core.output import EventSink, RequestOutput
 from lorax_engine.core.request import Request, RequestStatus
 from lorax_engine.core.sampler import Sampler, SamplingRow
 from lorax_engine.core.scheduler import ScheduledChunk, Scheduler
+from lorax_engine.structured import ConstraintFactory
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,11 @@ class EngineCore:
         runner: ModelRunner,
         tokenizer: Any,
         eos_token_ids: frozenset[int],
+        constraints: ConstraintFactory | None = None,
     ) -> None:
         self.scheduler = scheduler
+        # Makes every constrained request's TokenConstraint (None: response_format is off).
+        self.constraints = constraints
         self.adapters: AdapterAdmission | None = None
         self.runner = runner
         self.tokenizer = tokenizer

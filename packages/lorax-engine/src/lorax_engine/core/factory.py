@@ -24,12 +24,17 @@ from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
 from lorax_engine.lora import LoraSlots
 from lorax_engine.models.decoder import DecoderModel
 from lorax_engine.models.loader import load_model, resolve_model_dir
+from lorax_engine.structured import ConstraintFactory
 from lorax_engine.tokenizer import TokenizerInfo
 
 log = logging.getLogger(__name__)
 
 # Without --max-batch-total-tokens on CPU: room for this many full-length requests.
 _CPU_DEFAULT_REQUESTS = 16
+
+
+class EngineStartupError(RuntimeError):
+    """The engine cannot start with this model and configuration; the message says why."""
 
 
 @dataclass(slots=True)
@@ -64,10 +69,42 @@ def num_kv_blocks(config: EngineConfig, model: DecoderModel) -> int:
     return int(blocks)
 
 
+def constraint_factory(config: EngineConfig, tokenizer: TokenizerInfo) -> ConstraintFactory | None:
+    """The one `ConstraintFactory` of the engine (None when structured output is off).
+
+    Building it checks that the grammar engine reads the tokenizer the way the detokenizer
+    prints it, so a tokenizer that cannot be constrained fails the start-up, not a request.
+
+    Raises:
+        EngineStartupError: the tokenizer cannot be constrained.
+    """
+    if config.structured_output is None:
+        return None
+    try:
+        # Every id that ends generation may end a complete document (a model can have several).
+        return ConstraintFactory(
+            tokenizer.tokenizer,
+            config.structured_output,
+            stop_token_ids=sorted(tokenizer.eos_token_ids),
+        )
+    except (ValueError, TypeError) as exc:  # TokenizerMappingError is a ValueError
+        raise EngineStartupError(
+            f"structured output (response_format) cannot use the tokenizer of "
+            f"{config.model_id!r}: {exc}. Start with --disable-structured-output to serve "
+            "this model without response_format."
+        ) from exc
+
+
 def build_engine(
     config: EngineConfig, model: DecoderModel, tokenizer: TokenizerInfo, model_dir: Path
 ) -> LoadedEngine:
-    """Wire a loaded model into a runnable core (the part benchmarks reuse with random weights)."""
+    """Wire a loaded model into a runnable core (the part benchmarks reuse with random weights).
+
+    Raises:
+        EngineStartupError: the tokenizer cannot be used for structured output.
+    """
+    # First: a tokenizer problem must not wait behind KV allocation and graph capture.
+    constraints = constraint_factory(config, tokenizer)
     device, dtype = config.torch_device, config.torch_dtype
     bs = config.block_size
     blocks = num_kv_blocks(config, model)
@@ -96,7 +133,9 @@ def build_engine(
         SchedulerConfig(config.max_batch_prefill_tokens, config.max_batch_size),
         BlockManager(blocks, bs),
     )
-    core = EngineCore(scheduler, runner, tokenizer.tokenizer, tokenizer.eos_token_ids)
+    core = EngineCore(
+        scheduler, runner, tokenizer.tokenizer, tokenizer.eos_token_ids, constraints=constraints
+    )
     manager = None
     if slots is not None:
         manager = _adapter_manager(config, model, slots, model_dir, core.wake)
