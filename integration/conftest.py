@@ -77,6 +77,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
             str(tmp / "cache"),
             "--max-batch-total-tokens",
             "8192",
+            "--max-active-adapters",
+            "4",
         ],
         tmp / "engine.log",
     ).start()

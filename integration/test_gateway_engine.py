@@ -54,6 +54,27 @@ def test_generate_matches_engine_and_streams(gateway: Process, engine: Process) 
     )
 
 
+def test_adapters_through_the_gateway(gateway: Process) -> None:
+    r = httpx.post(
+        f"{gateway.url}/generate",
+        json={
+            "inputs": "Hello",
+            "parameters": {"max_new_tokens": 6, "adapter_id": "demo/pirate", "details": True},
+        },
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-adapter-id"] == "demo/pirate"
+    r = httpx.post(
+        f"{gateway.url}/generate",
+        json={"inputs": "Hello", "parameters": {"adapter_id": "demo/missing"}},
+        timeout=60,
+    )
+    assert r.status_code in (404, 424), r.text
+    models = httpx.get(f"{gateway.url}/v1/models").json()["data"]
+    assert "demo/pirate" in [m["id"] for m in models]
+
+
 def test_openai_chat_and_errors(gateway: Process) -> None:
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="none", max_retries=0, timeout=60)
     out = client.chat.completions.create(
