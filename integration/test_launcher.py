@@ -70,4 +70,5 @@ def test_readme_flows(launcher: Process) -> None:
     assert "demo/pirate" in models
     info = httpx.get(f"{launcher.url}/info").json()
     assert (info["model_id"], info["backend"]) == ("demo", "local")
+    assert (info["dtype"], info["device"]) == ("float32", "cpu")
     assert 'engine="local"' in httpx.get(f"{launcher.url}/metrics").text

@@ -42,6 +42,9 @@ async def info(request: Request[Any, Any, Any]) -> dict[str, Any]:
     except Exception as exc:
         raise GatewayError("unavailable", "engine info unavailable") from exc
     out = {k: v for k, v in engine_info.items() if k != "adapters"}
+    # API.md names these `dtype` and `device`; LoRAX engines call them model_dtype/model_device_type.
+    out.setdefault("dtype", engine_info.get("model_dtype"))
+    out.setdefault("device", engine_info.get("model_device_type"))
     out["engine_version"] = engine_info.get("version")
     out.update(
         {
