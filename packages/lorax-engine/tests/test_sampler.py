@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 
 from lorax_engine.core.sampler import Sampler, SamplingRow, seeded_uniforms
 from lorax_engine.params import SamplingParams
+from lorax_engine.structured import MaskFiller
 
 V = 16
 
@@ -16,11 +20,10 @@ def row(
     tokens: list[int] | None = None,
     prompt: int = 1,
     step: int = 0,
-    bitmask: np.ndarray | None = None,
     **kw: object,
 ) -> SamplingRow:
     kw.setdefault("max_new_tokens", 8)
-    return SamplingRow(SamplingParams(**kw), tokens or [0], prompt, step, bitmask)  # type: ignore[arg-type]
+    return SamplingRow(SamplingParams(**kw), tokens or [0], prompt, step)  # type: ignore[arg-type]
 
 
 def logits_of(*rows: list[float]) -> torch.Tensor:
@@ -57,13 +60,38 @@ def test_frequency_and_presence_penalties_count_only_generated_tokens() -> None:
     assert out.token_ids == [1]
 
 
-def test_constraint_bitmask_masks_only_its_row() -> None:
-    lg = torch.zeros(2, V)
+class _OnlyToken:
+    """A TokenConstraint that allows one token."""
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+
+    def fill_allowed(self, bitmask: npt.NDArray[np.int32]) -> None:
+        bitmask[:] = 0
+        bitmask[self.token // 32] = 1 << (self.token % 32)
+
+    def accept(self, token_id: int) -> bool:
+        return token_id == self.token
+
+    def is_finished(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"do_sample": True, "seed": 1}, {"repetition_penalty": 2.0}]
+)
+def test_grammar_masks_apply_to_their_rows_only(params: dict[str, Any]) -> None:
+    lg = torch.zeros(3, V)
     lg[:, 3] = 5.0
-    mask = np.zeros(1, dtype=np.int32)
-    mask[0] = 1 << 7  # only token 7 allowed
-    out = Sampler()(lg, [row(bitmask=mask), row()])
-    assert out.token_ids == [7, 3]
+    filler = MaskFiller(mask_words=1, max_rows=3, num_threads=1)
+    try:
+        # Greedy rows take the fast argmax path unless a mask is given: it must not be skipped.
+        masks = filler.start([(0, _OnlyToken(7)), (2, _OnlyToken(9))])
+        out = Sampler()(lg, [row(**params), row(), row(**params)], masks=masks)
+    finally:
+        filler.close()
+    assert out.token_ids == [7, 3, 9]
+    assert out.logprobs[0] == pytest.approx(0.0)  # the only allowed token has all the mass
 
 
 def test_top_k_one_is_greedy_even_when_sampling() -> None:

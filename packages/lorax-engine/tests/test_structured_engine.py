@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_testkit import Collector, make_engine
 
 from lorax_engine.async_engine import AsyncEngine
 from lorax_engine.cli import main
 from lorax_engine.config import EngineConfig
 from lorax_engine.core.factory import EngineStartupError, load_engine
-from lorax_engine.params import Limits
+from lorax_engine.core.model_runner import RunnerOutput
+from lorax_engine.core.scheduler import ScheduledChunk
+from lorax_engine.params import Limits, SamplingParams
+from lorax_engine.structured import PendingMasks, TokenConstraint
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -116,3 +120,67 @@ async def test_every_request_uses_the_engines_one_factory(checkpoint: Path) -> N
         assert factory_module._factories == registered  # pyright: ignore[reportPrivateUsage]
     finally:
         await engine.shutdown()
+
+
+def _collect(
+    path: Path, requests: list[tuple[str, list[int], SamplingParams, bool]]
+) -> tuple[Collector, list[tuple[str, list[int]]]]:
+    """Run ``(id, prompt, params, constrained)`` requests in one engine (a 16-token step budget,
+    so long prompts prefill in chunks beside decodes); returns the events and the step trace:
+    ("start", mask rows) for every filler call and ("execute", rows of the constrained request
+    among the sampling chunks) for every forward."""
+    loaded = make_engine(path, max_batch_size=8, max_batch_prefill_tokens=16)
+    core = loaded.core
+    factory, filler = core.constraints, core.mask_filler
+    assert factory is not None
+    assert filler is not None
+    trace: list[tuple[str, list[int]]] = []
+    real_start, real_execute = filler.start, core.runner.execute
+
+    def start(rows: Sequence[tuple[int, TokenConstraint]]) -> PendingMasks:
+        trace.append(("start", [r for r, _ in rows]))
+        return real_start(rows)
+
+    def execute(chunks: Sequence[ScheduledChunk]) -> RunnerOutput:
+        sampling = [c.request for c in chunks if c.samples]
+        trace.append(("execute", [i for i, r in enumerate(sampling) if r.constraint is not None]))
+        return real_execute(chunks)
+
+    filler.start = start  # type: ignore[method-assign]
+    core.runner.execute = execute  # type: ignore[method-assign]
+    c = Collector(loaded)
+    for rid, prompt, params, constrained in requests:
+        c.add(rid, prompt, params).constraint = factory.make(FORMAT) if constrained else None
+    c.run()
+    return c, trace
+
+
+def test_masks_fill_before_the_forward_and_free_batches_never_reach_the_filler(
+    checkpoint: Path,
+) -> None:
+    free = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    short, long_prompt = [0, 5, 6], [0, *range(10, 50)]
+    solo, trace = _collect(checkpoint, [("a", short, free, False), ("c", long_prompt, free, False)])
+    assert [kind for kind, _ in trace] == ["execute"] * len(trace)  # no filler call at all
+
+    mixed, trace = _collect(
+        checkpoint,
+        [
+            ("a", short, free, False),
+            ("b", [0, 7, 8, 9], SamplingParams(max_new_tokens=30), True),
+            ("c", long_prompt, free, False),  # 40 tokens: prefilled over 3 steps
+        ],
+    )
+    for rid in ("a", "c"):
+        assert mixed.tokens(rid) == solo.tokens(rid), rid
+    end = mixed.end("b")
+    assert end["finish_reason"] == "eos_token", end
+    assert json.loads(end["generated_text"])["n"] in range(10)
+    # Every forward with the constrained row was preceded by the fill of exactly that row
+    # (row 1: "a" samples before it), and no other forward was.
+    for i, (kind, rows) in enumerate(trace):
+        if kind == "execute" and rows:
+            assert trace[i - 1] == ("start", rows), trace
+            assert rows == [1]
+        elif kind == "execute":
+            assert i == 0 or trace[i - 1][0] == "execute", trace

@@ -11,15 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from lorax_engine.core.adapter_admission import AdapterAdmission
 from lorax_engine.core.model_runner import ModelRunner, RunnerOutput
 from lorax_engine.core.output import EventSink, RequestOutput
 from lorax_engine.core.request import Request, RequestStatus
 from lorax_engine.core.sampler import Sampler, SamplingRow
 from lorax_engine.core.scheduler import ScheduledChunk, Scheduler
-from lorax_engine.structured import ConstraintFactory
+from lorax_engine.structured import ConstraintFactory, MaskFiller, PendingMasks
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +51,12 @@ class EngineCore:
         self.scheduler = scheduler
         # Makes every constrained request's TokenConstraint (None: response_format is off).
         self.constraints = constraints
+        # Fills the constrained rows' token masks on CPU threads while the forward pass runs.
+        self.mask_filler: MaskFiller | None = (
+            constraints.mask_filler(scheduler.config.max_batch_size)
+            if constraints is not None
+            else None
+        )
         self.adapters: AdapterAdmission | None = None
         self.runner = runner
         self.tokenizer = tokenizer
@@ -95,6 +99,8 @@ class EngineCore:
         self._inbox.put(("wake", None))
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.mask_filler is not None:
+            self.mask_filler.close()
 
     @property
     def alive(self) -> bool:
@@ -126,6 +132,15 @@ class EngineCore:
         kind, payload = cmd
         if kind == "add":
             request, sink = payload
+            if request.constraint is not None and self.mask_filler is None:
+                sink(
+                    {
+                        "type": "error",
+                        "error": "response_format is not enabled on this engine",
+                        "error_type": "validation",
+                    }
+                )
+                return
             if request.adapter_ref is not None:
                 if self.adapters is None:
                     sink(
@@ -164,39 +179,50 @@ class EngineCore:
         for c in sched.chunks:
             if c.request.first_scheduled_time is None:
                 c.request.first_scheduled_time = now
+        masks = self._start_masks(sched.chunks)
         try:
             result = self.runner.execute(sched.chunks)
-            self._process(sched.chunks, result)
+            self._process(sched.chunks, result, masks)
         except Exception as exc:  # a failed step must not take the server down with it
             log.exception("engine step failed")
+            if masks is not None:
+                # The fill threads must be done with the constraints and the host buffers.
+                with contextlib.suppress(Exception):
+                    masks.wait()
             self._fail_all(f"engine step failed: {exc}")
         self.stats.steps += 1
 
-    def _process(self, chunks: Sequence[ScheduledChunk], result: RunnerOutput) -> None:
+    def _start_masks(self, chunks: Sequence[ScheduledChunk]) -> PendingMasks | None:
+        """Start filling the token masks of the constrained sampling rows (rows of the runner's
+        ``sample_logits``, which holds the sampling chunks in order). None when no row is
+        constrained, so a batch of free requests never reaches the filler."""
+        sampling = (c.request for c in chunks if c.samples)
+        rows = [(row, req.constraint) for row, req in enumerate(sampling) if req.constraint]
+        if not rows or self.mask_filler is None:
+            return None
+        return self.mask_filler.start(rows)
+
+    def _process(
+        self, chunks: Sequence[ScheduledChunk], result: RunnerOutput, masks: PendingMasks | None
+    ) -> None:
         for i, lps in result.prompt_logprobs.items():
             plp = chunks[i].request.prompt_logprobs
             if plp is not None:
                 plp.extend(lps)
         rows: list[SamplingRow] = []
-        sampling = []
+        sampling: list[Request] = []
         for c in chunks:
             req: Request = c.request
             req.num_computed_tokens += c.num_tokens
             if not c.samples:
                 continue
-            bitmask = None
-            if req.constraint is not None:
-                bitmask = np.zeros((self.vocab_size + 31) // 32, dtype=np.int32)
-                req.constraint.fill_allowed(bitmask)
             rows.append(
-                SamplingRow(
-                    req.params, req.token_ids, req.num_prompt_tokens, req.num_output_tokens, bitmask
-                )
+                SamplingRow(req.params, req.token_ids, req.num_prompt_tokens, req.num_output_tokens)
             )
             sampling.append(req)
         if not rows:
             return
-        out = self.sampler(result.sample_logits, rows, result.greedy)
+        out = self.sampler(result.sample_logits, rows, result.greedy, masks)
         for j, req in enumerate(sampling):
             token = out.token_ids[j]
             req.token_ids.append(token)

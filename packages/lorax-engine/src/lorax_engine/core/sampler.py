@@ -8,6 +8,7 @@ not use an expensive stage (penalties, constraints, typical-p) skip it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -42,7 +43,14 @@ class SamplingRow:
     token_ids: list[int]  # prompt + output so far (for penalties)
     num_prompt_tokens: int
     step: int  # index of the token being chosen among the outputs
-    bitmask: np.ndarray | None = None  # int32 [ceil(vocab / 32)] from a TokenConstraint
+
+
+class LogitsMask(Protocol):
+    """The constrained rows' token masks of one step (`structured.PendingMasks`)."""
+
+    def apply_(self, logits: torch.Tensor) -> None:
+        """Set the disallowed tokens of the constrained rows of ``[rows, vocab]`` to -inf."""
+        ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,9 +70,11 @@ class Sampler:
         logits: torch.Tensor,
         rows: list[SamplingRow],
         greedy: tuple[torch.Tensor, torch.Tensor] | None = None,
+        masks: LogitsMask | None = None,
     ) -> SamplerOutput:
-        """``greedy``: the argmax and its logprob per row, if the caller already has them."""
-        if all(_plain_greedy(r) for r in rows):
+        """``greedy``: the argmax and its logprob per row, if the caller already has them (not
+        valid for masked rows). ``masks``: the constrained rows' grammar masks, if any."""
+        if masks is None and all(_plain_greedy(r) for r in rows):
             return _greedy(logits, greedy)
         device = logits.device
         num_rows, vocab = logits.shape
@@ -72,11 +82,8 @@ class Sampler:
         pen = [i for i, r in enumerate(rows) if r.params.has_penalties]
         if pen:
             logits[pen] = _apply_penalties(logits[pen], [rows[i] for i in pen], vocab)
-        cons = [i for i, r in enumerate(rows) if r.bitmask is not None]
-        if cons:
-            masks = np.stack([rows[i].bitmask for i in cons])  # type: ignore[misc]
-            allowed = _unpack_bitmask(torch.from_numpy(masks).to(device), vocab)
-            logits[cons] = logits[cons].masked_fill(~allowed, float("-inf"))
+        if masks is not None:
+            masks.apply_(logits)  # waits for the fill threads; only the constrained rows change
 
         temps = torch.tensor(
             [1.0 if r.params.greedy else r.params.temperature for r in rows], device=device
@@ -108,7 +115,7 @@ class Sampler:
 
 def _plain_greedy(row: SamplingRow) -> bool:
     p = row.params
-    return p.greedy and not p.has_penalties and row.bitmask is None and p.return_k_alternatives == 0
+    return p.greedy and not p.has_penalties and p.return_k_alternatives == 0
 
 
 def _greedy(
@@ -155,13 +162,6 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow], vocab: int) 
     penalized = torch.where(logits > 0, logits / rep, logits * rep)
     logits = torch.where(seen, penalized, logits)
     return logits - freq * counts - pres * (counts > 0).float()
-
-
-def _unpack_bitmask(masks: torch.Tensor, vocab: int) -> torch.Tensor:
-    """int32 ``[rows, ceil(vocab/32)]`` -> bool ``[rows, vocab]`` (bit ``t % 32`` of word ``t // 32``)."""
-    shifts = torch.arange(32, device=masks.device, dtype=torch.int32)
-    bits = (masks.unsqueeze(-1) >> shifts) & 1  # [rows, words, 32]
-    return bits.flatten(1)[:, :vocab].bool()
 
 
 def _sample(scaled: torch.Tensor, rows: list[SamplingRow], device: torch.device) -> torch.Tensor:
