@@ -11,7 +11,7 @@ from lorax_gateway.backends.registry import available_backends, load_backend
 from lorax_gateway.backends.synthetic import SyntheticBackend
 from lorax_gateway.errors import GatewayError
 from lorax_gateway.limits import TenantLimiter, TenantLimits
-from lorax_gateway.routes.openai_compat import _tool_calls  # pyright: ignore[reportPrivateUsage]
+from lorax_gateway.openai_format import parse_tool_calls
 from lorax_gateway.settings import AdmissionConfig, AuthConfig, TracingConfig
 from lorax_gateway.tenants import TenantRegistry, hash_key
 
@@ -98,15 +98,15 @@ def test_authenticate_and_visibility(tmp_path: Path) -> None:
 
 
 def test_tool_call_parsing() -> None:
-    calls = _tool_calls('{"name": "get_weather", "arguments": {"city": "Paris"}}')
+    calls = parse_tool_calls('{"name": "get_weather", "arguments": {"city": "Paris"}}')
     assert calls is not None
     assert calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     assert calls[0]["id"].startswith("call_")
-    two = _tool_calls('[{"name": "a", "parameters": {}}, {"name": "b", "arguments": "{}"}]')
+    two = parse_tool_calls('[{"name": "a", "parameters": {}}, {"name": "b", "arguments": "{}"}]')
     assert two is not None
     assert [c["function"]["name"] for c in two] == ["a", "b"]
-    assert _tool_calls("just text") is None
-    assert _tool_calls('{"no_name": 1}') is None
+    assert parse_tool_calls("just text") is None
+    assert parse_tool_calls('{"no_name": 1}') is None
 
 
 def test_configs_validate() -> None:

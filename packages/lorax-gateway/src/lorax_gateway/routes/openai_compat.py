@@ -7,11 +7,10 @@ choices are merged as their chunks arrive; the stream ends with ``data: [DONE]``
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import anyio
 from litestar import Request, post
@@ -19,11 +18,17 @@ from litestar.params import JSONBody
 
 from lorax_gateway.backends.base import BackendUnavailableError
 from lorax_gateway.errors import STATUS_BY_ERROR_TYPE, GatewayError
+from lorax_gateway.openai_format import (
+    chat_logprobs,
+    completion_logprobs,
+    finish_reason,
+    parse_tool_calls,
+    usage,
+)
 from lorax_gateway.openai_schemas import ChatCompletionRequest, CommonFields, CompletionRequest
 from lorax_gateway.routes.common import context_of, service_of, sse, sse_stream
 from lorax_gateway.service import EngineStream, GenerationResult, GenerationService, RequestContext
 
-_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 _TAG = ["OpenAI"]
 
 
@@ -96,48 +101,6 @@ def _requests(
                 }
             )
     return out
-
-
-def _usage(results: list[GenerationResult], n: int) -> dict[str, int]:
-    # The prompt is counted once per prompt, not once per choice.
-    prompt = sum(int(r.end.get("prompt_tokens") or 0) for r in results[::n])
-    completion = sum(int(r.end.get("generated_tokens") or 0) for r in results)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def _completion_logprobs(tokens: list[dict[str, Any]], offset: int) -> dict[str, Any]:
-    texts = [str(t.get("text", "")) for t in tokens]
-    offsets: list[int] = []
-    for text in texts:
-        offsets.append(offset)
-        offset += len(text)
-    return {
-        "tokens": texts,
-        "token_logprobs": [t.get("logprob") for t in tokens],
-        "top_logprobs": [
-            {a["text"]: a["logprob"] for a in t.get("alternative_tokens", [])} or None
-            for t in tokens
-        ],
-        "text_offset": offsets,
-    }
-
-
-def _chat_logprobs(tokens: list[dict[str, Any]]) -> dict[str, Any]:
-    def entry(t: dict[str, Any]) -> dict[str, Any]:
-        text = str(t.get("text", ""))
-        return {"token": text, "logprob": t.get("logprob"), "bytes": list(text.encode())}
-
-    return {
-        "content": [
-            {**entry(t), "top_logprobs": [entry(a) for a in t.get("alternative_tokens", [])]}
-            for t in tokens
-            if not t.get("special")
-        ]
-    }
 
 
 async def _events(
@@ -235,7 +198,7 @@ async def _stream_body(
                 continue
             text = str(token.get("text", ""))
             if chat:
-                lp = _chat_logprobs([token]) if logprobs else None
+                lp = chat_logprobs([token]) if logprobs else None
                 yield chunk(
                     {
                         "index": index,
@@ -245,13 +208,13 @@ async def _stream_body(
                     }
                 )
             else:
-                lp = _completion_logprobs([token], 0) if logprobs else None
+                lp = completion_logprobs([token], 0) if logprobs else None
                 yield chunk({"index": index, "text": text, "logprobs": lp, "finish_reason": None})
         elif kind == "end":
             if index % n == 0:
                 prompt_tokens += int(event.get("prompt_tokens") or 0)
             completion_tokens += int(event.get("generated_tokens") or 0)
-            reason = _FINISH.get(str(event.get("finish_reason")), "stop")
+            reason = finish_reason(event.get("finish_reason"))
             if chat:
                 yield chunk(
                     {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
@@ -262,7 +225,7 @@ async def _stream_body(
             yield sse({"error": event.get("error"), "error_type": event.get("error_type")})
             return
     if include_usage:
-        usage = {
+        totals = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
@@ -274,7 +237,7 @@ async def _stream_body(
                 "created": created,
                 "model": model,
                 "choices": [],
-                "usage": usage,
+                "usage": totals,
             }
         )
     yield b"data: [DONE]\n\n"
@@ -297,35 +260,6 @@ async def _collect(streams: list[EngineStream]) -> list[GenerationResult]:
         for stream in streams:
             await stream.close()
     return [r for r in results if r is not None]
-
-
-def _tool_calls(text: str) -> list[dict[str, Any]] | None:
-    """A JSON tool call (``{"name", "arguments"}`` or a list of them) in the model's output."""
-    try:
-        parsed = json.loads(text.strip())
-    except ValueError:
-        return None
-    parsed_any: Any = parsed
-    items = cast(list[Any], parsed_any) if isinstance(parsed_any, list) else [parsed_any]
-    calls: list[dict[str, Any]] = []
-    for raw in items:
-        if not isinstance(raw, dict):
-            return None
-        item = cast(dict[str, Any], raw)
-        if not isinstance(item.get("name"), str):
-            return None
-        args: Any = item.get("arguments", item.get("parameters", {}))
-        calls.append(
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {
-                    "name": item["name"],
-                    "arguments": args if isinstance(args, str) else json.dumps(args),
-                },
-            }
-        )
-    return calls or None
 
 
 @post("/v1/completions", summary="Completions (OpenAI)", tags=_TAG, status_code=200)
@@ -367,10 +301,10 @@ async def completions(request: Request[Any, Any, Any], data: JSONBody[Completion
             {
                 "index": i,
                 "text": text,
-                "logprobs": _completion_logprobs(tokens, len(prefix))
+                "logprobs": completion_logprobs(tokens, len(prefix))
                 if data.logprobs is not None
                 else None,
-                "finish_reason": _FINISH.get(str(result.end.get("finish_reason")), "stop"),
+                "finish_reason": finish_reason(result.end.get("finish_reason")),
             }
         )
     return {
@@ -379,7 +313,7 @@ async def completions(request: Request[Any, Any, Any], data: JSONBody[Completion
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": _usage(results, data.n),
+        "usage": usage(results, data.n),
     }
 
 
@@ -430,9 +364,9 @@ async def chat_completions(
     choices: list[dict[str, Any]] = []
     for i, result in enumerate(results):
         text = str(result.end.get("generated_text") or "")
-        reason = _FINISH.get(str(result.end.get("finish_reason")), "stop")
+        reason = finish_reason(result.end.get("finish_reason"))
         message: dict[str, Any] = {"role": "assistant", "content": text}
-        calls = _tool_calls(text) if tools else None
+        calls = parse_tool_calls(text) if tools else None
         if calls:
             message = {"role": "assistant", "content": None, "tool_calls": calls}
             reason = "tool_calls"
@@ -440,7 +374,7 @@ async def chat_completions(
             {
                 "index": i,
                 "message": message,
-                "logprobs": _chat_logprobs(result.tokens) if data.logprobs else None,
+                "logprobs": chat_logprobs(result.tokens) if data.logprobs else None,
                 "finish_reason": reason,
             }
         )
@@ -450,7 +384,7 @@ async def chat_completions(
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": _usage(results, data.n),
+        "usage": usage(results, data.n),
     }
 
 
