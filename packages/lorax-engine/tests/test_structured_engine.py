@@ -184,3 +184,27 @@ def test_masks_fill_before_the_forward_and_free_batches_never_reach_the_filler(
             assert rows == [1]
         elif kind == "execute":
             assert i == 0 or trace[i - 1][0] == "execute", trace
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sampling", [{}, {"do_sample": True, "seed": 11}])
+async def test_ignore_eos_still_ends_a_complete_document(
+    checkpoint: Path, sampling: dict[str, Any]
+) -> None:
+    engine = AsyncEngine.from_config(_config(checkpoint))
+    try:
+        eos = engine.tokenizer.eos_token_ids
+        params = {"max_new_tokens": 60, "ignore_eos_token": True, **sampling}
+        events = await _events(engine, {**params, "response_format": FORMAT})
+        end = events[-1]
+        assert end["finish_reason"] == "eos_token", end
+        assert json.loads(end["generated_text"])["n"] in range(10)
+        ids = [e["token"]["id"] for e in events if e["type"] == "token"]
+        assert ids[-1] in eos
+        assert not eos & set(ids[:-1])  # one EOS, ending the document
+        assert end["generated_tokens"] == len(ids) < 60
+        # Without a constraint ignore_eos keeps its meaning: generate until max_new_tokens.
+        free = (await _events(engine, params))[-1]
+        assert (free["finish_reason"], free["generated_tokens"]) == ("length", 60)
+    finally:
+        await engine.shutdown()

@@ -228,13 +228,15 @@ class EngineCore:
             req.token_ids.append(token)
             req.output_logprobs.append(out.logprobs[j])
             self.stats.generated_tokens += 1
+            complete = False
             if req.constraint is not None:
+                complete = req.constraint.is_finished()
                 req.constraint.accept(token)
             output = self._outputs.get(req.request_id)
             if output is None:  # nobody listens (a cancel is on its way): stop generating now
                 self.scheduler.finish(req)
                 continue
-            if output.on_token(token, out.logprobs[j], out.alternatives[j]):
+            if output.on_token(token, out.logprobs[j], out.alternatives[j], complete):
                 self._finish(output)
 
     def _finish(self, output: RequestOutput) -> None:

@@ -52,9 +52,18 @@ class RequestOutput:
         self.sink({"type": "prefill", "tokens": tokens})
 
     def on_token(
-        self, token_id: int, logprob: float, alternatives: list[tuple[int, float]]
+        self,
+        token_id: int,
+        logprob: float,
+        alternatives: list[tuple[int, float]],
+        document_complete: bool = False,
     ) -> bool:
-        """Record one sampled token (already appended to the request). Returns True when finished."""
+        """Record one sampled token (already appended to the request). Returns True when finished.
+
+        ``document_complete``: the request's constraint had a complete document before this
+        token, so an EOS here ends it even with ``ignore_eos`` (padding a finished document with
+        EOS until ``max_new_tokens`` would only waste the tokens).
+        """
         if not self._prefill_sent:
             self._send_prefill()
         req = self.request
@@ -65,7 +74,7 @@ class RequestOutput:
             for tid, lp in alternatives
         ]
         released = self.stops.push(PendingToken(token_id, text, logprob, special, alts))
-        is_eos = token_id in self.eos_ids and not req.params.ignore_eos
+        is_eos = token_id in self.eos_ids and (not req.params.ignore_eos or document_complete)
         if self.stops.stopped:
             self.finish_reason = "stop_sequence"
         elif is_eos:
