@@ -7,8 +7,10 @@ requests still give PEFT's tokens.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +20,8 @@ from engine_testkit import hf_greedy, make_engine
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from lorax_engine.adapters import (
-    AdapterHandle,
-    AdapterLoader,
-    AdapterManager,
-    AdapterRef,
-    AdapterState,
-    HostAdapterCache,
-    LoadLimits,
-    LocalSource,
-    ManagerConfig,
-    MergeSpec,
-    SourceRegistry,
-)
+from lorax_engine.adapters import AdapterRef, MergeSpec
+from lorax_engine.core.factory import LoadedEngine
 from lorax_engine.core.request import Request
 from lorax_engine.params import SamplingParams
 
@@ -93,51 +84,51 @@ def setup(
     return ckpt, root, refs
 
 
-def _engine_and_manager(ckpt: Path, root: Path, num_slots: int) -> tuple[Any, AdapterManager]:
-    engine = make_engine(ckpt, lora_slots=num_slots, lora_max_rank=16, max_batch_size=16)
-    slots = engine.core.runner.lora_slots
-    assert slots is not None
-    loader = AdapterLoader(
-        SourceRegistry({"local": LocalSource([root])}),
-        engine.core.runner.model.lora_spec(),
-        LoadLimits(max_rank=16),
-        HostAdapterCache(1 << 30),
+@contextlib.contextmanager
+def _running_engine(ckpt: Path, root: Path, num_slots: int) -> Iterator[LoadedEngine]:
+    """The engine with its own adapter manager (local adapters under ``root``), loop running."""
+    engine = make_engine(
+        ckpt,
+        lora_slots=num_slots,
+        lora_max_rank=16,
+        max_batch_size=16,
+        local_adapter_root=root,
     )
-    return engine.core, AdapterManager(loader, slots, ManagerConfig(num_slots, cycle_time_s=0.0))
+    engine.core.start()
+    try:
+        yield engine
+    finally:
+        engine.core.stop()
+        assert engine.adapter_manager is not None
+        engine.adapter_manager.shutdown()
 
 
 def _generate(
-    core: Any, manager: AdapterManager, jobs: list[tuple[str, AdapterRef, list[int]]]
+    engine: LoadedEngine, jobs: list[tuple[str, AdapterRef, list[int]]]
 ) -> dict[str, list[int]]:
-    """Run ``(request id, adapter, prompt)`` jobs concurrently, admitting each once READY."""
-    pending = [(rid, manager.request(ref), prompt) for rid, ref, prompt in jobs]
-    events: dict[str, list[dict[str, Any]]] = {}
-    running: dict[str, AdapterHandle] = {}
+    """Run ``(request id, adapter, prompt)`` jobs concurrently through the engine loop.
+
+    The loop admits each request once its adapter is in a slot and sleeps on its inbox while
+    loads run; the test only waits for every request's last event, under a wall-clock bound.
+    """
+    events: dict[str, list[dict[str, Any]]] = {rid: [] for rid, _, _ in jobs}
+    finished: dict[str, threading.Event] = {rid: threading.Event() for rid, _, _ in jobs}
+
+    def sink(rid: str) -> Callable[[dict[str, Any]], None]:
+        def put(event: dict[str, Any]) -> None:
+            events[rid].append(event)
+            if event["type"] in ("end", "error"):
+                finished[rid].set()
+
+        return put
+
+    for rid, ref, prompt in jobs:
+        req = Request(rid, prompt, SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True), 0.0)
+        req.adapter_ref = None if ref.is_base else ref
+        engine.core.submit(req, sink(rid))
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        manager.step()
-        for item in list(pending):
-            rid, handle, prompt = item
-            state = manager.state(handle)
-            assert state is not AdapterState.FAILED, manager.error(handle)
-            if state is AdapterState.READY:
-                params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
-                req = Request(rid, prompt, params, 0.0)
-                req.adapter_slot = manager.acquire(handle)
-                req.adapter_key = handle.key
-                events[rid] = []
-                core.submit(req, events[rid].append)
-                running[rid] = handle
-                pending.remove(item)
-        if not running:
-            time.sleep(0.002)  # adapters still loading on the loader threads
-        core.step()
-        for rid, evs in events.items():
-            if rid in running and evs and evs[-1]["type"] in ("end", "error"):
-                manager.release(running.pop(rid))
-        if not pending and not running:
-            break
-    assert (pending, running) == ([], {}), "requests did not finish"
+    for rid, done in finished.items():
+        assert done.wait(max(0.0, deadline - time.monotonic())), f"request {rid} did not finish"
     for evs in events.values():
         assert evs[-1]["type"] == "end", evs[-1]
     return {
@@ -155,16 +146,18 @@ def test_mixed_batches_match_peft_alone_across_eviction(
     ckpt, root, refs = setup
     for name in ADAPTERS:  # every adapter changes the output, so a mix-up cannot pass
         assert refs[name] != refs["base"], name
-    core, manager = _engine_and_manager(ckpt, root, num_slots=2)
     # Waves: r4 + r8 + base together; then r16 evicts one of them; then r4 again (promoted back).
     waves = [["r4", "r8", "base"], ["r16", "r8", "base"], ["r4", "r16"]]
-    for wave_no, wave in enumerate(waves):
-        jobs = [(f"w{wave_no}-{n}-{i}", _ref(n), p) for n in wave for i, p in enumerate(PROMPTS)]
-        for rid, tokens in _generate(core, manager, jobs).items():
-            _, name, i = rid.split("-")
-            assert tokens == refs[name][int(i)], rid
-    assert manager.stats["evictions"] >= 1
-    manager.shutdown()
+    with _running_engine(ckpt, root, num_slots=2) as engine:
+        for wave_no, wave in enumerate(waves):
+            jobs = [
+                (f"w{wave_no}-{n}-{i}", _ref(n), p) for n in wave for i, p in enumerate(PROMPTS)
+            ]
+            for rid, tokens in _generate(engine, jobs).items():
+                _, name, i = rid.split("-")
+                assert tokens == refs[name][int(i)], rid
+        assert engine.adapter_manager is not None
+        assert engine.adapter_manager.stats["evictions"] >= 1
 
 
 def test_merged_adapter_matches_peft_add_weighted_adapter(
@@ -194,12 +187,11 @@ def test_merged_adapter_matches_peft_add_weighted_adapter(
             for p in PROMPTS
         ]
     assert want != refs["r16"]
-    core, manager = _engine_and_manager(ckpt, root, num_slots=2)
     merged = AdapterRef(merged=merge, source="local")
     jobs = [(f"m-{i}", merged, p) for i, p in enumerate(PROMPTS)]
     jobs += [(f"r4-{i}", _ref("r4"), p) for i, p in enumerate(PROMPTS)]
-    got = _generate(core, manager, jobs)
+    with _running_engine(ckpt, root, num_slots=2) as engine:
+        got = _generate(engine, jobs)
     for i in range(len(PROMPTS)):
         assert got[f"m-{i}"] == want[i], i
         assert got[f"r4-{i}"] == refs["r4"][i], i
-    manager.shutdown()
