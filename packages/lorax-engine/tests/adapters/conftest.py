@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -118,3 +119,47 @@ def peft_quiet() -> Iterator[None]:
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
         yield
+
+
+# ---- S3: moto in server mode, a real S3 HTTP API on 127.0.0.1 -------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> Any:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    name = "adapters-" + request.node.name.lower().replace("_", "-")[:40]
+    client.create_bucket(Bucket=name)
+    return client, name
+
+
+def upload_dir(client: Any, bucket: str, prefix: str, directory: Path) -> None:
+    """Upload every file of ``directory`` under ``prefix/``."""
+    for f in directory.iterdir():
+        client.upload_file(str(f), bucket, f"{prefix}/{f.name}")

@@ -25,7 +25,7 @@ from lorax_engine.core.factory import LoadedEngine
 from lorax_engine.core.request import Request
 from lorax_engine.params import SamplingParams
 
-from .conftest import ALL_TARGETS, peft_quiet
+from .conftest import ALL_TARGETS, peft_quiet, upload_dir
 
 ADAPTERS: dict[str, dict[str, Any]] = {
     "r4": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
@@ -85,7 +85,9 @@ def setup(
 
 
 @contextlib.contextmanager
-def _running_engine(ckpt: Path, root: Path, num_slots: int) -> Iterator[LoadedEngine]:
+def _running_engine(
+    ckpt: Path, root: Path, num_slots: int, **config: Any
+) -> Iterator[LoadedEngine]:
     """The engine with its own adapter manager (local adapters under ``root``), loop running."""
     engine = make_engine(
         ckpt,
@@ -93,6 +95,7 @@ def _running_engine(ckpt: Path, root: Path, num_slots: int) -> Iterator[LoadedEn
         lora_max_rank=16,
         max_batch_size=16,
         local_adapter_root=root,
+        **config,
     )
     engine.core.start()
     try:
@@ -103,10 +106,10 @@ def _running_engine(ckpt: Path, root: Path, num_slots: int) -> Iterator[LoadedEn
         engine.adapter_manager.shutdown()
 
 
-def _generate(
+def _run(
     engine: LoadedEngine, jobs: list[tuple[str, AdapterRef, list[int]]]
-) -> dict[str, list[int]]:
-    """Run ``(request id, adapter, prompt)`` jobs concurrently through the engine loop.
+) -> dict[str, list[dict[str, Any]]]:
+    """Run ``(request id, adapter, prompt)`` jobs concurrently through the engine loop; their events.
 
     The loop admits each request once its adapter is in a slot and sleeps on its inbox while
     loads run; the test only waits for every request's last event, under a wall-clock bound.
@@ -129,6 +132,14 @@ def _generate(
     deadline = time.monotonic() + 120
     for rid, done in finished.items():
         assert done.wait(max(0.0, deadline - time.monotonic())), f"request {rid} did not finish"
+    return events
+
+
+def _generate(
+    engine: LoadedEngine, jobs: list[tuple[str, AdapterRef, list[int]]]
+) -> dict[str, list[int]]:
+    """Every job's generated tokens; each must end normally."""
+    events = _run(engine, jobs)
     for evs in events.values():
         assert evs[-1]["type"] == "end", evs[-1]
     return {
@@ -195,3 +206,38 @@ def test_merged_adapter_matches_peft_add_weighted_adapter(
     for i in range(len(PROMPTS)):
         assert got[f"m-{i}"] == want[i], i
         assert got[f"r4-{i}"] == refs["r4"][i], i
+
+
+def test_s3_adapters_through_the_engine(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]],
+    s3_endpoint: str,
+    bucket: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--adapter-source s3`` with the endpoint from ``AWS_ENDPOINT_URL`` (boto3's own chain):
+    an adapter on S3 gives PEFT's tokens, and a missing object fails only its own request."""
+    ckpt, root, refs = setup
+    client, name = bucket
+    upload_dir(client, name, "team/r4", root / "r4")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+
+    def ref(adapter_id: str) -> AdapterRef:  # what the engine builds from a request's parameters
+        return AdapterRef.from_parameters(
+            {"adapter_id": adapter_id}, tenant=None, default_source="s3"
+        )
+
+    jobs = [(f"s3-{i}", ref(f"s3://{name}/team/r4"), p) for i, p in enumerate(PROMPTS)]
+    jobs += [("missing", ref(f"s3://{name}/team/nope"), PROMPTS[0])]
+    jobs += [(f"base-{i}", AdapterRef(), p) for i, p in enumerate(PROMPTS)]
+    with _running_engine(ckpt, root, 2, adapter_source="s3", cache_dir=tmp_path) as engine:
+        events = _run(engine, jobs)
+    missing = events.pop("missing")
+    assert [e["type"] for e in missing] == ["error"]
+    assert missing[0]["error_type"] == "not_found"
+    for rid, evs in events.items():
+        assert evs[-1]["type"] == "end", (rid, evs[-1])
+        kind, i = rid.split("-")
+        want = refs["r4" if kind == "s3" else "base"][int(i)]
+        assert [e["token"]["id"] for e in evs if e["type"] == "token"] == want, rid
+    assert any((tmp_path / "lorax-adapters" / "s3").iterdir())  # fetched into the engine's cache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from lorax_engine.adapters.peft_loader import (
 )
 from lorax_engine.adapters.ref import split_revision
 
-from .conftest import Spec
+from .conftest import Spec, upload_dir
 from .fakehub import FakeHub
 
 
@@ -89,53 +88,13 @@ def test_local_missing_and_disabled(tmp_path: Path) -> None:
 # ---- s3 (moto in server mode: a real S3 HTTP API on 127.0.0.1) -------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> Any:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    name = "adapters-" + request.node.name.lower().replace("_", "-")[:40]
-    client.create_bucket(Bucket=name)
-    return client, name
-
-
-def _upload(client: Any, bucket: str, prefix: str, directory: Path) -> None:
-    for f in directory.iterdir():
-        client.upload_file(str(f), bucket, f"{prefix}/{f.name}")
-
-
 def test_s3_fetch_loads_the_same_weights(
     tmp_path: Path, s3_endpoint: str, bucket: Any, make_adapter: Callable[..., Path], spec: Spec
 ) -> None:
     client, name = bucket
     d = make_adapter()
     (d / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
-    _upload(client, name, "org/lora", d)
+    upload_dir(client, name, "org/lora", d)
     source = S3Source(tmp_path / "cache", max_bytes=1 << 30, endpoint_url=s3_endpoint)
     fetched = source.fetch(AdapterRef(f"s3://{name}/org/lora", source="s3"))
     got = load_peft_lora(fetched.directory, "k", spec, LoadLimits())
@@ -168,7 +127,7 @@ def test_s3_failures(
     client.upload_file(str(d / "adapter_model.bin"), name, "pickled/adapter_model.bin")
     assert _code(AdapterLoadError, lambda: fetch(f"s3://{name}/pickled")) == "pickle_refused"
 
-    _upload(client, name, "big", make_adapter())
+    upload_dir(client, name, "big", make_adapter())
     small = S3Source(tmp_path / "cache2", max_bytes=100, endpoint_url=s3_endpoint)
     with pytest.raises(AdapterIncompatibleError) as info:
         small.fetch(AdapterRef(f"s3://{name}/big", source="s3"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,8 +151,8 @@ def _adapter_manager(
     model_dir: Path,
     wake: Callable[[], None],
 ) -> Any:
-    """Sources (hub; local only under the configured root; the demo's own adapters) -> loader ->
-    manager over the runner's slot tables."""
+    """Sources (hub; local only under the configured roots and the demo's own adapters; s3) ->
+    loader -> manager over the runner's slot tables."""
     from lorax_engine.adapters import (
         AdapterLoader,
         AdapterManager,
@@ -160,6 +161,7 @@ def _adapter_manager(
         LoadLimits,
         LocalSource,
         ManagerConfig,
+        S3Source,
         SourceRegistry,
     )
 
@@ -168,11 +170,20 @@ def _adapter_manager(
         roots.append(Path(config.local_adapter_root))
     if config.model_id == "demo":
         roots.append(model_dir / "adapters")
-    sources = SourceRegistry({"hub": HubSource(config.cache_dir), "local": LocalSource(roots)})
+    limits = LoadLimits(max_rank=config.lora_max_rank)
+    sources = SourceRegistry(
+        {
+            "hub": HubSource(config.cache_dir),
+            "local": LocalSource(roots),
+            # Endpoint, region and credentials from boto3's own chain (AWS_ENDPOINT_URL,
+            # AWS_* variables, ~/.aws/config, instance role): what every AWS tool reads.
+            "s3": S3Source(_adapter_cache_dir(config) / "s3", max_bytes=limits.max_bytes),
+        }
+    )
     loader = AdapterLoader(
         sources,
         model.lora_spec(),
-        LoadLimits(max_rank=config.lora_max_rank),
+        limits,
         HostAdapterCache(config.adapter_host_cache_bytes, pin=config.torch_device.type == "cuda"),
         dtype=config.torch_dtype,
     )
@@ -183,6 +194,14 @@ def _adapter_manager(
         device=config.torch_device,
         wake=wake,
     )
+
+
+def _adapter_cache_dir(config: EngineConfig) -> Path:
+    """Where downloaded adapters are kept: under --cache-dir, else the user's cache directory."""
+    if config.cache_dir is not None:
+        return Path(config.cache_dir) / "lorax-adapters"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lorax" / "adapters"
 
 
 def load_engine(config: EngineConfig) -> LoadedEngine:
