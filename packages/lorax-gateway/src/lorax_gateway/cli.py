@@ -37,6 +37,12 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--cors-allow-origin", action="append", default=[])
     parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a SIGTERM waits for in-flight requests (new ones get 503) before exiting",
+    )
+    parser.add_argument(
         "--public-adapter", action="append", default=[], help="adapter listed by /v1/models"
     )
 
@@ -62,22 +68,34 @@ def settings_from_args(
     )
 
 
-def run_server(settings: GatewaySettings, host: str, port: int, app: Any = None) -> None:
-    """Configure logging and serve the app with uvicorn (uvloop + httptools when available)."""
+def run_server(
+    settings: GatewaySettings,
+    host: str,
+    port: int,
+    app: Any = None,
+    shutdown_timeout_s: float = 30.0,
+) -> None:
+    """Configure logging and serve the app with uvicorn (uvloop + httptools when available).
+
+    SIGTERM drains (:mod:`lorax_gateway.draining`): new requests get 503 while the ones in flight
+    get up to ``shutdown_timeout_s`` seconds to finish.
+    """
     import uvicorn
 
     from lorax_gateway.app import create_app
+    from lorax_gateway.draining import DrainingServer, DrainMiddleware, DrainState
     from lorax_gateway.logs import configure_logging
 
     configure_logging(settings.logging)
-    uvicorn.run(
-        app if app is not None else create_app(settings),
+    drain = DrainState()
+    config = uvicorn.Config(
+        DrainMiddleware(app if app is not None else create_app(settings), drain),
         host=host,
         port=port,
         log_config=None,
         access_log=False,  # the gateway logs each request itself, with its request id
-        timeout_graceful_shutdown=30,
     )
+    DrainingServer(config, drain, shutdown_timeout_s).run()
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -138,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         print(f"lorax-gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    run_server(settings, args.host, args.port)
+    run_server(settings, args.host, args.port, shutdown_timeout_s=args.shutdown_timeout)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, ImportError) as exc:
         print(f"lorax-launcher: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    run_server(settings, args.host, args.port, app=app)
+    run_server(settings, args.host, args.port, app=app, shutdown_timeout_s=args.shutdown_timeout)
 
 
 if __name__ == "__main__":
