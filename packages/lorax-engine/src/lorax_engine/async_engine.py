@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
@@ -34,6 +35,14 @@ def _error(exc: EngineError) -> Event:
     return {"type": "error", "error": str(exc), "error_type": exc.error_type}
 
 
+def _unavailable(message: str) -> Event:
+    # The gateway answers `unavailable` with 503: the engine is going away, not the request bad.
+    return {"type": "error", "error": message, "error_type": "unavailable"}
+
+
+_SHUTTING_DOWN = "the engine is shutting down"
+
+
 class AsyncEngine:
     """Runs the engine core on its own thread; every method here is safe to call from asyncio."""
 
@@ -45,6 +54,11 @@ class AsyncEngine:
         self.adapter_manager = loaded.adapter_manager
         self._in_flight = 0
         self._ids = itertools.count()
+        # Graceful shutdown: draining refuses new requests; closed also ends the running ones.
+        self._draining = False
+        self._closed = False
+        self._live: dict[str, asyncio.Queue[Event]] = {}  # event queues of running requests
+        self._idle: asyncio.Event | None = None  # set when the last request ends, while draining
         self.metrics = EngineMetrics(self.core, lambda: self._in_flight)
         self.core.start()
 
@@ -56,6 +70,9 @@ class AsyncEngine:
     # ---- generation -----------------------------------------------------------------------
     async def generate(self, request: dict[str, Any]) -> AsyncIterator[Event]:
         """Stream the events of one request; closing the iterator early cancels it."""
+        if self._draining:
+            yield _unavailable(_SHUTTING_DOWN)
+            return
         limits = self.config.limits
         if self._in_flight >= limits.max_concurrent_requests:
             yield _error(OverloadedError("Model is overloaded"))
@@ -67,6 +84,9 @@ class AsyncEngine:
             except EngineError as exc:
                 yield _error(exc)
                 return
+            if self._closed:  # the drain ran out of time while this one was being tokenized
+                yield _unavailable(_SHUTTING_DOWN)
+                return
             # Close the inner generator explicitly: its `finally` aborts the request right away
             # instead of whenever the garbage collector finalizes it.
             inner = self._stream(requests[0]) if len(requests) == 1 else self._best_of(requests)
@@ -77,6 +97,8 @@ class AsyncEngine:
                 await inner.aclose()
         finally:
             self._in_flight -= 1
+            if self._in_flight == 0 and self._idle is not None:
+                self._idle.set()
 
     def _prepare(self, body: dict[str, Any]) -> list[Request]:
         """Tokenize, apply limits and build the engine requests (one per best_of candidate)."""
@@ -149,6 +171,7 @@ class AsyncEngine:
                 self.core.abort(request.request_id)
 
         self.core.submit(request, sink)
+        self._live[request.request_id] = events
         done = False
         try:
             while True:
@@ -159,8 +182,50 @@ class AsyncEngine:
                 if done:
                     return
         finally:
+            self._live.pop(request.request_id, None)
             if not done:
                 self.core.abort(request.request_id)
+
+    # ---- graceful shutdown ----------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Requests between their `generate` call and their last event."""
+        return self._in_flight
+
+    @property
+    def draining(self) -> bool:
+        """True once `begin_drain` was called: new requests are refused."""
+        return self._draining
+
+    def begin_drain(self) -> None:
+        """Stop admission: every new `generate` gets an ``unavailable`` error event; running
+        requests go on. Only sets a flag, so a signal handler may call it."""
+        self._draining = True
+
+    def close_streams(self) -> int:
+        """End every running request now with an ``unavailable`` error event and cancel it in
+        the core. Call on the event loop that consumes the streams. Returns how many."""
+        self._closed = True
+        live = list(self._live.items())
+        for request_id, events in live:
+            events.put_nowait(
+                _unavailable(f"{_SHUTTING_DOWN}: the request did not finish before the deadline")
+            )
+            self.core.abort(request_id)
+        return len(live)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait up to ``timeout_s`` for the running ones to finish;
+        those still running then end with an ``unavailable`` error. True if all finished."""
+        self.begin_drain()
+        if self._in_flight:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+        if not self._in_flight:
+            return True
+        self.close_streams()
+        return False
 
     async def _best_of(self, requests: list[Request]) -> AsyncGenerator[Event, None]:
         """Run the candidates together; the best (highest total logprob) is the main sequence."""

@@ -65,7 +65,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: hub (local for demo)",
     )
     serve.add_argument(
-        "--local-adapter-root", type=Path, default=None, help="directory `local` adapters load from"
+        "--local-adapter-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory `local` adapters load from (repeatable; tried in order)",
+    )
+    serve.add_argument(
+        "--preloaded-adapter-ids",
+        action="append",
+        default=[],
+        metavar="IDS",
+        help="adapters (comma-separated, repeatable; from --adapter-source) loaded at start-up",
+    )
+    serve.add_argument(
+        "--adapter-cycle-time-s",
+        type=float,
+        default=2.0,
+        help="seconds an adapter admits requests while others wait for a slot",
+    )
+    serve.add_argument(
+        "--adapter-memory-fraction",
+        type=float,
+        default=0.1,
+        help="share of device memory the adapter slots may take (can lower --max-active-adapters)",
+    )
+    serve.add_argument(
+        "--max-adapter-bytes",
+        type=int,
+        default=2 << 30,
+        help="largest adapter weights file accepted, in bytes",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM: refuse new requests, let running ones finish for up to S seconds",
     )
     serve.add_argument(
         "--disable-structured-output",
@@ -79,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='constrained JSON layout: compact {"a":1} or spaced {"a": 1}',
     )
     return parser
+
+
+def split_ids(values: Sequence[str]) -> tuple[str, ...]:
+    """``["a,b", "c"]`` -> ``("a", "b", "c")``: LoRAX takes the ids comma-separated."""
+    return tuple(i.strip() for v in values for i in v.split(",") if i.strip())
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -106,7 +147,11 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         lora_slots=args.max_active_adapters,
         lora_max_rank=args.max_lora_rank,
         adapter_source=args.adapter_source,
-        local_adapter_root=args.local_adapter_root,
+        local_adapter_roots=args.local_adapter_root,
+        preloaded_adapter_ids=split_ids(args.preloaded_adapter_ids),
+        adapter_cycle_time_s=args.adapter_cycle_time_s,
+        adapter_memory_fraction=args.adapter_memory_fraction,
+        adapter_max_bytes=args.max_adapter_bytes,
         structured_output=None
         if args.disable_structured_output
         else StructuredOutputConfig(whitespace=args.json_whitespace),
@@ -123,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.shutdown_timeout < 0:
+        parser.error("--shutdown-timeout must be >= 0")
     from lorax_engine.async_engine import AsyncEngine
     from lorax_engine.core.factory import EngineStartupError
     from lorax_engine.serve import run_server
@@ -133,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # A configuration problem, not a crash: one clear line instead of a traceback.
         logging.getLogger("lorax_engine").error("%s", exc)
         sys.exit(f"lorax-engine: cannot start: {exc}")
-    run_server(engine, args.host, args.port)
+    run_server(engine, args.host, args.port, shutdown_timeout_s=args.shutdown_timeout)
 
 
 if __name__ == "__main__":

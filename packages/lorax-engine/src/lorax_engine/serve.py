@@ -5,16 +5,22 @@ Litestar and uvicorn are imported here only, so the rest of the engine imports w
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from litestar import Litestar, Request, Response, get, post
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ServiceUnavailableException
 from litestar.response import Stream
 
 from lorax_engine.async_engine import AsyncEngine
 from lorax_engine.errors import EngineError, ValidationError
+
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, error_type: str) -> Response[dict[str, str]]:
@@ -37,6 +43,8 @@ def create_app(engine: AsyncEngine) -> Litestar:
     @post("/engine/generate", status_code=200)
     async def generate(request: Request[Any, Any, Any]) -> Stream:
         """Stream the request's events as SSE ``data:`` lines; a disconnect cancels the request."""
+        if engine.draining:  # a plain 503 before any stream, so a router can go elsewhere
+            raise ServiceUnavailableException("the engine is shutting down")
         body = await _json_body(request)
 
         async def events() -> AsyncIterator[bytes]:
@@ -76,6 +84,8 @@ def create_app(engine: AsyncEngine) -> Litestar:
 
     @get("/health")
     async def health() -> Response[Any]:
+        if engine.draining:  # alive, but routers should stop sending requests here
+            return _error(503, "the engine is shutting down", "healthcheck")
         if await engine.health():
             return Response(None, status_code=200)
         return _error(503, "engine is not running", "healthcheck")
@@ -89,8 +99,9 @@ def create_app(engine: AsyncEngine) -> Litestar:
             status = {"validation": 422, "overloaded": 429}.get(exc.error_type, 424)
             return _error(status, str(exc), exc.error_type)
         if isinstance(exc, HTTPException):
+            kind = "validation" if exc.status_code < 500 else "generation"
             return _error(
-                exc.status_code, exc.detail, "validation" if exc.status_code < 500 else "generation"
+                exc.status_code, exc.detail, "unavailable" if exc.status_code == 503 else kind
             )
         return _error(500, f"internal error: {exc}", "generation")
 
@@ -100,10 +111,52 @@ def create_app(engine: AsyncEngine) -> Litestar:
     )
 
 
-def run_server(engine: AsyncEngine, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, then stop the engine."""
-    import uvicorn
+class GracefulServer(uvicorn.Server):
+    """uvicorn, with a drain before the shutdown.
 
+    The first SIGTERM/SIGINT stops admission (new requests get 503 ``unavailable``, ``/health``
+    503) and lets the running requests finish for up to ``shutdown_timeout_s``; those still
+    running then end with an ``unavailable`` error event, and uvicorn shuts down as usual
+    (connections closed, the engine stopped). A second signal skips the rest of the wait.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, engine: AsyncEngine, shutdown_timeout_s: float
+    ) -> None:
+        super().__init__(config)
+        self.engine = engine
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._drain: asyncio.Task[bool] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.engine.draining or self.should_exit:
+            self.engine.close_streams()  # the second signal: stop waiting
+            super().handle_exit(sig, frame)
+            return
+        # Signal handler context: only set a flag; the drain starts on the next tick.
+        self.engine.begin_drain()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.engine.draining and self._drain is None:
+            log.info(
+                "draining: %d request(s) running, waiting up to %.1f s",
+                self.engine.in_flight,
+                self.shutdown_timeout_s,
+            )
+            self._drain = asyncio.create_task(self.engine.drain(self.shutdown_timeout_s))
+        if self._drain is not None and self._drain.done():
+            if not self._drain.result():
+                log.warning("shutdown timeout: the requests still running were ended")
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run_server(engine: AsyncEngine, host: str, port: int, shutdown_timeout_s: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT, drain for up to ``shutdown_timeout_s``, then stop the engine."""
     app = create_app(engine)
     app.on_shutdown.append(engine.shutdown)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    # The drain already waited for the streams; what is left is closing connections.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+    )
+    GracefulServer(config, engine, shutdown_timeout_s).run()
