@@ -65,7 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: hub (local for demo)",
     )
     serve.add_argument(
-        "--local-adapter-root", type=Path, default=None, help="directory `local` adapters load from"
+        "--local-adapter-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory `local` adapters load from (repeatable; tried in order)",
+    )
+    serve.add_argument(
+        "--preloaded-adapter-ids",
+        action="append",
+        default=[],
+        metavar="IDS",
+        help="adapters (comma-separated, repeatable; from --adapter-source) loaded at start-up",
+    )
+    serve.add_argument(
+        "--adapter-cycle-time-s",
+        type=float,
+        default=2.0,
+        help="seconds an adapter admits requests while others wait for a slot",
+    )
+    serve.add_argument(
+        "--adapter-memory-fraction",
+        type=float,
+        default=0.1,
+        help="share of device memory the adapter slots may take (can lower --max-active-adapters)",
+    )
+    serve.add_argument(
+        "--max-adapter-bytes",
+        type=int,
+        default=2 << 30,
+        help="largest adapter weights file accepted, in bytes",
     )
     serve.add_argument(
         "--shutdown-timeout",
@@ -86,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='constrained JSON layout: compact {"a":1} or spaced {"a": 1}',
     )
     return parser
+
+
+def split_ids(values: Sequence[str]) -> tuple[str, ...]:
+    """``["a,b", "c"]`` -> ``("a", "b", "c")``: LoRAX takes the ids comma-separated."""
+    return tuple(i.strip() for v in values for i in v.split(",") if i.strip())
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -113,7 +147,11 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         lora_slots=args.max_active_adapters,
         lora_max_rank=args.max_lora_rank,
         adapter_source=args.adapter_source,
-        local_adapter_root=args.local_adapter_root,
+        local_adapter_roots=args.local_adapter_root,
+        preloaded_adapter_ids=split_ids(args.preloaded_adapter_ids),
+        adapter_cycle_time_s=args.adapter_cycle_time_s,
+        adapter_memory_fraction=args.adapter_memory_fraction,
+        adapter_max_bytes=args.max_adapter_bytes,
         structured_output=None
         if args.disable_structured_output
         else StructuredOutputConfig(whitespace=args.json_whitespace),

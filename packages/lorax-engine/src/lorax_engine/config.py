@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,16 @@ class EngineConfig:
     lora_slots: int = 0
     lora_max_rank: int = 64
     adapter_source: str = ""  # default source of adapter ids; "": hub (local for the demo)
-    local_adapter_root: Path | str | None = None  # the only place `local` adapters load from
+    # The only directories `local` adapters load from, tried in order (none: local is off).
+    local_adapter_roots: Sequence[Path | str] = ()
     adapter_host_cache_bytes: int = 4 << 30  # CPU tier of loaded adapters
+    # Loaded (from adapter_source) and put in free slots at start-up; dynamic loading stays on.
+    preloaded_adapter_ids: Sequence[str] = ()
+    # How long an adapter admits requests (and holds its slot) while other adapters wait.
+    adapter_cycle_time_s: float = 2.0
+    # Share of device memory (host memory on CPU) the slot tables may take: can lower lora_slots.
+    adapter_memory_fraction: float = 0.1
+    adapter_max_bytes: int = 2 << 30  # largest adapter weights file accepted
     # Constrained decoding (`response_format`); None serves without it (a tokenizer the grammar
     # engine cannot read then does not stop the engine from starting).
     structured_output: StructuredOutputConfig | None = field(default_factory=StructuredOutputConfig)
@@ -57,6 +66,20 @@ class EngineConfig:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         if self.lora_slots < 0 or self.lora_max_rank <= 0:
             raise ValueError("lora_slots must be >= 0 and lora_max_rank > 0")
+        if isinstance(self.local_adapter_roots, (str, Path)):  # one root, not its characters
+            self.local_adapter_roots = (self.local_adapter_roots,)
+        self.local_adapter_roots = tuple(Path(r) for r in self.local_adapter_roots)
+        if isinstance(self.preloaded_adapter_ids, str):
+            self.preloaded_adapter_ids = (self.preloaded_adapter_ids,)
+        self.preloaded_adapter_ids = tuple(self.preloaded_adapter_ids)
+        if self.preloaded_adapter_ids and self.lora_slots == 0:
+            raise ValueError("preloaded_adapter_ids need adapters enabled (lora_slots > 0)")
+        if self.adapter_cycle_time_s < 0:
+            raise ValueError("adapter_cycle_time_s must be >= 0")
+        if not 0 < self.adapter_memory_fraction <= 1:
+            raise ValueError("adapter_memory_fraction must be in (0, 1]")
+        if self.adapter_max_bytes <= 0:
+            raise ValueError("adapter_max_bytes must be positive")
         self.max_batch_size = min(self.max_batch_size, self.max_batch_prefill_tokens)
         if not self.adapter_source:
             self.adapter_source = "local" if self.model_id == "demo" else "hub"

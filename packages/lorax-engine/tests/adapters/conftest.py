@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -92,6 +92,19 @@ def make_peft_adapter(
         peft_model = get_peft_model(model, config)
         peft_model.save_pretrained(str(directory), save_embedding_layers=False)
     return peft_model  # type: ignore[return-value]
+
+
+def save_adapter_for(ckpt: Path, out: Path, seed: int, **config: Any) -> None:
+    """A PEFT adapter for the checkpoint at ``ckpt`` (random A and B, visible delta) in ``out``."""
+    model: Any = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+    torch.manual_seed(seed)
+    with peft_quiet():
+        peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **config))
+        with torch.no_grad():  # a visible delta, so a wrong adapter changes the tokens
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.normal_(0, 0.3)
+        peft_model.save_pretrained(str(out))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from engine_testkit import hf_greedy, make_engine
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lorax_engine.adapters import AdapterRef, MergeSpec
@@ -25,7 +25,7 @@ from lorax_engine.core.factory import LoadedEngine
 from lorax_engine.core.request import Request
 from lorax_engine.params import SamplingParams
 
-from .conftest import ALL_TARGETS, peft_quiet, upload_dir
+from .conftest import ALL_TARGETS, peft_quiet, save_adapter_for, upload_dir
 
 ADAPTERS: dict[str, dict[str, Any]] = {
     "r4": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
@@ -41,18 +41,6 @@ ADAPTERS: dict[str, dict[str, Any]] = {
 }
 PROMPTS = [[0, *range(10, 10 + n)] for n in (5, 13, 8)]
 NEW_TOKENS = 10
-
-
-def _save_adapter(ckpt: Path, out: Path, seed: int, **config: Any) -> None:
-    model: Any = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
-    torch.manual_seed(seed)
-    with peft_quiet():
-        peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **config))
-        with torch.no_grad():  # a visible delta, so a wrong adapter changes the tokens
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.normal_(0, 0.3)
-        peft_model.save_pretrained(str(out))
 
 
 def _peft_greedy(ckpt: Path, adapter: Path, prompt: list[int]) -> list[int]:
@@ -78,7 +66,7 @@ def setup(
     ckpt = make_checkpoint("llama")
     root = tmp_path_factory.mktemp("adapters")
     for seed, (name, config) in enumerate(ADAPTERS.items()):
-        _save_adapter(ckpt, root / name, seed, **config)
+        save_adapter_for(ckpt, root / name, seed, **config)
     refs = {name: [_peft_greedy(ckpt, root / name, p) for p in PROMPTS] for name in ADAPTERS}
     refs["base"] = [hf_greedy(ckpt, p, NEW_TOKENS) for p in PROMPTS]
     return ckpt, root, refs
@@ -94,7 +82,7 @@ def _running_engine(
         lora_slots=num_slots,
         lora_max_rank=16,
         max_batch_size=16,
-        local_adapter_root=root,
+        local_adapter_roots=[root],
         **config,
     )
     engine.core.start()

@@ -73,3 +73,16 @@ def test_empty_adapter_leaves_the_active_set_at_once() -> None:
 def test_bad_settings(max_active: int, cycle: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         AdapterQueues(max_active, cycle)
+
+
+def test_a_request_put_back_goes_first_once_its_adapter_may_admit() -> None:
+    now = [0.0]
+    q: AdapterQueues[str] = AdapterQueues(max_active=2, cycle_time_s=5, clock=lambda: now[0])
+    q.push("", "base0")
+    now[0] = 1
+    q.push("a", "a1")
+    assert q.peek("a") == "a1"
+    assert q.peek("b") is None
+    q.push_front("a", "preempted")  # newer than base0 by the clock, but it already ran once
+    assert q.peek("a") == "preempted"
+    assert [q.pop(_always) for _ in range(3)] == [("a", "preempted"), ("", "base0"), ("a", "a1")]

@@ -37,7 +37,11 @@ _ENGINE_FLAGS = {
     "max_active_adapters": "lora_slots",
     "max_lora_rank": "lora_max_rank",
     "adapter_source": "adapter_source",
-    "local_adapter_root": "local_adapter_root",
+    "local_adapter_root": "local_adapter_roots",
+    "preloaded_adapter_ids": "preloaded_adapter_ids",
+    "adapter_cycle_time_s": "adapter_cycle_time_s",
+    "adapter_memory_fraction": "adapter_memory_fraction",
+    "max_adapter_bytes": "adapter_max_bytes",
     "eager": "eager",
 }
 
@@ -59,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-size",
         "--block-size",
         "--max-lora-rank",
+        "--max-adapter-bytes",
     ):
         parser.add_argument(flag, type=int)
+    for flag in ("--adapter-cycle-time-s", "--adapter-memory-fraction"):
+        parser.add_argument(flag, type=float)
     parser.add_argument(
         "--max-active-adapters",
         type=int,
@@ -68,10 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapter slots on the device (each preallocates LoRA memory; 0 disables adapters)",
     )
     parser.add_argument("--adapter-source", choices=["hub", "local", "s3"])
-    parser.add_argument("--local-adapter-root", help="directory `local` adapters load from")
+    parser.add_argument(
+        "--local-adapter-root",
+        action="append",
+        help="a directory `local` adapters load from (repeatable; tried in order)",
+    )
+    parser.add_argument(
+        "--preloaded-adapter-ids",
+        action="append",
+        type=_ids,
+        metavar="IDS",
+        help="adapters (comma-separated, repeatable) loaded at start-up",
+    )
     parser.add_argument("--eager", action="store_true", default=None, help="no CUDA graphs")
     add_gateway_flags(parser)
     return parser
+
+
+def _ids(value: str) -> list[str]:
+    return [i.strip() for i in value.split(",") if i.strip()]
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,6 +103,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, dest, None)
         if value is not None:
             options[option] = value
+    if "preloaded_adapter_ids" in options:  # one list per flag occurrence
+        options["preloaded_adapter_ids"] = [
+            i for ids in options["preloaded_adapter_ids"] for i in ids
+        ]
     # One admission limit for both: the gateway answers 429 before the engine has to.
     options["max_concurrent_requests"] = args.max_concurrent_requests
     return options

@@ -9,6 +9,7 @@ request, and among active adapters the oldest request goes first.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -45,8 +46,18 @@ class AdapterQueues(Generic[T]):
         self._queue(key).items.append((self._clock(), item))
 
     def push_front(self, key: str, item: T) -> None:
-        """Put a preempted request back at the head of its adapter's queue."""
-        self._queue(key).items.appendleft((self._clock(), item))
+        """Put a preempted request (or one that did not fit this step) back at the head of its
+        adapter's queue. It counts as older than every queued request: it was admitted once
+        already, so it goes first as soon as its adapter may admit."""
+        q = self._queue(key)
+        oldest = min((since for since, _ in q.items), default=self._clock())
+        first = min([oldest, *(head for _, head in self._heads())])
+        q.items.appendleft((math.nextafter(first, -math.inf), item))  # strictly the oldest
+
+    def peek(self, key: str) -> T | None:
+        """The next request of adapter ``key`` without removing it; None when none is queued."""
+        q = self._queues.get(key)
+        return q.items[0][1] if q is not None and q.items else None
 
     def _queue(self, key: str) -> _Queue[T]:
         q = self._queues.get(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lorax_engine.core.request import Request
@@ -17,8 +18,13 @@ class AdapterAdmission:
     ``on_admit`` / ``on_release`` from the scheduler, ``step`` and ``failed`` once per step.
     """
 
-    def __init__(self, manager: AdapterManager) -> None:
+    def __init__(
+        self, manager: AdapterManager, priority: Callable[[], list[str]] | None = None
+    ) -> None:
         self.manager = manager
+        # The adapters whose turn it is (the scheduler's adapter queues): promoted first, and
+        # the only ones that may take a slot from an adapter that others still wait for.
+        self.priority = priority
 
     def register(self, request: Request, ref: Any) -> None:
         request.adapter_handle = self.manager.request(ref)
@@ -45,7 +51,10 @@ class AdapterAdmission:
         requests whose adapter failed to load, each with its error event."""
         from lorax_engine.adapters import AdapterState
 
-        keys = list(dict.fromkeys(r.adapter_key for r in waiting if r.adapter_key))
+        if self.priority is not None:
+            keys = self.priority()
+        else:
+            keys = list(dict.fromkeys(r.adapter_key for r in waiting if r.adapter_key))
         self.manager.step(keys)
         failed: list[tuple[Request, dict[str, Any]]] = []
         for req in waiting:

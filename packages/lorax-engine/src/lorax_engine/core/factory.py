@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lorax_engine.adapters.queues import AdapterQueues
 from lorax_engine.config import EngineConfig
 from lorax_engine.core.adapter_admission import AdapterAdmission
 from lorax_engine.core.block_manager import BlockManager
@@ -21,8 +23,10 @@ from lorax_engine.core.kv_cache import (
     kv_bytes_per_block,
 )
 from lorax_engine.core.model_runner import ModelRunner
+from lorax_engine.core.request import Request
 from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
 from lorax_engine.lora import LoraSlots
+from lorax_engine.lora.spec import PROJECTIONS, ModelLoraSpec
 from lorax_engine.models.decoder import DecoderModel
 from lorax_engine.models.loader import load_model, resolve_model_dir
 from lorax_engine.structured import ConstraintFactory
@@ -108,16 +112,18 @@ def build_engine(
     constraints = constraint_factory(config, tokenizer)
     device, dtype = config.torch_device, config.torch_dtype
     bs = config.block_size
+    slots = None
+    if config.lora_slots > 0:
+        # Before the KV pool, which is sized from the memory left.
+        num_slots = num_lora_slots(config, model.lora_spec(), _memory_bytes(device))
+        slots = LoraSlots.allocate(
+            model.lora_spec(), num_slots, config.lora_max_rank, dtype, device
+        )
     blocks = num_kv_blocks(config, model)
     if blocks * bs < config.limits.max_total_tokens:
         raise ValueError("the KV pool must hold at least one request of max_total_tokens")
     log.info("KV cache: %d blocks of %d tokens (%d tokens)", blocks, bs, blocks * bs)
     kv = allocate_kv_cache(model.cfg, blocks, bs, dtype, device)
-    slots = None
-    if config.lora_slots > 0:
-        slots = LoraSlots.allocate(
-            model.lora_spec(), config.lora_slots, config.lora_max_rank, dtype, device
-        )
     runner = ModelRunner(
         model,
         kv,
@@ -130,9 +136,14 @@ def build_engine(
     )
     if runner.graphs is not None:
         runner.graphs.capture_all()
+    queues = None
+    if slots is not None:
+        # One active adapter per slot: those admit requests, time-sliced while others wait.
+        queues = AdapterQueues[Request](slots.num_slots, config.adapter_cycle_time_s)
     scheduler = Scheduler(
         SchedulerConfig(config.max_batch_prefill_tokens, config.max_batch_size),
         BlockManager(blocks, bs),
+        adapter_queues=queues,
     )
     core = EngineCore(
         scheduler, runner, tokenizer.tokenizer, tokenizer.eos_token_ids, constraints=constraints
@@ -140,8 +151,59 @@ def build_engine(
     manager = None
     if slots is not None:
         manager = _adapter_manager(config, model, slots, model_dir, core.wake)
-        core.attach_adapters(AdapterAdmission(manager))
+        core.attach_adapters(AdapterAdmission(manager, priority=scheduler.adapter_priority))
     return LoadedEngine(core, tokenizer, model_dir, manager)
+
+
+def lora_slot_bytes(spec: ModelLoraSpec, max_rank: int, dtype: torch.dtype) -> int:
+    """Device bytes one adapter slot takes in the runner's slot tables (``LoraSlotTable``)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for proj, names in PROJECTIONS.items():
+        if not all(n in spec.targets for n in names):
+            continue
+        in_features, offsets = spec.projection_shape(proj)
+        widths = [b - a for a, b in itertools.pairwise(offsets)]
+        # A [slices, rank, in] and B [slices, max_out, rank], plus the slot's rank and scale.
+        total += len(widths) * max_rank * (in_features + max(widths)) * item + 8
+    return total * spec.num_layers
+
+
+def num_lora_slots(config: EngineConfig, spec: ModelLoraSpec, memory_bytes: int) -> int:
+    """``--max-active-adapters``, lowered to what ``--adapter-memory-fraction`` of the device's
+    memory holds at ``--max-lora-rank``.
+
+    Raises:
+        EngineStartupError: not even one slot fits.
+    """
+    per_slot = lora_slot_bytes(spec, config.lora_max_rank, config.torch_dtype)
+    budget = int(memory_bytes * config.adapter_memory_fraction)
+    fit = budget // per_slot
+    if fit < 1:
+        raise EngineStartupError(
+            f"one adapter slot of rank {config.lora_max_rank} needs {per_slot / 2**20:.1f} MiB, "
+            f"--adapter-memory-fraction {config.adapter_memory_fraction} allows "
+            f"{budget / 2**20:.1f} MiB: raise it or lower --max-lora-rank"
+        )
+    if fit < config.lora_slots:
+        log.warning(
+            "--max-active-adapters %d lowered to %d: each slot takes %.1f MiB at rank %d and "
+            "--adapter-memory-fraction %s allows %.1f MiB",
+            config.lora_slots,
+            fit,
+            per_slot / 2**20,
+            config.lora_max_rank,
+            config.adapter_memory_fraction,
+            budget / 2**20,
+        )
+    return min(config.lora_slots, fit)
+
+
+def _memory_bytes(device: torch.device) -> int:
+    """Total memory of the device the slot tables live on (host RAM for the CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _adapter_manager(
@@ -165,12 +227,10 @@ def _adapter_manager(
         SourceRegistry,
     )
 
-    roots: list[Path] = []
-    if config.local_adapter_root is not None:
-        roots.append(Path(config.local_adapter_root))
+    roots = [Path(r) for r in config.local_adapter_roots]
     if config.model_id == "demo":
         roots.append(model_dir / "adapters")
-    limits = LoadLimits(max_rank=config.lora_max_rank)
+    limits = LoadLimits(max_rank=config.lora_max_rank, max_bytes=config.adapter_max_bytes)
     sources = SourceRegistry(
         {
             "hub": HubSource(config.cache_dir),
@@ -187,13 +247,35 @@ def _adapter_manager(
         HostAdapterCache(config.adapter_host_cache_bytes, pin=config.torch_device.type == "cuda"),
         dtype=config.torch_dtype,
     )
-    return AdapterManager(
+    manager = AdapterManager(
         loader,
         slots,
-        ManagerConfig(num_slots=config.lora_slots),
+        ManagerConfig(num_slots=slots.num_slots, cycle_time_s=config.adapter_cycle_time_s),
         device=config.torch_device,
         wake=wake,
     )
+    if config.preloaded_adapter_ids:
+        _preload(manager, config)
+    return manager
+
+
+def _preload(manager: Any, config: EngineConfig) -> None:
+    """Load ``--preloaded-adapter-ids`` now; a bad one fails the start with its reason."""
+    from lorax_engine.adapters import AdapterError, AdapterRef
+
+    refs = []
+    try:
+        for adapter_id in config.preloaded_adapter_ids:
+            refs.append(
+                AdapterRef.from_parameters(
+                    {"adapter_id": adapter_id}, tenant=None, default_source=config.adapter_source
+                )
+            )
+        manager.preload(refs)
+    except AdapterError as exc:
+        manager.shutdown()
+        raise EngineStartupError(f"preloading adapters: {exc.message}") from None
+    log.info("preloaded adapters: %s", ", ".join(config.preloaded_adapter_ids))
 
 
 def _adapter_cache_dir(config: EngineConfig) -> Path:

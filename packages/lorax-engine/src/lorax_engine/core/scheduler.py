@@ -1,11 +1,16 @@
-"""Continuous batching: decode first, chunked prefill with what is left, preempt-newest on OOM."""
+"""Continuous batching: decode first, chunked prefill with what is left, preempt-newest on OOM.
+
+With adapters, waiting requests are admitted through per-adapter queues (``AdapterQueues``):
+time-sliced among adapters so a hot one cannot starve cold ones.
+"""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from lorax_engine.adapters.queues import AdapterQueues
 from lorax_engine.core.block_manager import BlockManager
 from lorax_engine.core.request import Request, RequestStatus
 
@@ -56,7 +61,10 @@ class Scheduler:
 
     Running requests keep admission order (oldest first). They are served first, each with the
     rest of its tokens up to the budget (one token for a decode); waiting requests are then
-    admitted while budget, batch size, blocks and ``can_schedule`` allow. When a running request
+    admitted while budget, batch size, blocks and ``can_schedule`` allow: in arrival order, or,
+    with ``adapter_queues``, the oldest request among the base model and the adapters whose turn
+    it is (at most ``max_active`` adapters admit at a time, each for ``cycle_time_s`` while
+    others wait). When a running request
     needs a block and none is free, the newest running request is preempted: its blocks are freed
     and it goes back to the front of the queue to be recomputed from its tokens.
     """
@@ -68,6 +76,7 @@ class Scheduler:
         can_schedule: Callable[[Request], bool] | None = None,
         on_admit: Callable[[Request], None] | None = None,
         on_release: Callable[[Request, bool], None] | None = None,
+        adapter_queues: AdapterQueues[Request] | None = None,
     ) -> None:
         self.config = config
         self.blocks = block_manager
@@ -76,7 +85,10 @@ class Scheduler:
         self.can_schedule = can_schedule or (lambda _req: True)
         self.on_admit = on_admit or (lambda _req: None)
         self.on_release = on_release or (lambda _req, _requeue: None)
+        # Every waiting request, in arrival order (preempted ones first); with adapter queues,
+        # the same requests are also queued per adapter, which decides the admission order.
         self.waiting: deque[Request] = deque()
+        self.adapter_queues = adapter_queues
         self.running: list[Request] = []
         self._aborted: list[Request] = []
         self.num_preemptions = 0
@@ -84,6 +96,13 @@ class Scheduler:
     def add(self, request: Request) -> None:
         request.status = RequestStatus.WAITING
         self.waiting.append(request)
+        if self.adapter_queues is not None:
+            self.adapter_queues.push(request.adapter_key or "", request)
+
+    def adapter_priority(self) -> list[str]:
+        """Cache keys of the adapters whose turn it is to admit (the ones to make resident
+        first); empty without adapter queues."""
+        return [] if self.adapter_queues is None else self.adapter_queues.active_keys()
 
     def abort(self, request: Request) -> None:
         """Cancel a request; its blocks are freed at the start of the next ``schedule``."""
@@ -98,6 +117,8 @@ class Scheduler:
             self.running.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
+            if self.adapter_queues is not None:
+                self.adapter_queues.remove(request.adapter_key or "", request)
         self.blocks.free(request.block_ids)
         request.status = RequestStatus.FINISHED
         self.on_release(request, False)
@@ -138,14 +159,20 @@ class Scheduler:
             budget -= n
 
         # Admit new work only when nothing was preempted: otherwise we would evict and readmit.
-        # In arrival order; a request whose adapter is still loading is passed over, not waited on.
-        for req in list(self.waiting) if not preempted else []:
+        # A request whose adapter is still loading is passed over, not waited on.
+        if not preempted:
+            budget = self._admit(budget, chunks)
+        return SchedulerOutput(tuple(chunks), tuple(preempted), tuple(aborted))
+
+    def _admit(self, budget: int, chunks: list[ScheduledChunk]) -> int:
+        """Move waiting requests into the batch while room is left; returns the budget left."""
+        for req in self._admission_order():
             if budget == 0 or len(self.running) >= self.config.max_batch_size:
+                self._put_back(req)
                 break
-            if not self.can_schedule(req):
-                continue
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self.blocks.can_grow(req.block_ids, req.num_computed_tokens + n):
+                self._put_back(req)
                 break
             self.waiting.remove(req)
             self.blocks.grow(req.block_ids, req.num_computed_tokens + n)
@@ -154,7 +181,26 @@ class Scheduler:
             self.on_admit(req)
             chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
             budget -= n
-        return SchedulerOutput(tuple(chunks), tuple(preempted), tuple(aborted))
+        return budget
+
+    def _admission_order(self) -> Iterator[Request]:
+        """Waiting requests that may run now, best first. From the adapter queues each is taken
+        off its queue when yielded; one that does not fit goes back with ``_put_back``."""
+        queues = self.adapter_queues
+        if queues is None:
+            yield from (r for r in list(self.waiting) if self.can_schedule(r))
+            return
+
+        def ready(key: str) -> bool:
+            head = queues.peek(key)
+            return head is not None and self.can_schedule(head)
+
+        while (item := queues.pop(ready)) is not None:
+            yield item[1]
+
+    def _put_back(self, req: Request) -> None:
+        if self.adapter_queues is not None:
+            self.adapter_queues.push_front(req.adapter_key or "", req)
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -163,6 +209,8 @@ class Scheduler:
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)
+        if self.adapter_queues is not None:
+            self.adapter_queues.push_front(req.adapter_key or "", req)
         self.num_preemptions += 1
         self.on_release(req, True)
 
