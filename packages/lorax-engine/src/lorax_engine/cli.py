@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--cache-dir", type=Path, default=None)
     serve.add_argument(
-        "--max-active-adapters", type=int, default=0, help="GPU LoRA slots (0: no adapters)"
+        "--max-active-adapters",
+        type=int,
+        default=8,  # as lorax-launcher: adapters work out of the box (each slot preallocates)
+        help="GPU LoRA slots (0: no adapters)",
     )
     serve.add_argument("--max-lora-rank", type=int, default=64)
     serve.add_argument(

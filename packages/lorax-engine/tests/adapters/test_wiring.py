@@ -71,6 +71,7 @@ def test_engine_cli_adapter_flags() -> None:
     assert _fields(config_from_args(args)) == EXPECTED
     defaults = config_from_args(build_parser().parse_args(["serve"]))
     assert defaults.local_adapter_roots == ()
+    assert defaults.lora_slots == 8  # the demo's adapters work without flags, as in the launcher
     assert defaults.adapter_cycle_time_s == 2.0  # LoRAX's defaults
     assert defaults.adapter_memory_fraction == 0.1
 
