@@ -17,8 +17,12 @@ from lorax_gateway.testing import free_port
 class Process:
     """A server process on a loopback port that can be killed and restarted."""
 
-    def __init__(self, args: list[str], log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, args: list[str], log: Path, port: int | None = None, health_path: str = "/health"
+    ) -> None:
         self.port = port or free_port()
+        #: GET path that answers 200 once the process serves (Prometheus: ``/-/ready``).
+        self.health_path = health_path
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [a.replace("{port}", str(self.port)) for a in args]
         self.log = log
@@ -32,7 +36,7 @@ class Process:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.args[:4]} exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}{self.health_path}", timeout=1.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
