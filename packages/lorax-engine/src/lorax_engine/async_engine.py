@@ -301,6 +301,7 @@ class AsyncEngine:
             if cfg.model_id == "demo" and self.adapter_manager is not None
             else []
         )
+        slots = self.core.runner.lora_slots
         return {
             "model_id": cfg.model_id,
             "dtype": dtype,
@@ -317,7 +318,8 @@ class AsyncEngine:
             "max_batch_total_tokens": self.core.scheduler.blocks.num_blocks * cfg.block_size,
             "block_size": cfg.block_size,
             "adapters_enabled": self.adapter_manager is not None,
-            "max_active_adapters": cfg.lora_slots,
+            # The slots allocated: --adapter-memory-fraction may have lowered the flag's count.
+            "max_active_adapters": slots.num_slots if slots is not None else 0,
             "version": __version__,
         }
 

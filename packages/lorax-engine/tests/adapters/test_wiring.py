@@ -27,7 +27,7 @@ from lorax_engine.core.factory import (
 )
 from lorax_engine.core.request import Request
 from lorax_engine.lora import LoraSlots
-from lorax_engine.params import SamplingParams
+from lorax_engine.params import Limits, SamplingParams
 
 from .conftest import save_adapter_for
 
@@ -256,3 +256,37 @@ def test_a_hot_adapter_cannot_starve_a_cold_one(
     # "cold" ran while most of the hot stream was still to come.
     assert finished.index("cold") < total_hot // 2, finished.index("cold")
     assert manager.stats["evictions"] >= 1
+
+
+def test_the_memory_fraction_lowers_the_slots_the_engine_allocates_and_reports(
+    make_checkpoint: Callable[[str], Path],
+) -> None:
+    import os
+
+    from lorax_engine.async_engine import AsyncEngine
+
+    ckpt = make_checkpoint("llama")
+    spec = make_engine(ckpt, lora_slots=1, lora_max_rank=8).core.runner.model.lora_spec()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # the CPU's "device memory"
+    fraction = 2.5 * lora_slot_bytes(spec, 8, torch.float32) / ram
+    config = EngineConfig(
+        model_id=str(ckpt),
+        device="cpu",
+        dtype="float32",
+        limits=Limits(max_input_length=64, max_total_tokens=96),
+        lora_slots=8,
+        lora_max_rank=8,
+        adapter_memory_fraction=fraction,
+    )
+    engine = AsyncEngine.from_config(config)
+    manager = engine.adapter_manager
+    assert manager is not None
+    try:
+        slots = engine.core.runner.lora_slots
+        assert slots is not None
+        assert slots.num_slots == 2
+        assert manager.config.num_slots == 2
+        assert engine.info()["max_active_adapters"] == 2
+    finally:
+        engine.core.stop()
+        manager.shutdown()
