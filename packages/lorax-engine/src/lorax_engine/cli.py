@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lorax_engine.config import DTYPES, EngineConfig
 from lorax_engine.params import Limits
+from lorax_engine.quant.spec import QUANTIZE_METHODS
 from lorax_engine.structured.config import StructuredOutputConfig
 
 
@@ -28,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(DTYPES),
         default=None,
         help="default: float32 on CPU, bfloat16 on CUDA",
+    )
+    serve.add_argument(
+        "--quantize",
+        choices=QUANTIZE_METHODS,
+        default=None,
+        help="fp8: quantize the weights at load; gptq/awq: a 4-bit checkpoint "
+        "(detected from its config.json without the flag)",
     )
     serve.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
@@ -146,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         gpu_memory_fraction=args.gpu_memory_fraction,
         eager=args.eager,
         allow_bin_weights=args.allow_bin_weights,
+        quantize=args.quantize,
         cache_dir=args.cache_dir,
         lora_slots=args.max_active_adapters,
         lora_max_rank=args.max_lora_rank,

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lorax_engine.params import Limits
+from lorax_engine.quant.spec import QUANTIZE_METHODS
 from lorax_engine.structured.config import StructuredOutputConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,6 +31,8 @@ class EngineConfig:
     gpu_memory_fraction: float = 0.9
     eager: bool = False  # no CUDA graphs
     allow_bin_weights: bool = False
+    # Base weights: None serves the checkpoint as it is (GPTQ/AWQ ones quantized), or fp8|gptq|awq.
+    quantize: str | None = None
     cache_dir: Path | None = None
     # Multi-LoRA slot tables: 0 disables adapters (requests naming one get a generation error).
     lora_slots: int = 0
@@ -52,6 +55,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_METHODS)}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
         if self.max_batch_prefill_tokens <= 0:

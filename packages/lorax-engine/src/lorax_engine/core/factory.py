@@ -301,6 +301,7 @@ def load_engine(config: EngineConfig) -> LoadedEngine:
         config.torch_device,
         max_positions,
         allow_bin=config.allow_bin_weights,
+        quantize=config.quantize,
     )
     tokenizer = TokenizerInfo(model_dir, model.cfg.eos_token_ids)
     return build_engine(config, model, tokenizer, model_dir)

@@ -37,20 +37,30 @@ class RMSNorm(nn.Module):
 
 
 class LoraLinear(nn.Module):
-    """A (possibly fused) linear layer ``y = x W^T (+ b) + LoRA(x)``."""
+    """A (possibly fused) linear layer ``y = x W^T (+ b) + LoRA(x)``.
+
+    With a quantized base (``lorax_engine.quant``) ``weight`` is None and ``quant(x, bias)``
+    computes ``x W^T + b`` from the quantized weight; the LoRA delta is added the same way.
+    """
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool, layer: int, name: str
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.in_features, self.out_features = in_features, out_features
+        self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.quant: nn.Module | None = None
         self.layer = layer
         self.name = name
         self.slots: LoraSlots | None = None
 
     def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # [num_tokens, out_features]
+        if self.quant is not None:
+            y = self.quant(x, self.bias)  # [num_tokens, out_features]
+        else:
+            assert self.weight is not None
+            y = F.linear(x, self.weight, self.bias)  # [num_tokens, out_features]
         if lora_meta is not None and self.slots is not None:
             table = self.slots.table(self.layer, self.name)
             h = lorax_kernels.lora_shrink(x, table.lora_a, table.slot_ranks, lora_meta)

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from lorax_engine.models.decoder import DecoderModel
+from lorax_engine.models.decoder import DecoderModel, LoraLinear
 from lorax_engine.models.model_config import ModelConfig
 from lorax_engine.models.rope import RotaryEmbedding
+from lorax_engine.quant.spec import resolve_quant_spec
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,24 @@ def iter_checkpoint(path: Path, *, allow_bin: bool = False) -> Iterator[tuple[st
 
 
 def build_model(
-    cfg: ModelConfig, dtype: torch.dtype, device: torch.device, max_positions: int
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    *,
+    quantized_projections: bool = False,
 ) -> DecoderModel:
-    """An uninitialised model on ``device`` (parameters allocated, not filled)."""
+    """An uninitialised model on ``device`` (parameters allocated, not filled).
+
+    ``quantized_projections``: the projections get no 16-bit weight (the quantized loader gives
+    them theirs), so it is never allocated.
+    """
     with torch.device("meta"):
         model = DecoderModel(cfg, max_positions=1)
+    if quantized_projections:
+        for module in model.modules():
+            if isinstance(module, LoraLinear):
+                module.weight = None
     model = model.to(dtype=dtype).to_empty(device=device)
     # The rotary tables are derived data: rebuild them for real on the device, in float32.
     model.rotary = RotaryEmbedding(cfg.rope, cfg.head_dim, max_positions).to(device)
@@ -95,8 +109,19 @@ def load_model(
     max_positions: int,
     *,
     allow_bin: bool = False,
+    quantize: str | None = None,
 ) -> DecoderModel:
-    """Build the model described by ``path/config.json`` and load its weights."""
+    """Build the model described by ``path/config.json`` and load its weights.
+
+    ``quantize`` (fp8, gptq, awq) is checked against the checkpoint's ``quantization_config``; a
+    GPTQ/AWQ checkpoint is served quantized without it.
+    """
+    spec = resolve_quant_spec(quantize, json.loads((path / "config.json").read_text()))
+    if spec is not None:
+        from lorax_engine.quant.load import load_quantized_model
+
+        log.info("serving %s with %s quantization", path, spec.method)
+        return load_quantized_model(path, spec, dtype, device, max_positions, allow_bin=allow_bin)
     cfg = ModelConfig.from_dir(path)
     model = build_model(cfg, dtype, device, max_positions)
     model.load_hf_weights(iter_checkpoint(path, allow_bin=allow_bin))

@@ -1,0 +1,87 @@
+"""Quantized base matmuls that replace a ``LoraLinear``'s 16-bit weight (LoRA stays 16-bit on top).
+
+Each is a module ``quant(x, bias) -> x W^T + bias`` holding its weight as buffers, so the model
+moves and CUDA-graphs as before.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorax_engine.quant.formats import W4Weight
+from lorax_kernels.w4a16 import w4a16_matmul
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+
+
+class W4Linear(nn.Module):
+    """A GPTQ/AWQ 4-bit weight served through ``lorax_kernels.w4a16`` (Triton on CUDA)."""
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    g_idx: torch.Tensor
+
+    def __init__(self, w: W4Weight, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.in_features, self.out_features = w.in_features, w.out_features
+        self.register_buffer("qweight", w.qweight.to(device, torch.int32).contiguous())
+        # Zero points are small integers (0..16), exact in every float dtype.
+        self.register_buffer("scales", w.scales.to(device, dtype).contiguous())
+        self.register_buffer("zeros", w.zeros.to(device, dtype).contiguous())
+        self.register_buffer("g_idx", w.g_idx.to(device, torch.int32).contiguous())
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.g_idx)  # [T, out]
+        return y if bias is None else y + bias
+
+
+class Fp8Linear(nn.Module):
+    """A weight quantized at load to float8 e4m3 with one float32 scale per output channel.
+
+    On CUDA with bf16 activations and 16-aligned shapes the matmul runs on fp8 tensor cores
+    (``torch._scaled_mm``, row-wise scales) with activations quantized per token; elsewhere the
+    weight is dequantized to the activation dtype (the CPU path the tests check).
+    """
+
+    qweight: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        w = weight.detach().float()  # [out, in]
+        self.out_features, self.in_features = w.shape
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / FP8_MAX  # [out]
+        self.register_buffer("qweight", (w / scale[:, None]).to(FP8))
+        self.register_buffer("scale", scale)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight this layer computes with, ``[out, in]`` in ``dtype``."""
+        return (self.qweight.float() * self.scale[:, None]).to(dtype)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self._tensor_core_ok(x):
+            # Per-token scales keep one outlier token from crushing the others' precision.
+            x_scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+            xq = (x.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)  # [T, in]
+            return torch._scaled_mm(  # pyright: ignore[reportPrivateImportUsage]
+                xq,
+                self.qweight.t(),  # column-major [in, out], as _scaled_mm wants
+                scale_a=x_scale,  # [T, 1]
+                scale_b=self.scale.view(1, -1),  # [1, out]
+                bias=bias,
+                out_dtype=x.dtype,
+            )
+        return F.linear(x, self.dequantized(x.dtype), bias)
+
+    def _tensor_core_ok(self, x: torch.Tensor) -> bool:
+        return (
+            x.is_cuda
+            and x.dtype == torch.bfloat16
+            and self.in_features % 16 == 0
+            and self.out_features % 16 == 0
+            and torch.cuda.get_device_capability(x.device) >= (8, 9)
+        )
