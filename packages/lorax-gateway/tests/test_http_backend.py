@@ -20,6 +20,7 @@ import pytest
 
 from lorax_gateway import GatewaySettings
 from lorax_gateway.backends.http import HttpBackend, HttpBackendConfig, rendezvous_order
+from lorax_gateway.backends.http_engine import EngineState, EngineStream
 from lorax_gateway.testing import Served, free_port
 
 from .conftest import ServeFactory
@@ -110,7 +111,7 @@ def test_rendezvous_is_stable_and_spreads() -> None:
 def test_affinity_routing_and_least_loaded_fallback() -> None:
     backend = HttpBackend(HttpBackendConfig(engine_urls=["http://a", "http://b"], affinity_slack=2))
     for e in backend.engines.values():
-        e.healthy = True
+        e.state = EngineState.UP
     preferred = backend.candidates("x/y")[0]
     assert backend.candidates("x/y")[0] is preferred
     preferred.in_flight = 3
@@ -119,7 +120,9 @@ def test_affinity_routing_and_least_loaded_fallback() -> None:
     other = next(e for e in backend.engines.values() if e is not preferred)
     other.in_flight = 1
     assert backend.candidates(None)[0] is preferred  # base model: least loaded
-    preferred.healthy = False
+    preferred.state = EngineState.DOWN
+    assert backend.candidates("x/y") == [other]
+    preferred.state = EngineState.DRAINING
     assert backend.candidates("x/y") == [other]
 
 
@@ -217,14 +220,14 @@ def test_failover_before_first_event(
     served = http_gateway(gateway_factory, [dead, engines[0].url])
     backend = served.backend
     assert isinstance(backend, HttpBackend)
-    backend.engines[dead].healthy = True  # as if it died after its last probe
+    backend.engines[dead].state = EngineState.UP  # as if it died after its last probe
     for k in range(6):
         r = httpx.post(
             f"{served.url}/generate",
             json={"inputs": "x", "parameters": {"adapter_id": f"a/{k % 4 + 1}"}},
         )
         assert r.status_code == 200, r.text
-    assert backend.engines[dead].healthy is False
+    assert backend.engines[dead].state is EngineState.DOWN
 
 
 @pytest.mark.anyio
@@ -240,26 +243,30 @@ async def test_slow_probe_of_a_streaming_engine_keeps_its_streams() -> None:
         await backend.start()
         try:
             engine = backend.engines[url]
-            engine.healthy = True
-            response = httpx.Response(200)
-            engine.open_responses.add(response)
+            engine.state = EngineState.UP
+            waiting = EngineStream(httpx.Response(200), waiting_since=time.monotonic())
+            paused = EngineStream(httpx.Response(200))  # its client reads slowly
+            engine.streams.update((waiting, paused))
             engine.last_activity = time.monotonic() + 10  # bytes keep arriving
             await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
-            assert engine.healthy
-            assert response in engine.open_responses
+            assert engine.state is EngineState.UP
+            assert engine.streams == {waiting, paused}
             engine.last_activity = time.monotonic() - 1.0  # silent: now the failed probe counts
+            waiting.waiting_since = time.monotonic() - 1.0
             await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
-            assert not engine.healthy
-            assert not engine.open_responses
+            assert engine.state is EngineState.DOWN
+            # The stream waiting on the hung engine is closed; the paused one is not waiting for
+            # the engine (its bytes may be in the socket buffers) until it stalls in its turn.
+            assert engine.streams == {paused}
+            paused.waiting_since = time.monotonic() - 1.0
+            await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
+            assert not engine.streams
             # An idle engine is dropped only after two missed probes in a row.
-            engine.healthy = True
-            await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
-            assert not engine.healthy  # third miss in a row
             engine.failed_probes = 0
-            engine.healthy = True
+            engine.state = EngineState.UP
             await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
-            assert engine.healthy
+            assert engine.state is EngineState.UP
             await backend._probe(engine)  # pyright: ignore[reportPrivateUsage]
-            assert not engine.healthy
+            assert engine.state is EngineState.DOWN
         finally:
             await backend.close()

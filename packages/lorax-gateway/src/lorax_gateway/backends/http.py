@@ -1,18 +1,23 @@
 """The ``http`` backend: one or more ``lorax-engine serve`` processes.
 
-* Health: every ``health_interval_s`` each engine's ``GET /health`` is probed; an engine that
-  fails is taken out of rotation and its in-flight streams are closed at once (they end with an
-  ``unavailable`` error event), and one that answers again is put back, so restarts are picked up
-  without restarting the gateway. A probe that times out while the engine's streams kept
-  receiving bytes is ignored (a busy engine is not a dead one), so a hung engine is dropped within
-  ``health_interval_s + health_timeout_s`` (0.75 s by default). A killed engine also closes its
-  sockets, which ends its streams immediately, before the next probe.
-* Routing: rendezvous (highest-random-weight) hashing of the adapter id over the healthy engines,
+* Health: every ``health_interval_s`` each engine's ``GET /health`` is probed, and the answer
+  sets its state (``http_engine``): 200 is ``UP``; any other answer is ``DRAINING`` (alive, but
+  refusing new work, as ``lorax-engine serve`` after SIGTERM): no new requests go there and its
+  running streams continue to their end. No answer is ``DOWN``: a refused connection at once, a
+  timeout only when its streams are silent too (a busy engine is not a dead one; an idle one needs
+  two missed probes), so a hung engine is dropped within ``health_interval_s + health_timeout_s``
+  (0.75 s by default); its streams that wait for bytes are then closed (they end with an
+  ``unavailable`` error event). A killed engine's sockets are closed by the kernel, which ends its
+  streams at once, after the bytes it had sent. An engine that answers 200 again is ``UP`` again,
+  so restarts are picked up without restarting the gateway.
+* Routing: rendezvous (highest-random-weight) hashing of the adapter id over the ``UP`` engines,
   so an adapter keeps landing where it is already resident; when that engine has
   ``affinity_slack`` more requests in flight than the least loaded one, or for the base model,
-  the least loaded healthy engine is used.
-* Failover: an engine that cannot be reached before the first event is marked down and the next
-  one is tried.
+  the least loaded ``UP`` engine is used.
+* Failover: before the first event reaches the caller, an engine that refuses the connection
+  (``DOWN``) or answers ``unavailable`` (a 503, or an ``unavailable`` first event: ``DRAINING``)
+  is taken out of rotation at once and the next one is tried; with none left the caller gets
+  :class:`BackendUnavailableError` (503 ``unavailable``).
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
-import msgspec
 
 from lorax_gateway.backends.base import BackendUnavailableError, EngineEvent
+from lorax_gateway.backends.http_engine import Engine, EngineState, EngineStream, sse_events
 
 logger = logging.getLogger("lorax_gateway.backends.http")
 
@@ -55,19 +60,6 @@ class HttpBackendConfig:
             raise ValueError("health_interval_s and health_timeout_s must be > 0")
 
 
-@dataclass(slots=True)
-class Engine:
-    """One engine and what the gateway knows about it."""
-
-    url: str
-    healthy: bool = False
-    in_flight: int = 0
-    open_responses: set[httpx.Response] = field(default_factory=set[httpx.Response])
-    #: Monotonic time of the last bytes any stream received from this engine.
-    last_activity: float = 0.0
-    failed_probes: int = 0
-
-
 def rendezvous_order(key: str, urls: Sequence[str]) -> list[str]:
     """``urls`` ordered by rendezvous weight for ``key`` (stable for a fixed set of URLs)."""
 
@@ -75,28 +67,6 @@ def rendezvous_order(key: str, urls: Sequence[str]) -> list[str]:
         return int.from_bytes(hashlib.blake2b(f"{key}\0{url}".encode(), digest_size=8).digest())
 
     return sorted(urls, key=weight, reverse=True)
-
-
-_decode_event = msgspec.json.Decoder(dict[str, Any]).decode
-
-
-async def _sse_events(response: httpx.Response, engine: Engine) -> AsyncIterator[EngineEvent]:
-    """The ``data:`` payloads of an SSE body, parsed from raw bytes.
-
-    This is the gateway's per-token hot path with remote engines: splitting bytes and decoding
-    with msgspec costs a fraction of text line iteration plus ``json.loads``.
-    """
-    buffer = b""
-    async for chunk in response.aiter_bytes():
-        engine.last_activity = time.monotonic()
-        buffer += chunk
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        while (end := buffer.find(b"\n\n")) >= 0:
-            block, buffer = buffer[:end], buffer[end + 2 :]
-            for line in block.split(b"\n"):
-                if line.startswith(b"data:"):
-                    yield _decode_event(line[5:])
 
 
 class HttpBackend:
@@ -148,39 +118,51 @@ class HttpBackend:
 
     # ---- health ---------------------------------------------------------------------------
     async def _probe(self, engine: Engine) -> None:
-        refused = False
         try:
             r = await self.client.get(f"{engine.url}/health", timeout=self.config.health_timeout_s)
-            ok = r.status_code == 200
         except httpx.ConnectError:
-            ok, refused = False, True
+            refused = True
         except httpx.HTTPError:
-            ok = False
-        engine.failed_probes = 0 if ok else engine.failed_probes + 1
-        if not ok and not refused:
-            # A slow probe is not a dead engine while its streams are still receiving tokens: an
+            refused = False
+        else:
+            # Any answer proves the process alive: a 503 is an engine draining its streams, and
+            # those must not be cut; it only stops getting new requests.
+            engine.failed_probes = 0
+            self._set_state(
+                engine, EngineState.UP if r.status_code == 200 else EngineState.DRAINING
+            )
+            return
+        engine.failed_probes += 1
+        if not refused:
+            # A slow probe is not a dead engine while its streams are still receiving bytes: an
             # engine busy enough to miss the probe's deadline keeps its streams and its place.
             # Only bytes that arrived while this probe waited count, so a hung engine with
             # streams is still dropped within interval + timeout. An idle engine needs two missed
             # probes in a row (one slow answer is not worth refusing requests for).
-            busy = time.monotonic() - engine.last_activity < self.config.health_timeout_s
-            if (engine.open_responses and busy) or (
-                not engine.open_responses and engine.failed_probes < 2
+            now = time.monotonic()
+            if engine.streaming_recently(now, self.config.health_timeout_s) or (
+                not engine.streams and engine.failed_probes < 2
             ):
                 return
-        if ok != engine.healthy:
-            logger.warning("engine %s is %s", engine.url, "up" if ok else "DOWN")
-        engine.healthy = ok
-        if not ok:
-            await self._drop_streams(engine)
+        self._set_state(engine, EngineState.DOWN)
+        await self._close_stalled(engine)
 
-    async def _drop_streams(self, engine: Engine) -> None:
+    def _set_state(self, engine: Engine, state: EngineState) -> None:
+        if state is not engine.state:
+            log = logger.info if state is EngineState.UP else logger.warning
+            log("engine %s is %s", engine.url, state.value)
+        engine.state = state
+
+    async def _close_stalled(self, engine: Engine) -> None:
         # Closing the response makes the reader of that stream fail right away, which turns into
         # an `unavailable` error event for the client (an engine that hangs never sends a FIN).
-        for response in list(engine.open_responses):
+        # A reader that is not waiting (its client reads slowly) keeps its stream: the bytes
+        # already sent complete it, or it stalls and the next failed probe closes it.
+        now = time.monotonic()
+        for stream in [s for s in engine.streams if s.stalled(now, self.config.health_timeout_s)]:
+            engine.streams.discard(stream)
             with contextlib.suppress(Exception):
-                await response.aclose()
-        engine.open_responses.clear()
+                await stream.response.aclose()
 
     async def _probe_all(self) -> None:
         await asyncio.gather(*(self._probe(e) for e in self.engines.values()))
@@ -195,14 +177,14 @@ class HttpBackend:
 
     # ---- routing --------------------------------------------------------------------------
     def candidates(self, adapter_id: str | None) -> list[Engine]:
-        """Healthy engines in the order to try them for ``adapter_id``."""
-        healthy = [e for e in self.engines.values() if e.healthy]
-        if not healthy:
+        """``UP`` engines in the order to try them for ``adapter_id``."""
+        up = [e for e in self.engines.values() if e.routable]
+        if not up:
             return []
-        by_load = sorted(healthy, key=lambda e: e.in_flight)
+        by_load = sorted(up, key=lambda e: e.in_flight)
         if not adapter_id:
             return by_load
-        ordered = [self.engines[u] for u in rendezvous_order(adapter_id, [e.url for e in healthy])]
+        ordered = [self.engines[u] for u in rendezvous_order(adapter_id, [e.url for e in up])]
         preferred = ordered[0]
         if preferred.in_flight - by_load[0].in_flight > self.config.affinity_slack:
             return by_load
@@ -220,6 +202,7 @@ class HttpBackend:
     ) -> AsyncIterator[EngineEvent]:
         params: dict[str, Any] = request.get("parameters") or {}
         tried = 0
+        reason = "no engine is up"
         for engine in self.candidates(params.get("adapter_id")):
             tried += 1
             engine.in_flight += 1
@@ -235,23 +218,41 @@ class HttpBackend:
                     # Failover: the next candidate gets the request. Only a refused connection
                     # proves the engine is gone; a timeout under load is left to the probes.
                     if isinstance(exc, httpx.ConnectError):
-                        engine.healthy = False
+                        self._set_state(engine, EngineState.DOWN)
+                    reason = f"connection failed: {exc.__class__.__name__}"
                     continue
-                engine.open_responses.add(response)
+                stream = EngineStream(response)
+                engine.streams.add(stream)
+                events = self._events(stream, engine)
                 try:
-                    async for event in self._events(response, engine):
+                    first = await anext(events)
+                    if first.get("type") == "error" and first.get("error_type") == "unavailable":
+                        # Nothing reached the caller yet, so another engine can take it. This one
+                        # is draining (a 503, or the drain began as the request arrived): no new
+                        # requests until a probe finds it up again; its own streams go on.
+                        self._set_state(engine, EngineState.DRAINING)
+                        reason = str(first.get("error") or "engine unavailable")
+                        continue
+                    yield first
+                    async for event in events:
                         yield event
                     return
                 finally:
-                    engine.open_responses.discard(response)
+                    await events.aclose()
+                    engine.streams.discard(stream)
                     await response.aclose()
             finally:
                 engine.in_flight -= 1
         raise BackendUnavailableError(
-            "no engine is available" if tried == 0 else f"all {tried} engines failed"
+            "no engine is available"
+            if tried == 0
+            else f"no engine took the request ({tried} tried, last: {reason})"
         )
 
-    async def _events(self, response: httpx.Response, engine: Engine) -> AsyncIterator[EngineEvent]:
+    async def _events(
+        self, stream: EngineStream, engine: Engine
+    ) -> AsyncGenerator[EngineEvent, None]:
+        response = stream.response
         if response.status_code != 200:
             raw = await response.aread()
             try:
@@ -269,7 +270,7 @@ class HttpBackend:
                 }
             return
         try:
-            async for event in _sse_events(response, engine):
+            async for event in sse_events(stream, engine):
                 yield event
                 if event.get("type") in ("end", "error"):
                     return
@@ -292,7 +293,7 @@ class HttpBackend:
                 return await self.client.request(method, f"{engine.url}{path}", **kwargs)
             except httpx.TransportError as exc:
                 if isinstance(exc, httpx.ConnectError):
-                    engine.healthy = False
+                    self._set_state(engine, EngineState.DOWN)
         raise BackendUnavailableError("no engine is available")
 
     async def tokenize(self, text: str, add_special_tokens: bool) -> list[dict[str, Any]]:
@@ -329,7 +330,7 @@ class HttpBackend:
         return str(r.json()["prompt"])
 
     async def info(self) -> dict[str, Any]:
-        """``GET /info`` of a healthy engine (remembered for when none is up)."""
+        """``GET /info`` of an ``UP`` engine (remembered for when none is up)."""
         try:
             r = await self._call("GET", "/info")
             r.raise_for_status()
@@ -340,11 +341,11 @@ class HttpBackend:
         return dict(self._info)
 
     async def health(self) -> bool:
-        """True while at least one engine passes its health probe."""
-        return any(e.healthy for e in self.engines.values())
+        """True while at least one engine is ``UP`` (draining ones take no new requests)."""
+        return any(e.routable for e in self.engines.values())
 
     async def metrics_texts(self) -> list[tuple[str, str]]:
-        """Each healthy engine's ``/metrics``."""
+        """Each answering engine's ``/metrics`` (a draining one still reports its batch)."""
 
         async def scrape(engine: Engine) -> tuple[str, str] | None:
             try:
@@ -353,5 +354,7 @@ class HttpBackend:
             except httpx.HTTPError:
                 return None
 
-        results = await asyncio.gather(*(scrape(e) for e in self.engines.values() if e.healthy))
+        results = await asyncio.gather(
+            *(scrape(e) for e in self.engines.values() if e.state is not EngineState.DOWN)
+        )
         return [r for r in results if r is not None]
