@@ -304,8 +304,10 @@ def test_sigterm_mid_stream_finishes_it_and_routes_new_requests_elsewhere(
             assert r.status_code == 200, r.text
         assert httpx.get(f"{served.url}/health").status_code == 200
         # Several 503 probes while the stream is silent (this client does not read): it stays.
+        # (Not routable is all that is asserted of the state: on a loaded machine a probe may
+        # time out, and a paused stream must survive that too.)
         time.sleep(1.5)
-        assert engine.state is EngineState.DRAINING
+        assert not engine.routable
         assert engine.streams, "the stream ended before the drain was probed (buffers too big?)"
         events = [json.loads(first[5:])]
         events += [json.loads(line[5:]) for line in lines if line.startswith("data:")]
