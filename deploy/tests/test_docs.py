@@ -21,6 +21,7 @@ PAGES = [
     "client.md",
     "adapters.md",
     "structured-output.md",
+    "quantization.md",
     "tenants.md",
     "metrics.md",
     "benchmarks.md",

@@ -134,11 +134,14 @@ def test_launcher_maps_lorax_flags_to_engine_options() -> None:
             "7",
             "--dtype",
             "float32",
+            "--quantize",
+            "fp8",
         ]
     )
     assert engine_options(args) == {
         "model_id": "demo",
         "dtype": "float32",
+        "quantize": "fp8",
         "max_input_length": 100,
         "max_total_tokens": 200,
         "lora_slots": 8,

@@ -42,6 +42,7 @@ _ENGINE_FLAGS = {
     "adapter_cycle_time_s": "adapter_cycle_time_s",
     "adapter_memory_fraction": "adapter_memory_fraction",
     "max_adapter_bytes": "adapter_max_bytes",
+    "quantize": "quantize",
     "eager": "eager",
 }
 
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ids,
         metavar="IDS",
         help="adapters (comma-separated, repeatable) loaded at start-up",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["fp8", "gptq", "awq"],
+        help="quantized base weights (gptq/awq checkpoints are also detected)",
     )
     parser.add_argument("--eager", action="store_true", default=None, help="no CUDA graphs")
     add_gateway_flags(parser)
