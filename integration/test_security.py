@@ -217,3 +217,36 @@ def test_cors_is_off_unless_configured(stack: Stack) -> None:
         timeout=30,
     )
     assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_spans_continue_the_callers_trace(stack: Stack) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    r = httpx.post(
+        f"{stack.gateway.url}/generate",
+        json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}},
+        headers={**_auth(KEY_A), "traceparent": f"00-{trace_id}-{parent_id}-01"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    expected = {"request generate", "validation", "queue", "inference"}
+    deadline = time.monotonic() + 30
+    names: dict[str, bytes] = {}
+    while True:
+        names.clear()
+        for body in list(stack.collector):
+            export = ExportTraceServiceRequest.FromString(body)
+            for resource_spans in export.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        if span.trace_id == bytes.fromhex(trace_id):
+                            names[span.name] = span.parent_span_id
+        if expected <= set(names) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    # Every span of the request is in the caller's trace; the request span is the caller's child.
+    assert expected <= set(names), names
+    assert names["request generate"] == bytes.fromhex(parent_id)
