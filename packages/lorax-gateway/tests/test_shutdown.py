@@ -162,3 +162,23 @@ def test_shutdown_timeout_cuts_long_streams(
     events = result["events"]
     assert isinstance(events, list)
     assert len(events) < 151  # pyright: ignore[reportUnknownArgumentType]
+
+
+def test_second_signal_stops_without_waiting_for_the_drain(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    proc, url = _start(tmp_path, shutdown_timeout=60)
+    procs.append(proc)
+    first = threading.Event()
+    result = _stream_in_thread(url, 150, first)  # ~15 s of stream, far inside the 60 s drain
+    assert first.wait(30)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # draining
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    assert time.monotonic() - signalled < 10
+    thread = result["thread"]
+    assert isinstance(thread, threading.Thread)
+    thread.join(30)

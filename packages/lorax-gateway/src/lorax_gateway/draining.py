@@ -5,7 +5,8 @@ during the shutdown sees a refused connection, and a long stream is cut after it
 Here the first SIGTERM (or Ctrl-C) only starts a *drain*: the socket stays open, every new request
 is answered 503 ``unavailable`` (``/health`` answers 503 ``healthcheck``, so load balancers take
 the gateway out), ``/metrics`` keeps serving, and the server exits as soon as no request is in
-flight or ``shutdown_timeout_s`` has passed. A second signal stops at once.
+flight or ``shutdown_timeout_s`` has passed. A second signal ends the drain early (what still runs
+is cancelled after a 2 s grace).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ logger = logging.getLogger("lorax_gateway.draining")
 
 #: Paths still served during a drain (scrapes should see the drain happen).
 _SERVED_WHILE_DRAINING = frozenset({"/metrics"})
-#: After the drain ends, seconds uvicorn waits for the connections to close before cancelling.
+#: After the drain (or a second signal), seconds uvicorn waits for connections before cancelling.
 _CLOSE_GRACE_S = 2
 
 
@@ -94,12 +95,15 @@ class DrainingServer(uvicorn.Server):
     ) -> None:
         if shutdown_timeout_s < 0:
             raise ValueError("shutdown_timeout_s must be >= 0")
+        # Uvicorn's own wait for connections comes after the drain (or a second signal), so it
+        # only has to close what is left; None would wait for every stream without bound.
+        config.timeout_graceful_shutdown = _CLOSE_GRACE_S
         super().__init__(config)
         self.drain = state
         self.shutdown_timeout_s = shutdown_timeout_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """First signal: drain. A second one: uvicorn's own (immediate) shutdown."""
+        """First signal: drain. A second one: uvicorn's shutdown, which cancels what still runs."""
         if self.drain.draining or sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)
             return
@@ -121,6 +125,4 @@ class DrainingServer(uvicorn.Server):
             logger.warning(
                 "shutdown timeout reached: cancelling %d request(s) in flight", self.drain.in_flight
             )
-        # The drain already waited; uvicorn only has to close what is left.
-        self.config.timeout_graceful_shutdown = _CLOSE_GRACE_S
         return True
