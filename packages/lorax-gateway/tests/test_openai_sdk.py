@@ -215,3 +215,24 @@ def test_chat_template_errors_keep_the_engine_error_type(gateway_factory: ServeF
     r = httpx.post(url, json={"model": "", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 422
     assert "alternate" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/completions", {"model": "", "prompt": "hello big", "max_tokens": 3}),
+        (
+            "/v1/chat/completions",
+            {"model": "", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        ),
+    ],
+)
+def test_openai_routes_content_types(gateway: Served, route: str, body: dict[str, object]) -> None:
+    # A stream is SSE on the wire (clients that dispatch on the header depend on it), JSON is JSON.
+    streamed = httpx.post(f"{gateway.url}{route}", json={**body, "stream": True})
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    whole = httpx.post(f"{gateway.url}{route}", json=body)
+    assert whole.status_code == 200
+    assert whole.headers["content-type"].startswith("application/json")

@@ -13,8 +13,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
-from litestar import Request, post
+from litestar import Request, Response, post
 from litestar.params import JSONBody
+from litestar.response import Stream
 
 from lorax_gateway.backends.base import BackendUnavailableError
 from lorax_gateway.errors import STATUS_BY_ERROR_TYPE, GatewayError
@@ -262,8 +263,12 @@ async def _collect(streams: list[EngineStream]) -> list[GenerationResult]:
     return [r for r in results if r is not None]
 
 
+# Both OpenAI routes are annotated with response classes: with `Any`, Litestar fixes the route's
+# media type to JSON, which overrides a stream's text/event-stream.
 @post("/v1/completions", summary="Completions (OpenAI)", tags=_TAG, status_code=200)
-async def completions(request: Request[Any, Any, Any], data: JSONBody[CompletionRequest]) -> Any:
+async def completions(
+    request: Request[Any, Any, Any], data: JSONBody[CompletionRequest]
+) -> Response[dict[str, Any]] | Stream:
     """OpenAI text completions, streaming or not."""
     svc = service_of(request)
     ctx = context_of(request, "completions")
@@ -307,20 +312,22 @@ async def completions(request: Request[Any, Any, Any], data: JSONBody[Completion
                 "finish_reason": finish_reason(result.end.get("finish_reason")),
             }
         )
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": usage(results, data.n),
-    }
+    return Response(
+        {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": usage(results, data.n),
+        }
+    )
 
 
 @post("/v1/chat/completions", summary="Chat completions (OpenAI)", tags=_TAG, status_code=200)
 async def chat_completions(
     request: Request[Any, Any, Any], data: JSONBody[ChatCompletionRequest]
-) -> Any:
+) -> Response[dict[str, Any]] | Stream:
     """OpenAI chat completions through the model's (or the adapter's) chat template."""
     svc = service_of(request)
     ctx = context_of(request, "chat_completions")
@@ -378,14 +385,16 @@ async def chat_completions(
                 "finish_reason": reason,
             }
         )
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": usage(results, data.n),
-    }
+    return Response(
+        {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": usage(results, data.n),
+        }
+    )
 
 
 ROUTES = [completions, chat_completions]
