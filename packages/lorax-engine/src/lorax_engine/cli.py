@@ -115,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM: refuse new requests, let running ones finish for up to S seconds",
     )
     serve.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="export OpenTelemetry spans over OTLP/HTTP to URL (/v1/traces appended); off if unset",
+    )
+    serve.add_argument(
+        "--otlp-service-name",
+        default="lorax-engine",
+        help="service.name of the exported spans",
+    )
+    serve.add_argument(
         "--disable-structured-output",
         action="store_true",
         help="serve without response_format (for a tokenizer the grammar engine cannot read)",
@@ -182,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     if args.shutdown_timeout < 0:
         parser.error("--shutdown-timeout must be >= 0")
+    from lorax_engine.tracing import TracingConfig
+
+    try:
+        tracing = TracingConfig(args.otlp_endpoint, args.otlp_service_name)
+    except ValueError as exc:
+        parser.error(str(exc))
     from lorax_engine.async_engine import AsyncEngine
     from lorax_engine.core.factory import EngineStartupError
     from lorax_engine.serve import run_server
@@ -192,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # A configuration problem, not a crash: one clear line instead of a traceback.
         logging.getLogger("lorax_engine").error("%s", exc)
         sys.exit(f"lorax-engine: cannot start: {exc}")
-    run_server(engine, args.host, args.port, shutdown_timeout_s=args.shutdown_timeout)
+    run_server(
+        engine, args.host, args.port, shutdown_timeout_s=args.shutdown_timeout, tracing=tracing
+    )
 
 
 if __name__ == "__main__":

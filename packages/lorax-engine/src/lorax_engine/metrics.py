@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from lorax_engine.adapters.manager import AdapterUsage
     from lorax_engine.core.engine_core import EngineCore
 
 
@@ -71,11 +72,30 @@ class _EngineCollector(Collector):
             value=0 if slots is None else slots.num_slots,
         )
         if core.adapters is not None:
-            yield GaugeMetricFamily(
-                "lorax_engine_adapters_resident",
-                "Adapters in a GPU slot",
-                value=len(core.adapters.manager.resident()),
-            )
+            yield from _adapter_metrics(core.adapters.manager.usage())
+
+
+def _adapter_metrics(usage: AdapterUsage) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "lorax_engine_adapters_resident", "Adapters in a GPU slot", value=usage.resident
+    )
+    yield GaugeMetricFamily(
+        "lorax_engine_adapter_refs",
+        "Running requests holding an adapter slot",
+        value=usage.refs,
+    )
+    yield GaugeMetricFamily(
+        "lorax_engine_adapters_loading",
+        "Adapters being loaded into host memory or written into a slot",
+        value=usage.loading,
+    )
+    for name, doc, value in (
+        ("adapter_loads", "Adapter loads into the CPU tier", usage.loads),
+        ("adapter_load_failures", "Adapter loads that failed", usage.load_failures),
+        ("adapter_promotions", "Adapters written into a GPU slot", usage.promotions),
+        ("adapter_evictions", "Adapters evicted from a GPU slot", usage.evictions),
+    ):
+        yield CounterMetricFamily(f"lorax_engine_{name}", doc, value=value)
 
 
 class EngineMetrics:

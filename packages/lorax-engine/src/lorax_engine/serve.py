@@ -19,6 +19,7 @@ from litestar.response import Stream
 
 from lorax_engine.async_engine import AsyncEngine
 from lorax_engine.errors import EngineError, ValidationError
+from lorax_engine.tracing import EngineTracing, TracingConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,13 @@ async def _json_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return body
 
 
-def create_app(engine: AsyncEngine) -> Litestar:
-    """The HTTP app around one AsyncEngine (the app does not own the engine's lifetime)."""
+def create_app(engine: AsyncEngine, tracing: EngineTracing | None = None) -> Litestar:
+    """The HTTP app around one AsyncEngine (the app does not own the engine's lifetime).
+
+    With ``tracing``, each ``/engine/generate`` call gets an ``engine.request`` span in the
+    caller's trace; the app shuts the tracing down (flushing spans) with itself.
+    """
+    tracer = tracing if tracing is not None else EngineTracing(TracingConfig())
 
     @post("/engine/generate", status_code=200)
     async def generate(request: Request[Any, Any, Any]) -> Stream:
@@ -46,13 +52,21 @@ def create_app(engine: AsyncEngine) -> Litestar:
         if engine.draining:  # a plain 503 before any stream, so a router can go elsewhere
             raise ServiceUnavailableException("the engine is shutting down")
         body = await _json_body(request)
+        span = tracer.request_span(request.headers, body)
 
         async def events() -> AsyncIterator[bytes]:
             stream = engine.generate(body)
+            closed = False
             try:
                 async for event in stream:
+                    if event["type"] in ("end", "error"):
+                        tracer.record_event(span, event)
+                        closed = True
                     yield f"data: {json.dumps(event)}\n\n".encode()
             finally:
+                if not closed:  # the client went away first: the request was cancelled
+                    span.set_attribute("lorax.cancelled", True)
+                span.end()
                 await stream.aclose()  # type: ignore[attr-defined]
 
         return Stream(
@@ -108,6 +122,7 @@ def create_app(engine: AsyncEngine) -> Litestar:
     return Litestar(
         route_handlers=[generate, tokenize, chat_template, info, health, metrics],
         exception_handlers={Exception: on_engine_error},
+        on_shutdown=[tracer.shutdown],
     )
 
 
@@ -151,9 +166,18 @@ class GracefulServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def run_server(engine: AsyncEngine, host: str, port: int, shutdown_timeout_s: float = 30.0) -> None:
-    """Serve until SIGTERM/SIGINT, drain for up to ``shutdown_timeout_s``, then stop the engine."""
-    app = create_app(engine)
+def run_server(
+    engine: AsyncEngine,
+    host: str,
+    port: int,
+    shutdown_timeout_s: float = 30.0,
+    tracing: TracingConfig | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, drain for up to ``shutdown_timeout_s``, then stop the engine.
+
+    ``tracing``: OTLP span export (off when None).
+    """
+    app = create_app(engine, EngineTracing(tracing or TracingConfig()))
     app.on_shutdown.append(engine.shutdown)
     # The drain already waited for the streams; what is left is closing connections.
     config = uvicorn.Config(

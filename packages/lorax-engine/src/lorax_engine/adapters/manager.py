@@ -444,3 +444,34 @@ class AdapterManager:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._promoter is not None:
             self._promoter.shutdown(wait=True)
+
+    def usage(self) -> AdapterUsage:
+        """A consistent snapshot of slot pins, loads in flight and the lifetime counters."""
+        with self._lock:
+            entries = list(self._entries.values())
+            return AdapterUsage(
+                refs=sum(e.running for e in entries),
+                loading=sum(1 for e in entries if e.future is not None or e.promoting is not None),
+                resident=sum(1 for o in self._owners if o is not None),
+                loads=self.stats["loads"],
+                load_failures=self.stats["load_failures"],
+                promotions=self.stats["promotions"],
+                evictions=self.stats["evictions"],
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterUsage:
+    """What ``AdapterManager.usage`` reports (for the engine's Prometheus gauges).
+
+    ``refs``: running requests pinning a GPU slot (0 once the engine is idle). ``loading``:
+    adapters being read into the CPU tier or written into a slot. The rest count since start-up.
+    """
+
+    refs: int
+    loading: int
+    resident: int
+    loads: int
+    load_failures: int
+    promotions: int
+    evictions: int
