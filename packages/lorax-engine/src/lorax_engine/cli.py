@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an adapter admits requests while others wait for a slot",
     )
     serve.add_argument(
+        "--adapter-load-timeout-s",
+        type=float,
+        default=120.0,
+        help="seconds one adapter's download and validation may take before its requests fail",
+    )
+    serve.add_argument(
         "--adapter-memory-fraction",
         type=float,
         default=0.1,
@@ -173,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         local_adapter_roots=args.local_adapter_root,
         preloaded_adapter_ids=split_ids(args.preloaded_adapter_ids),
         adapter_cycle_time_s=args.adapter_cycle_time_s,
+        adapter_load_timeout_s=args.adapter_load_timeout_s,
         adapter_memory_fraction=args.adapter_memory_fraction,
         adapter_max_bytes=args.max_adapter_bytes,
         structured_output=None

@@ -45,6 +45,8 @@ class EngineConfig:
     preloaded_adapter_ids: Sequence[str] = ()
     # How long an adapter admits requests (and holds its slot) while other adapters wait.
     adapter_cycle_time_s: float = 2.0
+    # Wall-clock bound on fetching and validating one adapter: past it, its requests fail (424).
+    adapter_load_timeout_s: float = 120.0
     # Share of device memory (host memory on CPU) the slot tables may take: can lower lora_slots.
     adapter_memory_fraction: float = 0.1
     adapter_max_bytes: int = 2 << 30  # largest adapter weights file accepted
@@ -81,6 +83,8 @@ class EngineConfig:
             raise ValueError("preloaded_adapter_ids need adapters enabled (lora_slots > 0)")
         if self.adapter_cycle_time_s < 0:
             raise ValueError("adapter_cycle_time_s must be >= 0")
+        if self.adapter_load_timeout_s <= 0:
+            raise ValueError("adapter_load_timeout_s must be positive")
         if not 0 < self.adapter_memory_fraction <= 1:
             raise ValueError("adapter_memory_fraction must be in (0, 1]")
         if self.adapter_max_bytes <= 0:

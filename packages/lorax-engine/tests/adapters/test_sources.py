@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -183,20 +187,32 @@ def test_hub_passes_token_and_revision(
 ) -> None:
     d = make_adapter()
     calls: list[dict[str, Any]] = []
+    infos: list[dict[str, Any]] = []
+    sha = "0123456789abcdef0123456789abcdef01234567"
+
+    def fake_info(api: Any, repo_id: str, **kwargs: Any) -> SimpleNamespace:
+        infos.append({"repo_id": repo_id, "token": api.token, **kwargs})
+        return SimpleNamespace(sha=sha)
 
     def fake_download(repo_id: str, **kwargs: Any) -> str:
         calls.append({"repo_id": repo_id, **kwargs})
         return str(d)
 
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", fake_info)
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_download)
     ref = AdapterRef("org/private@abc123", source="hub", api_token="hf_secret")
     assert HubSource().fetch(ref).directory == d
-    (call,) = calls
-    assert (call["repo_id"], call["revision"], call["token"]) == (
+    (info,) = infos
+    assert (info["repo_id"], info["revision"], info["token"]) == (
         "org/private",
         "abc123",
         "hf_secret",
     )
+    assert info["timeout"] is not None  # the revision lookup is bounded (see the stall test)
+    (call,) = calls
+    # The files come from the resolved commit, so they cannot change under the download.
+    assert (call["repo_id"], call["revision"], call["token"]) == ("org/private", sha, "hf_secret")
+    assert not call["local_files_only"]
     assert set(call["allow_patterns"]) == {"adapter_config.json", WEIGHTS_NAME, *TEMPLATE_NAMES}
     assert not set(call["allow_patterns"]) & set(PICKLE_NAMES)  # pickles are never downloaded
 
@@ -260,6 +276,10 @@ def test_hub_errors_do_not_leak_the_token(monkeypatch: pytest.MonkeyPatch) -> No
     def offline(repo_id: str, **kwargs: Any) -> str:
         raise OSError(f"connection refused, token={kwargs['token']}")
 
+    def resolved(api: Any, repo_id: str, **kwargs: Any) -> SimpleNamespace:
+        return SimpleNamespace(sha=None)
+
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", resolved)
     ref = AdapterRef("org/private", source="hub", api_token="hf_secret")
     for fake, kind, code in (
         (missing, AdapterNotFoundError, "not_found"),
@@ -273,6 +293,45 @@ def test_hub_errors_do_not_leak_the_token(monkeypatch: pytest.MonkeyPatch) -> No
         assert info.value.__cause__ is None
         assert info.value.__suppress_context__
     assert "hf_secret" not in repr(ref)
+
+
+class _Stalling(http.server.BaseHTTPRequestHandler):
+    """A hub that accepts every request and answers none until the test ends."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        self.release.wait(30)
+
+    def log_message(self, format: str, *args: object) -> None:
+        del format, args
+
+
+def test_hub_stall_is_bounded_by_the_hub_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # snapshot_download's own revision lookup has no timeout: this used to wait out the stall.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT", 0.5)
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = HubSource(
+            tmp_path / "hub", endpoint=f"http://127.0.0.1:{server.server_address[1]}"
+        )
+        started = time.monotonic()
+        with pytest.raises(AdapterLoadError) as info:
+            source.fetch(AdapterRef("stall/adapter", source="hub", api_token="hf_secret"))
+        elapsed = time.monotonic() - started
+    finally:
+        _Stalling.release.set()
+        server.shutdown()
+        server.server_close()
+    assert info.value.code == "fetch_failed"
+    assert "stall/adapter" in info.value.message
+    assert "hf_secret" not in info.value.message
+    assert elapsed < 10, elapsed
 
 
 # ---- chat templates -------------------------------------------------------------------------

@@ -44,6 +44,8 @@ ADAPTER_FLAGS = [
     "z",
     "--adapter-cycle-time-s",
     "0.5",
+    "--adapter-load-timeout-s",
+    "7.5",
     "--adapter-memory-fraction",
     "0.25",
     "--max-adapter-bytes",
@@ -56,6 +58,7 @@ EXPECTED = {
     "local_adapter_roots": (Path("/srv/a"), Path("/srv/b")),
     "preloaded_adapter_ids": ("x", "y", "z"),
     "adapter_cycle_time_s": 0.5,
+    "adapter_load_timeout_s": 7.5,
     "adapter_memory_fraction": 0.25,
     "adapter_max_bytes": 1000,
     "lora_max_rank": 32,
@@ -74,6 +77,7 @@ def test_engine_cli_adapter_flags() -> None:
     assert defaults.lora_slots == 8  # the demo's adapters work without flags, as in the launcher
     assert defaults.adapter_cycle_time_s == 2.0  # LoRAX's defaults
     assert defaults.adapter_memory_fraction == 0.1
+    assert defaults.adapter_load_timeout_s == 120.0
 
 
 def test_launcher_passes_adapter_flags_to_the_engine() -> None:
@@ -94,6 +98,7 @@ def _config_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     "bad",
     [
         {"adapter_cycle_time_s": -1.0},
+        {"adapter_load_timeout_s": 0.0},
         {"adapter_memory_fraction": 0.0},
         {"adapter_memory_fraction": 1.5},
         {"adapter_max_bytes": 0},
@@ -163,6 +168,7 @@ def test_roots_preload_and_size_limit_in_the_engine(
         adapter_source="local",
         preloaded_adapter_ids=["second"],
         adapter_cycle_time_s=0.25,
+        adapter_load_timeout_s=30.0,
     )
     manager = engine.adapter_manager
     assert manager is not None
@@ -170,6 +176,7 @@ def test_roots_preload_and_size_limit_in_the_engine(
         # Warm before any request: loaded, in a slot; the cycle time reached manager and queues.
         assert list(manager.resident()) == [AdapterRef("second", source="local").cache_key()]
         assert manager.config.cycle_time_s == 0.25
+        assert manager.loader.timeout_s == 30.0
         queues = engine.core.scheduler.adapter_queues
         assert queues is not None
         assert (queues.max_active, queues.cycle_time_s) == (2, 0.25)

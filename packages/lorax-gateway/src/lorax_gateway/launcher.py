@@ -40,6 +40,7 @@ _ENGINE_FLAGS = {
     "local_adapter_root": "local_adapter_roots",
     "preloaded_adapter_ids": "preloaded_adapter_ids",
     "adapter_cycle_time_s": "adapter_cycle_time_s",
+    "adapter_load_timeout_s": "adapter_load_timeout_s",
     "adapter_memory_fraction": "adapter_memory_fraction",
     "max_adapter_bytes": "adapter_max_bytes",
     "quantize": "quantize",
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-adapter-bytes",
     ):
         parser.add_argument(flag, type=int)
-    for flag in ("--adapter-cycle-time-s", "--adapter-memory-fraction"):
+    for flag in ("--adapter-cycle-time-s", "--adapter-load-timeout-s", "--adapter-memory-fraction"):
         parser.add_argument(flag, type=float)
     parser.add_argument(
         "--max-active-adapters",

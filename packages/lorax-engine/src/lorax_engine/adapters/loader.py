@@ -1,6 +1,8 @@
 """The blocking part of getting an adapter: fetch, validate, merge, keep in the CPU tier.
 
-Runs on the manager's loader threads, never on the step loop.
+Runs on the manager's loader threads, never on the step loop. Every fetch is bounded in wall-clock
+time (:mod:`lorax_engine.adapters.deadline`), so a stalled source fails its adapter instead of
+holding a loader thread for ever.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 
 import torch
 
+from lorax_engine.adapters.deadline import LoadAttempt, run_with_deadline
 from lorax_engine.adapters.host_cache import HostAdapterCache
 from lorax_engine.adapters.merge import merge_adapters, merge_seed
 from lorax_engine.adapters.peft_loader import (
@@ -30,6 +33,10 @@ class AdapterLoader:
     """Turns an :class:`AdapterRef` into host :class:`LoraWeights`, through the CPU tier.
 
     Thread-safe: the host cache is, and everything else here is read-only.
+
+    ``timeout_s`` (``--adapter-load-timeout-s``) bounds each load and each chat-template fetch:
+    past it the caller gets an :class:`~lorax_engine.adapters.errors.AdapterLoadError`
+    (``code="load_timeout"``), and whatever the abandoned worker produces later is discarded.
     """
 
     def __init__(
@@ -39,12 +46,16 @@ class AdapterLoader:
         limits: LoadLimits,
         host_cache: HostAdapterCache,
         dtype: torch.dtype = torch.float32,
+        timeout_s: float = 120.0,
     ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
         self.sources = sources
         self.spec = spec
         self.limits = limits
         self.host_cache = host_cache
         self.dtype = dtype
+        self.timeout_s = timeout_s
         self._templates: dict[str, str | None] = {}
         self._templates_lock = threading.Lock()
 
@@ -60,17 +71,38 @@ class AdapterLoader:
         with self._templates_lock:
             if key in self._templates:
                 return self._templates[key]
-        template = read_chat_template(self.sources.fetch(ref).directory, ref.adapter_id or key)
-        with self._templates_lock:
-            self._templates[key] = template
-        return template
+        label = ref.adapter_id or key
+
+        def fetch(attempt: LoadAttempt) -> str | None:
+            template = read_chat_template(self.sources.fetch(ref).directory, label)
+
+            def publish() -> None:
+                with self._templates_lock:
+                    self._templates[key] = template
+
+            attempt.commit(publish)
+            return template
+
+        return run_with_deadline(
+            fetch, label=label, timeout_s=self.timeout_s, what="fetching the chat template of"
+        )
 
     def load(self, ref: AdapterRef) -> LoraWeights:
-        """The adapter's weights: from the CPU tier when there, else fetched (and cached)."""
+        """The adapter's weights: from the CPU tier when there, else fetched (and cached) within
+        ``timeout_s``."""
         key = ref.cache_key()
         cached = self.host_cache.get(key)
         if cached is not None:
             return cached
+        # The key carries no credential (only an HMAC of it), so it may name the adapter.
+        label = ref.adapter_id or key
+        return run_with_deadline(
+            lambda attempt: self._load_uncached(ref, key, attempt),
+            label=label,
+            timeout_s=self.timeout_s,
+        )
+
+    def _load_uncached(self, ref: AdapterRef, key: str, attempt: LoadAttempt) -> LoraWeights:
         started = time.perf_counter()
         if ref.merged is not None:
             components = [self.load(ref.component(i)) for i in ref.merged.ids]
@@ -88,7 +120,9 @@ class AdapterLoader:
                 self.dtype,
                 display_name=ref.adapter_id,
             )
-        stored = self.host_cache.put(weights)
+        stored = attempt.commit(lambda: self.host_cache.put(weights))
+        if stored is None:  # too late: a newer attempt may have published this adapter already
+            return weights
         # The key carries no credential (only an HMAC of it), so it is safe to log.
         log.info(
             "loaded adapter %s: rank %d, %d modules, %.1f MiB in %.2fs",

@@ -246,6 +246,7 @@ def _adapter_manager(
         limits,
         HostAdapterCache(config.adapter_host_cache_bytes, pin=config.torch_device.type == "cuda"),
         dtype=config.torch_dtype,
+        timeout_s=config.adapter_load_timeout_s,
     )
     manager = AdapterManager(
         loader,

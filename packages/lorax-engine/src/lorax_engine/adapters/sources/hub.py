@@ -20,6 +20,12 @@ class HubSource:
     when the files are there, so one shared cache would hand a private adapter to anyone who names
     it after its owner did. A missing repo, revision or a refused credential are one answer (404),
     so a private adapter's existence is not disclosed.
+
+    ``snapshot_download`` asks the hub for the revision's commit without any timeout, so a hub
+    that accepts the connection and never answers would hold the fetch for ever. The revision is
+    therefore resolved here first, bounded by ``HF_HUB_ETAG_TIMEOUT`` (huggingface_hub's own
+    metadata timeout, 10 s by default); the files then download under ``HF_HUB_ETAG_TIMEOUT`` and
+    ``HF_HUB_DOWNLOAD_TIMEOUT``. The loader's ``--adapter-load-timeout-s`` bounds the whole.
     """
 
     def __init__(self, cache_dir: Path | None = None, endpoint: str | None = None) -> None:
@@ -39,7 +45,7 @@ class HubSource:
         return base / "lorax-credentialed" / scope[:32]
 
     def fetch(self, ref: AdapterRef) -> FetchedAdapter:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, constants, snapshot_download
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -49,11 +55,32 @@ class HubSource:
 
         repo, revision = split_revision(ref.adapter_id or "")
         label = ref.adapter_id
+        unreachable: str | None = None
         try:
+            cache_dir = self.cache_dir_for(ref)
+            try:
+                info = HfApi(endpoint=self._endpoint, token=ref.api_token).repo_info(
+                    # The default revision as snapshot_download has it ("main").
+                    repo,
+                    revision=revision or constants.DEFAULT_REVISION,
+                    timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                )
+                revision = info.sha or revision
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if status is None or status < 500:
+                    raise
+                unreachable = f"HTTP {status}"
+            except Exception as exc:  # timeouts and network errors of the hub's HTTP client
+                unreachable = exc.__class__.__name__
+            # With the hub down or stalled, what the credential's own cache holds is still
+            # served (snapshot_download does the same when offline).
             path = snapshot_download(
                 repo,
                 revision=revision,
-                cache_dir=self.cache_dir_for(ref),
+                local_files_only=unreachable is not None,
+                etag_timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                cache_dir=cache_dir,
                 token=ref.api_token,
                 allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, *TEMPLATE_NAMES],
                 endpoint=self._endpoint,
@@ -77,8 +104,9 @@ class HubSource:
                 code="fetch_failed",
             ) from None
         except Exception as exc:  # network, disk and validation errors of huggingface_hub
+            reason = unreachable or exc.__class__.__name__
             raise AdapterLoadError(
-                f"downloading adapter {label!r} from the hub failed ({exc.__class__.__name__})",
+                f"downloading adapter {label!r} from the hub failed ({reason})",
                 code="fetch_failed",
             ) from None
         return FetchedAdapter(Path(str(path)))
