@@ -229,3 +229,41 @@ def test_s3_adapters_through_the_engine(
         want = refs["r4" if kind == "s3" else "base"][int(i)]
         assert [e["token"]["id"] for e in evs if e["type"] == "token"] == want, rid
     assert any((tmp_path / "lorax-adapters" / "s3").iterdir())  # fetched into the engine's cache
+
+
+def test_a_stalled_adapter_fails_only_its_requests_after_the_load_timeout(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--adapter-load-timeout-s``: a hub fetch that never returns fails its requests (424)
+    once the deadline passes, while the other adapters and the base model run as usual."""
+    ckpt, root, refs = setup
+    release = threading.Event()
+
+    def stall(source: object, ref: AdapterRef) -> object:
+        release.wait(60)
+        raise OSError("the stalled fetch finally gave up")
+
+    monkeypatch.setattr("lorax_engine.adapters.sources.hub.HubSource.fetch", stall)
+    stalled = AdapterRef("org/stalled", source="hub", api_token="hf_secret")
+    jobs = [(f"stalled-{i}", stalled, p) for i, p in enumerate(PROMPTS)]
+    jobs += [(f"r4-{i}", _ref("r4"), p) for i, p in enumerate(PROMPTS)]
+    jobs += [(f"base-{i}", AdapterRef(), p) for i, p in enumerate(PROMPTS)]
+    try:
+        with _running_engine(ckpt, root, 2, adapter_load_timeout_s=0.5) as engine:
+            started = time.monotonic()
+            events = _run(engine, jobs)
+            elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    for i in range(len(PROMPTS)):
+        (error,) = events.pop(f"stalled-{i}")
+        assert error["type"] == "error"
+        assert error["error_type"] == "generation"
+        assert "org/stalled" in error["error"]
+        assert "timed out" in error["error"]
+        assert "hf_secret" not in error["error"]
+    for rid, evs in events.items():
+        assert evs[-1]["type"] == "end", (rid, evs[-1])
+        kind, i = rid.split("-")
+        assert [e["token"]["id"] for e in evs if e["type"] == "token"] == refs[kind][int(i)], rid
+    assert elapsed < 20, elapsed  # bounded by the deadline, not by the 60 s stall
