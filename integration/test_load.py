@@ -118,6 +118,9 @@ def _check(
     gauges = wait_engine_idle(engine.url)
     assert gauges["lorax_engine_kv_blocks_used"] == 0, gauges
     assert gauges["lorax_engine_in_flight_requests"] == 0, gauges
+    # No request still pins an adapter slot, and no load or promotion is left running.
+    assert gauges["lorax_engine_adapter_refs"] == 0, gauges
+    assert gauges["lorax_engine_adapters_loading"] == 0, gauges
     counts = tally(outcomes)
     print(f"\nload: {len(outcomes)} streams: {counts}; engine after: {gauges}")
     return counts

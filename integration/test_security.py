@@ -1,8 +1,9 @@
 """Security across processes: tenants, local adapter roots, secrets, auth coverage, CORS.
 
 Two tenants own the namespaces ``acme`` and ``globex``; their private adapters are copies of the
-demo adapter under the engine's ``--local-adapter-root``. The gateway exports spans to an OTLP
-collector stub on loopback, so the secrets checks cover logs, metrics and traces.
+demo adapter under the engine's ``--local-adapter-root``. The gateway and the engine export spans to
+one OTLP collector stub on loopback, so the secrets checks cover logs, metrics and traces, and one
+trace is followed from the caller through the gateway into the engine.
 """
 
 from __future__ import annotations
@@ -72,25 +73,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    engine = Process(
-        engine_command(
-            tmp / "cache",
-            "--local-adapter-root",
-            str(tmp / "adapters"),
-            "--max-active-adapters",
-            "2",
-        ),
-        tmp / "engine.log",
-    ).start()
+    collector = f"http://127.0.0.1:{server.server_address[1]}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # export spans within 0.1 s
+        engine = Process(
+            engine_command(
+                tmp / "cache",
+                "--local-adapter-root",
+                str(tmp / "adapters"),
+                "--max-active-adapters",
+                "2",
+                "--otlp-endpoint",
+                collector,
+            ),
+            tmp / "engine.log",
+        ).start()
         gateway = Process(
             gateway_command(
                 engine.url,
                 "--tenants-file",
                 str(tenants),
                 "--otlp-endpoint",
-                f"http://127.0.0.1:{server.server_address[1]}",
+                collector,
                 "--log-level",
                 "DEBUG",
             ),
@@ -233,20 +237,34 @@ def test_spans_continue_the_callers_trace(stack: Stack) -> None:
     )
     assert r.status_code == 200, r.text
     expected = {"request generate", "validation", "queue", "inference"}
+    expected |= {"engine.request", "engine.queue", "engine.inference"}
     deadline = time.monotonic() + 30
-    names: dict[str, bytes] = {}
+    spans: dict[str, tuple[bytes, bytes, str]] = {}  # name -> (span id, parent id, service)
     while True:
-        names.clear()
+        spans.clear()
         for body in list(stack.collector):
             export = ExportTraceServiceRequest.FromString(body)
             for resource_spans in export.resource_spans:
+                service = next(
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                )
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         if span.trace_id == bytes.fromhex(trace_id):
-                            names[span.name] = span.parent_span_id
-        if expected <= set(names) or time.monotonic() > deadline:
+                            spans[span.name] = (span.span_id, span.parent_span_id, service)
+        if expected <= set(spans) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    # Every span of the request is in the caller's trace; the request span is the caller's child.
-    assert expected <= set(names), names
-    assert names["request generate"] == bytes.fromhex(parent_id)
+    # One trace id from the caller through the gateway into the engine: the gateway's request
+    # span is the caller's child; the engine's request span is the child of the gateway span that
+    # was current when the gateway called the engine, its "queue" span (the gateway's "inference"
+    # starts only at the first token, after the call).
+    assert expected <= set(spans), spans
+    assert spans["request generate"][1] == bytes.fromhex(parent_id)
+    assert spans["engine.request"][1] == spans["queue"][0]
+    for child in ("engine.queue", "engine.inference"):
+        assert spans[child][1] == spans["engine.request"][0]
+    assert {spans[n][2] for n in ("request generate", "inference")} == {"lorax-gateway"}
+    assert {spans[n][2] for n in ("engine.request", "engine.queue")} == {"lorax-engine"}
