@@ -183,7 +183,7 @@ def test_revision_parsing() -> None:
 
 
 def test_hub_passes_token_and_revision(
-    monkeypatch: pytest.MonkeyPatch, make_adapter: Callable[..., Path]
+    monkeypatch: pytest.MonkeyPatch, make_adapter: Callable[..., Path], tmp_path: Path
 ) -> None:
     d = make_adapter()
     calls: list[dict[str, Any]] = []
@@ -201,7 +201,8 @@ def test_hub_passes_token_and_revision(
     monkeypatch.setattr("huggingface_hub.HfApi.repo_info", fake_info)
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_download)
     ref = AdapterRef("org/private@abc123", source="hub", api_token="hf_secret")
-    assert HubSource().fetch(ref).directory == d
+    source = HubSource(tmp_path)
+    assert source.fetch(ref).directory == d
     (info,) = infos
     assert (info["repo_id"], info["revision"], info["token"]) == (
         "org/private",
@@ -213,6 +214,11 @@ def test_hub_passes_token_and_revision(
     # The files come from the resolved commit, so they cannot change under the download.
     assert (call["repo_id"], call["revision"], call["token"]) == ("org/private", sha, "hf_secret")
     assert not call["local_files_only"]
+    # The name -> commit mapping is recorded for the offline fallback, inside the cache only.
+    refs = Path(call["cache_dir"]) / "models--org--private" / "refs"
+    assert (refs / "abc123").read_text() == sha
+    source.fetch(AdapterRef("org/private@../../escape", source="hub", api_token="hf_secret"))
+    assert not (Path(call["cache_dir"]) / "escape").exists()
     assert set(call["allow_patterns"]) == {"adapter_config.json", WEIGHTS_NAME, *TEMPLATE_NAMES}
     assert not set(call["allow_patterns"]) & set(PICKLE_NAMES)  # pickles are never downloaded
 
@@ -305,6 +311,41 @@ class _Stalling(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         del format, args
+
+
+@pytest.fixture
+def stalling_hub() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        _Stalling.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_stalled_hub_still_serves_the_credentials_own_cache(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fake_hub: FakeHub,
+    stalling_hub: str,
+    make_adapter: Callable[..., Path],
+    spec: Spec,
+) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT", 0.5)
+    d = make_adapter()
+    fake_hub.add("org/private", d, token="hf_owner")
+    owner = AdapterRef("org/private", source="hub", api_token="hf_owner", tenant="t1")
+    cached = HubSource(tmp_path / "hub", endpoint=fake_hub.url).fetch(owner).directory
+    down = HubSource(tmp_path / "hub", endpoint=stalling_hub)
+    # The hub stalls: the owner's earlier download is served from its own cache ...
+    assert down.fetch(owner).directory == cached
+    # ... and nobody else's credential reaches it.
+    with pytest.raises(AdapterLoadError) as info:
+        down.fetch(AdapterRef("org/private", source="hub", api_token="hf_guess", tenant="t1"))
+    assert info.value.code == "fetch_failed"
 
 
 def test_hub_stall_is_bounded_by_the_hub_timeout(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 from lorax_engine.adapters.errors import AdapterLoadError, AdapterNotFoundError
@@ -53,19 +55,18 @@ class HubSource:
             RevisionNotFoundError,
         )
 
-        repo, revision = split_revision(ref.adapter_id or "")
+        repo, requested = split_revision(ref.adapter_id or "")
+        requested = requested or constants.DEFAULT_REVISION  # as snapshot_download has it
+        revision = requested
         label = ref.adapter_id
         unreachable: str | None = None
         try:
             cache_dir = self.cache_dir_for(ref)
             try:
                 info = HfApi(endpoint=self._endpoint, token=ref.api_token).repo_info(
-                    # The default revision as snapshot_download has it ("main").
-                    repo,
-                    revision=revision or constants.DEFAULT_REVISION,
-                    timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                    repo, revision=requested, timeout=constants.HF_HUB_ETAG_TIMEOUT
                 )
-                revision = info.sha or revision
+                revision = info.sha or requested
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else None
                 if status is None or status < 500:
@@ -85,6 +86,8 @@ class HubSource:
                 allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, *TEMPLATE_NAMES],
                 endpoint=self._endpoint,
             )
+            if revision != requested:
+                _record_ref(Path(cache_dir or constants.HF_HUB_CACHE), repo, requested, revision)
         except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError):
             raise AdapterNotFoundError(
                 f"adapter {label!r} not found on the hub, or not accessible with the given credential",
@@ -110,3 +113,27 @@ class HubSource:
                 code="fetch_failed",
             ) from None
         return FetchedAdapter(Path(str(path)))
+
+
+def _record_ref(cache_dir: Path, repo: str, revision: str, commit: str) -> None:
+    """Note in the hub cache that ``revision`` (a branch or tag) points at ``commit``.
+
+    snapshot_download does this itself when it resolves a name, but it is given the commit here
+    (resolved with a timeout), so the offline fallback would not find the name otherwise. The
+    layout is huggingface_hub's documented cache layout (``models--org--name/refs/<revision>``).
+    """
+    refs = cache_dir / f"models--{repo.replace('/', '--')}" / "refs"
+    target = refs / revision
+    if not target.resolve(strict=False).is_relative_to(refs.resolve(strict=False)):
+        return  # names come from requests: never a path outside the cache
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_file() and target.read_text() == commit:
+            return
+        # Atomic, so a concurrent offline lookup never reads a half-written ref.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ref-")
+        with os.fdopen(fd, "w") as f:
+            f.write(commit)
+        os.replace(tmp, target)
+    except OSError:  # best effort, as in huggingface_hub: only the offline fallback needs it
+        pass
