@@ -235,14 +235,14 @@ def test_engine_args_and_environment(scenario: tuple[dict[str, Any], list[Manife
             # Local adapters come from a claim mounted read-only where --local-adapter-root says.
             (mount,) = [m for m in container(engine)["volumeMounts"] if m["name"] == "adapters"]
             assert mount["readOnly"] is True
-            assert str(parsed.local_adapter_root) == mount["mountPath"]
+            assert [str(root) for root in parsed.local_adapter_root] == [mount["mountPath"]]
             (volume,) = [v for v in pod["volumes"] if v["name"] == "adapters"]
             assert volume["persistentVolumeClaim"] == {
                 "claimName": adapters["localClaimName"],
                 "readOnly": True,
             }
         else:
-            assert parsed.local_adapter_root is None
+            assert not parsed.local_adapter_root
         if "s3SecretName" in adapters:
             assert container(engine)["envFrom"] == [{"secretRef": {"name": "aws"}}]
         else:
