@@ -23,6 +23,7 @@ from lorax_gateway.backends.base import EngineBackend
 from lorax_gateway.backends.registry import load_backend
 from lorax_gateway.errors import exception_handler
 from lorax_gateway.metrics import GatewayMetrics
+from lorax_gateway.openapi import StrictPydanticSchemaPlugin
 from lorax_gateway.routes import lorax_rest, meta, openai_compat
 from lorax_gateway.routes.common import request_id_of
 from lorax_gateway.service import GenerationService
@@ -87,6 +88,7 @@ def create_app(settings: GatewaySettings, backend: EngineBackend | None = None) 
         exception_handlers={Exception: exception_handler},
         request_max_body_size=settings.admission.max_body_bytes,
         cors_config=cors,
+        plugins=[StrictPydanticSchemaPlugin()],
         openapi_config=OpenAPIConfig(
             title="LoRAX gateway",
             version=__version__,

@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Most alternatives per token a request may ask for: generous for LoRAX clients (OpenAI's
+#: `top_logprobs` stops at 20), small enough that a stream's size stays bounded by its tokens.
+MAX_ALTERNATIVES = 100
+
 MergeStrategy = Literal["linear", "ties", "dare_linear", "dare_ties"]
 
 
@@ -67,7 +71,9 @@ class Parameters(BaseModel):
     truncate: int | None = Field(default=None, gt=0)
     details: bool = False
     decoder_input_details: bool = False
-    return_k_alternatives: int | None = Field(default=None, ge=0)
+    # Bounded: an unbounded count let one request make the engine build billions of alternatives
+    # per token (found by schemathesis: the synthetic-backed gateway was OOM-killed).
+    return_k_alternatives: int | None = Field(default=None, ge=0, le=MAX_ALTERNATIVES)
     best_of: int | None = Field(default=None, gt=0)
     ignore_eos_token: bool = False
     response_format: ResponseFormat | None = None

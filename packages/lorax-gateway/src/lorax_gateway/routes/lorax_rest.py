@@ -10,6 +10,13 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from lorax_gateway.errors import GatewayError
+from lorax_gateway.openapi import (
+    GENERATION_ERRORS,
+    SSE_MEDIA_TYPE,
+    JsonOperation,
+    StreamOrJsonOperation,
+    error_responses,
+)
 from lorax_gateway.routes.common import context_of, service_of, sse, sse_stream, timing_headers
 from lorax_gateway.schemas import CompatGenerateRequest, GenerateRequest, Parameters
 from lorax_gateway.service import EngineStream, GenerationResult, GenerationService, RequestContext
@@ -148,7 +155,14 @@ async def _stream_response(
     return sse_stream(_relay(stream, body), {"x-adapter-id": stream.adapter or ""})
 
 
-@post("/generate", summary="Generate text", tags=[_DOCS], status_code=200)
+@post(
+    "/generate",
+    summary="Generate text",
+    tags=[_DOCS],
+    status_code=200,
+    responses=error_responses(GENERATION_ERRORS),
+    operation_class=JsonOperation,
+)
 async def generate(
     request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]
 ) -> Response[dict[str, Any]]:
@@ -158,7 +172,13 @@ async def generate(
 
 
 @post(
-    "/generate_stream", summary="Generate text as Server-Sent Events", tags=[_DOCS], status_code=200
+    "/generate_stream",
+    summary="Generate text as Server-Sent Events",
+    tags=[_DOCS],
+    status_code=200,
+    media_type=SSE_MEDIA_TYPE,
+    responses=error_responses(GENERATION_ERRORS),
+    operation_class=JsonOperation,
 )
 async def generate_stream(
     request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]
@@ -167,7 +187,14 @@ async def generate_stream(
     return await _stream_response(request, data, "generate_stream")
 
 
-@post("/", summary="Generate (compat route)", tags=[_DOCS], status_code=200)
+@post(
+    "/",
+    summary="Generate (compat route)",
+    tags=[_DOCS],
+    status_code=200,
+    responses=error_responses(GENERATION_ERRORS),
+    operation_class=StreamOrJsonOperation,
+)
 async def compat_generate(
     request: Request[Any, Any, Any], data: JSONBody[CompatGenerateRequest]
 ) -> Response[list[dict[str, Any]]] | Stream:

@@ -11,14 +11,17 @@ from litestar.params import JSONBody
 from lorax_gateway import __version__
 from lorax_gateway.errors import GatewayError
 from lorax_gateway.metrics import GatewayMetrics
+from lorax_gateway.openapi import COMMON_ERRORS, JsonOperation, error_responses
 from lorax_gateway.routes.common import context_of, service_of
 from lorax_gateway.schemas import TokenizeRequest
 from lorax_gateway.settings import GatewaySettings
 
 _TAG = ["Operations"]
+#: A read-only route that asks the engine: auth errors, or 503 when no engine answers.
+_ENGINE_READ_ERRORS = error_responses((401, 403, 503))
 
 
-@get("/health", summary="Health", tags=_TAG)
+@get("/health", summary="Health", tags=_TAG, responses=_ENGINE_READ_ERRORS)
 async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     """200 when an engine answers, else 503 ``healthcheck``."""
     svc = service_of(request)
@@ -31,7 +34,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response({}, status_code=200)
 
 
-@get("/info", summary="Model and server info", tags=_TAG)
+@get("/info", summary="Model and server info", tags=_TAG, responses=_ENGINE_READ_ERRORS)
 async def info(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The engine's model facts and limits, with the gateway's own limits and versions."""
     svc = service_of(request)
@@ -58,7 +61,12 @@ async def info(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return out
 
 
-@get("/v1/models", summary="Models the caller may use (OpenAI)", tags=["OpenAI"])
+@get(
+    "/v1/models",
+    summary="Models the caller may use (OpenAI)",
+    tags=["OpenAI"],
+    responses=_ENGINE_READ_ERRORS,
+)
 async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The base model, then the public adapters and the caller's own private adapters."""
     svc = service_of(request)
@@ -87,7 +95,14 @@ async def models(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@post("/tokenize", summary="Tokenize", tags=_TAG, status_code=200)
+@post(
+    "/tokenize",
+    summary="Tokenize",
+    tags=_TAG,
+    status_code=200,
+    responses=error_responses((*COMMON_ERRORS, 503)),
+    operation_class=JsonOperation,
+)
 async def tokenize(
     request: Request[Any, Any, Any], data: JSONBody[TokenizeRequest]
 ) -> list[dict[str, Any]]:
@@ -101,7 +116,13 @@ async def tokenize(
         raise GatewayError("unavailable", "engine unavailable") from exc
 
 
-@get("/metrics", summary="Prometheus metrics", tags=_TAG, media_type=MediaType.TEXT)
+@get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=_TAG,
+    media_type=MediaType.TEXT,
+    responses=error_responses((401, 403)),
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The gateway's metrics and, labelled by engine, the engines' gauges."""
     svc = service_of(request)
@@ -118,7 +139,12 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     )
 
 
-@get("/usage", summary="The caller's usage", tags=_TAG)
+@get(
+    "/usage",
+    summary="The caller's usage",
+    tags=_TAG,
+    responses=error_responses((401, 403, 404)),
+)
 async def usage(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """Requests and tokens of the calling tenant since the gateway started."""
     svc = service_of(request)

@@ -27,6 +27,7 @@ from lorax_gateway.openai_format import (
     usage,
 )
 from lorax_gateway.openai_schemas import ChatCompletionRequest, CommonFields, CompletionRequest
+from lorax_gateway.openapi import GENERATION_ERRORS, StreamOrJsonOperation, error_responses
 from lorax_gateway.routes.common import context_of, service_of, sse, sse_stream
 from lorax_gateway.service import EngineStream, GenerationResult, GenerationService, RequestContext
 
@@ -265,7 +266,14 @@ async def _collect(streams: list[EngineStream]) -> list[GenerationResult]:
 
 # Both OpenAI routes are annotated with response classes: with `Any`, Litestar fixes the route's
 # media type to JSON, which overrides a stream's text/event-stream.
-@post("/v1/completions", summary="Completions (OpenAI)", tags=_TAG, status_code=200)
+@post(
+    "/v1/completions",
+    summary="Completions (OpenAI)",
+    tags=_TAG,
+    status_code=200,
+    responses=error_responses(GENERATION_ERRORS),
+    operation_class=StreamOrJsonOperation,
+)
 async def completions(
     request: Request[Any, Any, Any], data: JSONBody[CompletionRequest]
 ) -> Response[dict[str, Any]] | Stream:
@@ -324,7 +332,14 @@ async def completions(
     )
 
 
-@post("/v1/chat/completions", summary="Chat completions (OpenAI)", tags=_TAG, status_code=200)
+@post(
+    "/v1/chat/completions",
+    summary="Chat completions (OpenAI)",
+    tags=_TAG,
+    status_code=200,
+    responses=error_responses(GENERATION_ERRORS),
+    operation_class=StreamOrJsonOperation,
+)
 async def chat_completions(
     request: Request[Any, Any, Any], data: JSONBody[ChatCompletionRequest]
 ) -> Response[dict[str, Any]] | Stream:
