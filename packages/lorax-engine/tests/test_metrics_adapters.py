@@ -76,3 +76,6 @@ async def test_refs_while_running_and_counters_after(engine: AsyncEngine) -> Non
     assert m["lorax_engine_adapter_load_failures_total"] == 1.0
     assert m["lorax_engine_adapter_promotions_total"] == 2.0
     assert m["lorax_engine_adapter_evictions_total"] == 1.0
+    # Every first load looked in the CPU tier and missed it.
+    assert m["lorax_engine_adapter_host_cache_misses_total"] == 3.0
+    assert m["lorax_engine_adapter_host_cache_hits_total"] == 0.0

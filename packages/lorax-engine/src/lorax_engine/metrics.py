@@ -94,6 +94,16 @@ def _adapter_metrics(usage: AdapterUsage) -> Iterator[Metric]:
         ("adapter_load_failures", "Adapter loads that failed", usage.load_failures),
         ("adapter_promotions", "Adapters written into a GPU slot", usage.promotions),
         ("adapter_evictions", "Adapters evicted from a GPU slot", usage.evictions),
+        (
+            "adapter_host_cache_hits",
+            "Adapter lookups served by the CPU tier",
+            usage.host_cache_hits,
+        ),
+        (
+            "adapter_host_cache_misses",
+            "Adapter lookups the CPU tier missed",
+            usage.host_cache_misses,
+        ),
     ):
         yield CounterMetricFamily(f"lorax_engine_{name}", doc, value=value)
 

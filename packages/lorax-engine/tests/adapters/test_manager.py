@@ -367,6 +367,8 @@ def test_host_cache_is_an_lru_bounded_in_bytes(tmp_path: Path) -> None:
     cache.put(big)
     assert "big" not in cache  # larger than the whole tier: not kept, nothing else evicted
     assert len(cache) == 2
+    assert cache.get("b") is None
+    assert (cache.hits, cache.misses) == (1, 1)  # the lookups of "a" (hit) and "b" (miss)
 
 
 def test_with_fair_queues_every_adapter_is_served(

@@ -25,12 +25,18 @@ class HostAdapterCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self.evictions = 0
+        # Lookups answered from / missed by this tier (the engine exports them as a hit rate).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, key: str) -> LoraWeights | None:
         """The cached adapter, marked most recently used; None when absent."""
         with self._lock:
             weights = self._entries.get(key)
-            if weights is not None:
+            if weights is None:
+                self.misses += 1
+            else:
+                self.hits += 1
                 self._entries.move_to_end(key)
             return weights
 

@@ -457,6 +457,8 @@ class AdapterManager:
                 load_failures=self.stats["load_failures"],
                 promotions=self.stats["promotions"],
                 evictions=self.stats["evictions"],
+                host_cache_hits=self.loader.host_cache.hits,
+                host_cache_misses=self.loader.host_cache.misses,
             )
 
 
@@ -465,7 +467,8 @@ class AdapterUsage:
     """What ``AdapterManager.usage`` reports (for the engine's Prometheus gauges).
 
     ``refs``: running requests pinning a GPU slot (0 once the engine is idle). ``loading``:
-    adapters being read into the CPU tier or written into a slot. The rest count since start-up.
+    adapters being read into the CPU tier or written into a slot. The rest count since start-up;
+    ``host_cache_*`` are the CPU tier's lookups.
     """
 
     refs: int
@@ -475,3 +478,5 @@ class AdapterUsage:
     load_failures: int
     promotions: int
     evictions: int
+    host_cache_hits: int
+    host_cache_misses: int
