@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,3 +74,36 @@ def test_readme_flows(launcher: Process) -> None:
     assert (info["model_id"], info["backend"]) == ("demo", "local")
     assert (info["dtype"], info["device"]) == ("float32", "cpu")
     assert 'engine="local"' in httpx.get(f"{launcher.url}/metrics").text
+
+
+def _readme_blocks(language: str) -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    parts = readme.split(f"```{language}\n")[1:]
+    return [part.split("```", 1)[0] for part in parts]
+
+
+def test_readme_examples_run_as_printed(launcher: Process) -> None:
+    # Every Python example of the README, verbatim but for the port, in a fresh interpreter.
+    port = launcher.url.rsplit(":", 1)[1]
+    blocks = _readme_blocks("python")
+    assert len(blocks) >= 2
+    for block in blocks:
+        code = block.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip(), code
+    # The curl example, run by bash when curl is there (it is on every machine we target).
+    (curl,) = [b for b in _readme_blocks("bash") if b.lstrip().startswith("curl")]
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    done = subprocess.run(
+        ["bash", "-c", curl.replace("localhost:8080", f"127.0.0.1:{port}")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"generated_text"' in done.stdout, done.stdout
