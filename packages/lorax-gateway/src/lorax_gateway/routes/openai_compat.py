@@ -264,6 +264,29 @@ async def _collect(streams: list[EngineStream]) -> list[GenerationResult]:
     return [r for r in results if r is not None]
 
 
+def _prepare(
+    request: Request[Any, Any, Any],
+    route: str,
+    data: CompletionRequest | ChatCompletionRequest,
+    max_tokens: int | None,
+    logprobs: bool,
+    top_k: int | None,
+) -> tuple[GenerationService, RequestContext, str | None, dict[str, Any]]:
+    """What both OpenAI routes do before opening engine streams: resolve and authorise the
+    adapter, build the engine parameters, check ``response_format``, ask for logprobs."""
+    svc = service_of(request)
+    ctx = context_of(request, route)
+    adapter = _adapter(svc, data.model)
+    svc.check_adapters(ctx, [adapter] if adapter else [])
+    params = _engine_params(data, svc, max_tokens)
+    svc.check_response_format(params.get("response_format"))
+    if logprobs:
+        params["details"] = True
+        if top_k:
+            params["return_k_alternatives"] = top_k
+    return svc, ctx, adapter, params
+
+
 # Both OpenAI routes are annotated with response classes: with `Any`, Litestar fixes the route's
 # media type to JSON, which overrides a stream's text/event-stream.
 @post(
@@ -278,16 +301,9 @@ async def completions(
     request: Request[Any, Any, Any], data: JSONBody[CompletionRequest]
 ) -> Response[dict[str, Any]] | Stream:
     """OpenAI text completions, streaming or not."""
-    svc = service_of(request)
-    ctx = context_of(request, "completions")
-    adapter = _adapter(svc, data.model)
-    svc.check_adapters(ctx, [adapter] if adapter else [])
-    params = _engine_params(data, svc, data.max_tokens)
-    svc.check_response_format(params.get("response_format"))
-    if data.logprobs is not None:
-        params["details"] = True
-        if data.logprobs > 0:
-            params["return_k_alternatives"] = data.logprobs
+    svc, ctx, adapter, params = _prepare(
+        request, "completions", data, data.max_tokens, data.logprobs is not None, data.logprobs
+    )
     if data.best_of is not None and data.best_of > 1:
         params["best_of"] = data.best_of
     prompts = data.prompts()
@@ -344,16 +360,14 @@ async def chat_completions(
     request: Request[Any, Any, Any], data: JSONBody[ChatCompletionRequest]
 ) -> Response[dict[str, Any]] | Stream:
     """OpenAI chat completions through the model's (or the adapter's) chat template."""
-    svc = service_of(request)
-    ctx = context_of(request, "chat_completions")
-    adapter = _adapter(svc, data.model)
-    svc.check_adapters(ctx, [adapter] if adapter else [])
-    params = _engine_params(data, svc, data.max_new_tokens)
-    svc.check_response_format(params.get("response_format"))
-    if data.logprobs:
-        params["details"] = True
-        if data.top_logprobs:
-            params["return_k_alternatives"] = data.top_logprobs
+    svc, ctx, adapter, params = _prepare(
+        request,
+        "chat_completions",
+        data,
+        data.max_new_tokens,
+        bool(data.logprobs),
+        data.top_logprobs,
+    )
     try:
         messages = [m.engine_dict() for m in data.messages]
     except ValueError as exc:
