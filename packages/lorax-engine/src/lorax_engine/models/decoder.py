@@ -3,6 +3,11 @@
 The three architectures differ only in config (q/k/v biases, sliding window, rope scaling), so
 one module implements them. Projections are fused (qkv, gate_up) so each layer runs four GEMMs;
 every projection adds the LoRA delta of the batch's adapters through the slot tables.
+
+Tensor parallelism (``TensorParallel`` with ``size > 1``): each shard holds its share of the heads
+(and of the KV heads), of the MLP width and of the vocabulary. qkv and gate_up are column-parallel
+(output rows split), o and down row-parallel (input columns split, outputs summed over the shards),
+the embedding and lm_head vocab-parallel. The hidden state between layers is whole on every shard.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lorax_kernels
+from lorax_engine.distributed.parallel import TensorParallel, shard_config
 from lorax_engine.lora import LoraSlots, ModelLoraSpec
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.model_config import ModelConfig
@@ -41,10 +47,20 @@ class LoraLinear(nn.Module):
 
     With a quantized base (``lorax_engine.quant``) ``weight`` is None and ``quant(x, bias)``
     computes ``x W^T + b`` from the quantized weight; the LoRA delta is added the same way.
+
+    ``reduce``: a row-parallel shard, whose ``x`` and ``W`` (and LoRA A) hold only its input
+    columns. Its partial ``x W^T + x A^T B^T`` is summed over the shards, then the bias added once:
+    summing the partial LoRA products is the exact delta, with no extra collective for it.
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, layer: int, name: str
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        layer: int,
+        name: str,
+        reduce: TensorParallel | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -54,13 +70,15 @@ class LoraLinear(nn.Module):
         self.layer = layer
         self.name = name
         self.slots: LoraSlots | None = None
+        self.reduce = reduce if reduce is not None and reduce.size > 1 else None
 
     def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
+        bias = None if self.reduce is not None else self.bias
         if self.quant is not None:
-            y = self.quant(x, self.bias)  # [num_tokens, out_features]
+            y = self.quant(x, bias)  # [num_tokens, out_features]
         else:
             assert self.weight is not None
-            y = F.linear(x, self.weight, self.bias)  # [num_tokens, out_features]
+            y = F.linear(x, self.weight, bias)  # [num_tokens, out_features]
         if lora_meta is not None and self.slots is not None:
             table = self.slots.table(self.layer, self.name)
             h = lorax_kernels.lora_shrink(x, table.lora_a, table.slot_ranks, lora_meta)
@@ -73,17 +91,23 @@ class LoraLinear(nn.Module):
                 table.slice_offsets,
                 lora_meta,
             )
+        if self.reduce is not None:
+            self.reduce.all_reduce_(y)
+            if self.bias is not None:
+                y = y + self.bias
         return y
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    """``cfg`` is the shard's shape: its heads, KV heads and their q/kv sizes."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TensorParallel) -> None:
         super().__init__()
         self.cfg = cfg
         self.qkv = LoraLinear(
             cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, cfg.qkv_bias, layer, "qkv"
         )
-        self.o = LoraLinear(cfg.q_size, cfg.hidden_size, cfg.o_bias, layer, "o")
+        self.o = LoraLinear(cfg.q_size, cfg.hidden_size, cfg.o_bias, layer, "o", reduce=tp)
         self.scale = cfg.head_dim**-0.5
 
     def forward(
@@ -129,12 +153,14 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TensorParallel) -> None:
         super().__init__()
         self.gate_up = LoraLinear(
             cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias, layer, "gate_up"
         )
-        self.down = LoraLinear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, layer, "down")
+        self.down = LoraLinear(
+            cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, layer, "down", reduce=tp
+        )
 
     def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
         gate, up = self.gate_up(x, lora_meta).chunk(2, dim=-1)
@@ -142,12 +168,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, tp: TensorParallel) -> None:
         super().__init__()
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg, layer)
+        self.attn = Attention(cfg, layer, tp)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg, layer)
+        self.mlp = MLP(cfg, layer, tp)
 
     def forward(
         self,
@@ -161,50 +187,64 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    """A causal LM: ``forward`` gives hidden states, ``compute_logits`` the vocabulary scores."""
+    """A causal LM: ``forward`` gives hidden states, ``compute_logits`` the vocabulary scores.
 
-    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+    ``cfg`` is the whole model's shape; ``shard_cfg`` what this shard holds (``cfg`` itself
+    without tensor parallelism), which sizes its KV cache and LoRA slot tables.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, max_positions: int, tp: TensorParallel | None = None
+    ) -> None:
         super().__init__()
+        self.tp = tp if tp is not None else TensorParallel()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.shard_cfg = shard = shard_config(cfg, self.tp.size)
+        # [vocab / shards, hidden]: this shard's rows of the (padded) vocabulary.
+        self.embed = nn.Embedding(shard.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(shard, i, self.tp) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
-            else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+            else nn.Parameter(torch.empty(shard.vocab_size, cfg.hidden_size))
         )
         self.rotary = RotaryEmbedding(cfg.rope, cfg.head_dim, max_positions)
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return self.embed(input_ids)  # [num_tokens, hidden]
+        # Each shard embeds the ids in its vocabulary range, zeros elsewhere; the sum is whole.
+        start = self.tp.rank * self.shard_cfg.vocab_size
+        local = input_ids - start
+        inside = (local >= 0) & (local < self.shard_cfg.vocab_size)
+        x = self.embed(local.clamp(0, self.shard_cfg.vocab_size - 1))
+        x = x * inside.unsqueeze(1).to(x.dtype)
+        return self.tp.all_reduce_(x)
 
     def forward(
         self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> torch.Tensor:
-        x = self.embed(batch.input_ids)  # [num_tokens, hidden]
+        x = self._embed(batch.input_ids)  # [num_tokens, hidden]
         rope = self.rotary(batch.positions, x.dtype)
         for layer, kv in zip(self.layers, kv_caches, strict=True):
             x = layer(x, batch, rope, kv)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[n, hidden] -> [n, vocab]`` float32 logits."""
+        """``[n, hidden] -> [n, vocab]`` float32 logits (gathered from the shards: every shard
+        gets them, as one all-gather is cheaper than a gather to one rank with NCCL)."""
         weight = self.embed.weight if self.lm_head is None else self.lm_head
-        return F.linear(hidden, weight).float()
+        logits = self.tp.gather_columns(F.linear(hidden, weight))  # [n, padded vocab]
+        return logits[:, : self.cfg.vocab_size].float()
 
     def lora_spec(self) -> ModelLoraSpec:
-        cfg = self.cfg
-        return ModelLoraSpec(
-            architecture=cfg.architecture,
-            num_layers=cfg.num_layers,
-            targets={
-                "q_proj": (cfg.hidden_size, cfg.q_size),
-                "k_proj": (cfg.hidden_size, cfg.kv_size),
-                "v_proj": (cfg.hidden_size, cfg.kv_size),
-                "o_proj": (cfg.q_size, cfg.hidden_size),
-                "gate_proj": (cfg.hidden_size, cfg.intermediate_size),
-                "up_proj": (cfg.hidden_size, cfg.intermediate_size),
-                "down_proj": (cfg.intermediate_size, cfg.hidden_size),
-            },
-        )
+        """The whole model's LoRA targets: what an adapter's shapes are validated against."""
+        return _lora_spec(self.cfg)
+
+    def shard_lora_spec(self) -> ModelLoraSpec:
+        """This shard's part of every target: the shapes of its slot tables."""
+        return _lora_spec(self.shard_cfg)
 
     def attach_lora(self, slots: LoraSlots) -> None:
         """Point every projection at the slot tables (they stay preallocated for CUDA graphs)."""
@@ -213,8 +253,11 @@ class DecoderModel(nn.Module):
                 module.slots = slots
 
     def load_hf_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into the fused parameters; raises on missing or unexpected names."""
-        cfg = self.cfg
+        """Copy HF-named tensors into the fused parameters; raises on missing or unexpected names.
+
+        A shard keeps its part of each tensor (``_shard_of``); the offsets are the shard's.
+        """
+        cfg = self.shard_cfg
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         q, kv, inter = cfg.q_size, cfg.kv_size, cfg.intermediate_size
@@ -238,6 +281,7 @@ class DecoderModel(nn.Module):
                     continue
                 raise ValueError(f"unexpected weight {name!r} in checkpoint")
             param = params[target]
+            tensor = self._shard_of(name, tensor)
             rows = tensor.shape[0]
             with torch.no_grad():
                 param[offset : offset + rows].copy_(tensor)
@@ -246,6 +290,48 @@ class DecoderModel(nn.Module):
         missing = expected - loaded
         if missing:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:6]}")
+
+    def _shard_of(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """This shard's part of a whole HF tensor (the tensor itself without sharding)."""
+        tp = self.tp
+        if tp.size == 1:
+            return tensor
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            rows = self.shard_cfg.vocab_size
+            part = tensor[tp.rank * rows : (tp.rank + 1) * rows]
+            # The last shard's rows past the real vocabulary are zero (never embedded; their
+            # logits are cut off after the gather).
+            return F.pad(part, (0, 0, 0, rows - part.shape[0]))
+        module = name.split(".")[-2] if name.startswith("model.layers.") else ""
+        if module in _COLUMN_PARALLEL:
+            dim = 0  # output rows: weight and bias
+        elif module in _ROW_PARALLEL and tensor.dim() == 2:
+            dim = 1  # input columns; the bias is added once, after the sum
+        else:
+            return tensor
+        start, length = tp.split(tensor.shape[dim])
+        return tensor.narrow(dim, start, length)
+
+
+# HF projections whose output rows are split across shards, and those whose input columns are.
+_COLUMN_PARALLEL = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"})
+_ROW_PARALLEL = frozenset({"o_proj", "down_proj"})
+
+
+def _lora_spec(cfg: ModelConfig) -> ModelLoraSpec:
+    return ModelLoraSpec(
+        architecture=cfg.architecture,
+        num_layers=cfg.num_layers,
+        targets={
+            "q_proj": (cfg.hidden_size, cfg.q_size),
+            "k_proj": (cfg.hidden_size, cfg.kv_size),
+            "v_proj": (cfg.hidden_size, cfg.kv_size),
+            "o_proj": (cfg.q_size, cfg.hidden_size),
+            "gate_proj": (cfg.hidden_size, cfg.intermediate_size),
+            "up_proj": (cfg.hidden_size, cfg.intermediate_size),
+            "down_proj": (cfg.intermediate_size, cfg.hidden_size),
+        },
+    )
 
 
 def _map_name(name: str, fused: dict[str, tuple[str, int]]) -> tuple[str | None, int]:

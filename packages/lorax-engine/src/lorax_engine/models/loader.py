@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from lorax_engine.distributed.parallel import TensorParallel
 from lorax_engine.models.decoder import DecoderModel, LoraLinear
 from lorax_engine.models.model_config import ModelConfig
 from lorax_engine.models.rope import RotaryEmbedding
@@ -84,14 +85,15 @@ def build_model(
     max_positions: int,
     *,
     quantized_projections: bool = False,
+    tp: TensorParallel | None = None,
 ) -> DecoderModel:
     """An uninitialised model on ``device`` (parameters allocated, not filled).
 
     ``quantized_projections``: the projections get no 16-bit weight (the quantized loader gives
-    them theirs), so it is never allocated.
+    them theirs), so it is never allocated. ``tp``: build only that shard's part.
     """
     with torch.device("meta"):
-        model = DecoderModel(cfg, max_positions=1)
+        model = DecoderModel(cfg, max_positions=1, tp=tp)
     if quantized_projections:
         for module in model.modules():
             if isinstance(module, LoraLinear):
@@ -110,20 +112,25 @@ def load_model(
     *,
     allow_bin: bool = False,
     quantize: str | None = None,
+    tp: TensorParallel | None = None,
 ) -> DecoderModel:
     """Build the model described by ``path/config.json`` and load its weights.
 
     ``quantize`` (fp8, gptq, awq) is checked against the checkpoint's ``quantization_config``; a
-    GPTQ/AWQ checkpoint is served quantized without it.
+    GPTQ/AWQ checkpoint is served quantized without it. ``tp``: load only that shard's part.
     """
     spec = resolve_quant_spec(quantize, json.loads((path / "config.json").read_text()))
+    if spec is not None and tp is not None and tp.size > 1:
+        raise ValueError(
+            "quantized weights (--quantize or a GPTQ/AWQ checkpoint) cannot be sharded"
+        )
     if spec is not None:
         from lorax_engine.quant.load import load_quantized_model
 
         log.info("serving %s with %s quantization", path, spec.method)
         return load_quantized_model(path, spec, dtype, device, max_positions, allow_bin=allow_bin)
     cfg = ModelConfig.from_dir(path)
-    model = build_model(cfg, dtype, device, max_positions)
+    model = build_model(cfg, dtype, device, max_positions, tp=tp)
     model.load_hf_weights(iter_checkpoint(path, allow_bin=allow_bin))
     return model
 
