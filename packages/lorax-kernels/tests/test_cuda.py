@@ -7,6 +7,7 @@ import torch
 
 from lorax_kernels import (
     LoraBatchMeta,
+    lora_apply_,
     lora_expand_,
     lora_shrink,
     paged_decode_attention,
@@ -50,13 +51,16 @@ def test_cuda_graph_capture_and_replay_with_new_inputs() -> None:
     slot_mapping = torch.zeros(batch, dtype=torch.long, device=DEV)
     meta = LoraBatchMeta.allocate(64, num_slots, DEV)
 
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
+    def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         meta.update_(slots)
         reshape_and_cache_(k_new, v_new, k_cache, v_cache, slot_mapping)
         attn = paged_decode_attention(q, k_cache, v_cache, tables, seq_lens, head_dim**-0.5)
         y = y_in.clone()
         lora_expand_(y, lora_shrink(x, a, ranks, meta), b, ranks, scales, offsets, meta)
-        return attn, y
+        y_fused = y_in.clone()  # the fused decode kernel, twice: its counters re-arm in-graph
+        lora_apply_(y_fused, x, a, b, ranks, scales, offsets, meta)
+        lora_apply_(y_fused, x, a, b, ranks, scales, offsets, meta)
+        return attn, y, y_fused
 
     def fill(seed: int) -> None:
         g = torch.Generator(device=DEV).manual_seed(seed)
@@ -80,7 +84,7 @@ def test_cuda_graph_capture_and_replay_with_new_inputs() -> None:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        attn_out, y_out = step()
+        attn_out, y_out, y_fused = step()
 
     for seed in (2, 3, 4):
         fill(seed)
@@ -95,6 +99,11 @@ def test_cuda_graph_capture_and_replay_with_new_inputs() -> None:
         lora_expand_ref_(y_ref, h, b.float(), ranks, scales, offsets, slots)
         torch.testing.assert_close(y_out.float(), y_ref, atol=3e-2, rtol=3e-2)
         assert torch.equal(y_out[slots < 0], y_in[slots < 0])
+        y_twice = y_in.float().clone()
+        lora_expand_ref_(y_twice, 2 * h, b.float(), ranks, scales, offsets, slots)
+        torch.testing.assert_close(y_fused.float(), y_twice, atol=5e-2, rtol=5e-2)
+        assert torch.equal(y_fused[slots < 0], y_in[slots < 0])
+        assert not meta.sync.any()
 
 
 def test_public_functions_dispatch_to_triton_on_cuda() -> None:
@@ -119,3 +128,43 @@ def test_public_functions_dispatch_to_triton_on_cuda() -> None:
     finally:
         sgmv_triton.shrink = original
     assert calls == ["shrink"]
+
+
+def test_lora_apply_routes_decode_batches_to_the_fused_kernel() -> None:
+    """Up to DECODE_MAX_ROWS rows: one fused launch; more: the tile shrink + expand."""
+    from lorax_kernels.sgmv import DECODE_MAX_ROWS
+    from lorax_kernels.sgmv import decode as sgmv_decode
+    from lorax_kernels.sgmv import triton as sgmv_triton
+
+    calls: list[str] = []
+    originals = (sgmv_decode.decode_lora_, sgmv_triton.shrink, sgmv_triton.expand_)
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    sgmv_decode.decode_lora_ = spy("fused", originals[0])
+    sgmv_triton.shrink = spy("shrink", originals[1])
+    sgmv_triton.expand_ = spy("expand", originals[2])
+    try:
+        a = torch.randn(1, 2, 16, 32, device=DEV)
+        b = torch.randn(1, 2, 48, 16, device=DEV)
+        ranks = torch.tensor([16, 4], device=DEV).int()
+        scales = torch.ones(2, device=DEV)
+        for rows in (DECODE_MAX_ROWS, DECODE_MAX_ROWS + 1):
+            meta = LoraBatchMeta.allocate(rows, 2, DEV)
+            meta.update_(torch.randint(-1, 2, (rows,), device=DEV, dtype=torch.int32))
+            x = torch.randn(rows, 32, device=DEV)
+            y = torch.zeros(rows, 48, device=DEV)
+            lora_apply_(y, x, a, b, ranks, scales, [0, 48], meta)
+            y_ref = torch.zeros_like(y)
+            slots = meta.token_slots[:rows]
+            h = lora_shrink_ref(x, a, ranks, slots)
+            lora_expand_ref_(y_ref, h, b, ranks, scales, [0, 48], slots)
+            torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    finally:
+        sgmv_decode.decode_lora_, sgmv_triton.shrink, sgmv_triton.expand_ = originals
+    assert calls == ["fused", "shrink", "expand"]

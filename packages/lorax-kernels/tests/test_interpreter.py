@@ -22,7 +22,9 @@ ROOT = HERE.parents[2]
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
     reason="with CUDA the Triton tests run natively; under the interpreter they run directly",
 )
-@pytest.mark.parametrize("module", ["test_triton_sgmv.py", "test_triton_attention.py"])
+@pytest.mark.parametrize(
+    "module", ["test_triton_sgmv.py", "test_triton_sgmv_decode.py", "test_triton_attention.py"]
+)
 def test_triton_kernels_under_interpreter(module: str) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(

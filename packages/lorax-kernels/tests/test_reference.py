@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from lorax_kernels import (
     LoraBatchMeta,
+    lora_apply_,
     lora_expand_,
     lora_shrink,
     paged_decode_attention,
@@ -64,6 +65,25 @@ def test_shrink_keeps_dtype_contract_in_bf16() -> None:
     h = lora_shrink(x.bfloat16(), a.bfloat16(), ranks, meta)
     assert h.dtype == torch.float32
     torch.testing.assert_close(h, lora_shrink(x, a, ranks, meta), atol=0.2, rtol=0.05)
+
+
+@pytest.mark.parametrize("num_tokens", [9, 300])
+def test_apply_equals_shrink_then_expand(num_tokens: int) -> None:
+    """Both routes of ``lora_apply_`` (fused decode size and tiled) give shrink + expand."""
+    x, a, b, ranks, scales, slots, widths = _lora_case(num_tokens, 7)
+    offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
+    meta = LoraBatchMeta.allocate(512, a.shape[1], "cpu")
+    meta.update_(slots)
+    y0 = torch.randn(num_tokens, offsets[-1])
+    expect = y0.clone()
+    lora_expand_(expect, lora_shrink(x, a, ranks, meta), b, ranks, scales, offsets, meta)
+    y = y0.clone()
+    lora_apply_(y, x, a, b, ranks, scales, offsets, meta)
+    assert torch.equal(y, expect)
+    with pytest.raises(ValueError, match="same rows"):
+        lora_apply_(y[1:], x, a, b, ranks, scales, offsets, meta)
+    with pytest.raises(ValueError, match="slice_offsets"):
+        lora_apply_(y, x, a, b, ranks, scales, [0, 12, 17, 21], meta)
 
 
 def test_expand_validates_slices() -> None:
@@ -170,6 +190,10 @@ def test_custom_ops_pass_opcheck() -> None:
     offsets = [0, 12, 17, 22]
     torch.library.opcheck(
         torch.ops.lorax_kernels.lora_expand_, (y, h, b, ranks, scales, offsets, *fields, *tiles)
+    )
+    torch.library.opcheck(
+        torch.ops.lorax_kernels.lora_decode_,
+        (y, x, a, b, ranks, scales, offsets, meta.token_slots, meta.sync),
     )
     cache = torch.zeros(2, 4, 1, 8)
     kv = torch.randn(3, 1, 8)

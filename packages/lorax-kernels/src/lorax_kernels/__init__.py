@@ -7,12 +7,13 @@ CUDA, the readable fp32 reference (``lorax_kernels.<op>.reference``) elsewhere.
 from lorax_kernels.decode_attention import paged_decode_attention
 from lorax_kernels.kv_cache import reshape_and_cache_
 from lorax_kernels.prefill_attention import paged_prefill_attention
-from lorax_kernels.sgmv import LoraBatchMeta, lora_expand_, lora_shrink
+from lorax_kernels.sgmv import LoraBatchMeta, lora_apply_, lora_expand_, lora_shrink
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LoraBatchMeta",
+    "lora_apply_",
     "lora_expand_",
     "lora_shrink",
     "paged_decode_attention",

@@ -1,8 +1,10 @@
 """Multi-LoRA shrink/expand (SGMV): one launch for a batch that mixes any adapters and ranks.
 
-``lora_shrink`` and ``lora_expand_`` dispatch on the device of their inputs: the Triton kernels
-(``sgmv.triton``) on CUDA, registered as torch custom ops so they can be captured in CUDA graphs;
-the fp32 reference (``sgmv.reference``) everywhere else.
+``lora_apply_`` (``y += LoRA(x)``) is the layer-level entry point: decode-sized batches go to the
+fused one-launch kernel (``sgmv.decode``), larger ones to ``lora_shrink`` + ``lora_expand_`` over
+the tile layout (``sgmv.triton``), which share each adapter read across a run of tokens. Every op
+dispatches on the device of its inputs: Triton kernels on CUDA, registered as torch custom ops so
+they can be captured in CUDA graphs; the fp32 reference (``sgmv.reference``) everywhere else.
 """
 
 from __future__ import annotations
@@ -14,7 +16,61 @@ import torch
 from lorax_kernels.sgmv.meta import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
 
-__all__ = ["LoraBatchMeta", "lora_expand_", "lora_shrink"]
+__all__ = ["DECODE_MAX_ROWS", "LoraBatchMeta", "lora_apply_", "lora_expand_", "lora_shrink"]
+
+# Up to this many rows ``lora_apply_`` runs the fused per-token kernel. It reads each token's
+# adapter separately (repeats of one adapter come from L2), which beats the three tile launches
+# until batches are prefill-sized.
+DECODE_MAX_ROWS = 256
+
+
+@torch.library.custom_op("lorax_kernels::lora_decode_", mutates_args=("y", "sync"))
+def _decode_op(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: list[int],
+    token_slots: torch.Tensor,
+    sync: torch.Tensor,
+) -> None:
+    slots = token_slots[: x.shape[0]]
+    h = lora_shrink_ref(x, lora_a, slot_ranks, slots)
+    lora_expand_ref_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, slots)
+
+
+@_decode_op.register_kernel("cuda")
+def _decode_cuda(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: list[int],
+    token_slots: torch.Tensor,
+    sync: torch.Tensor,
+) -> None:
+    from lorax_kernels.sgmv.decode import decode_lora_
+
+    decode_lora_(y, x, lora_a, lora_b, slot_ranks, slot_scales, slice_offsets, token_slots, sync)
+
+
+@_decode_op.register_fake
+def _decode_fake(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: list[int],
+    token_slots: torch.Tensor,
+    sync: torch.Tensor,
+) -> None:
+    return None
 
 
 @torch.library.custom_op("lorax_kernels::lora_shrink", mutates_args=())
@@ -155,6 +211,55 @@ def _check_meta(num_rows: int, num_slots: int, meta: LoraBatchMeta) -> None:
         raise ValueError(f"slot table has {num_slots} slots, meta expects {meta.num_slots}")
 
 
+def _checked_offsets(
+    y: torch.Tensor, lora_b: torch.Tensor, slice_offsets: tuple[int, ...] | list[int]
+) -> list[int]:
+    num_slices = lora_b.shape[0]
+    offsets = [int(o) for o in slice_offsets]
+    if len(offsets) != num_slices + 1 or offsets[0] != 0 or offsets[-1] != y.shape[1]:
+        raise ValueError(f"slice_offsets {offsets} do not cut y's {y.shape[1]} columns")
+    if any(hi - lo > lora_b.shape[2] or hi < lo for lo, hi in itertools.pairwise(offsets)):
+        raise ValueError(f"a slice in {offsets} is wider than lora_b's {lora_b.shape[2]} rows")
+    return offsets
+
+
+def lora_apply_(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slot_ranks: torch.Tensor,
+    slot_scales: torch.Tensor,
+    slice_offsets: tuple[int, ...] | list[int],
+    meta: LoraBatchMeta,
+) -> None:
+    """Add every token's LoRA delta in place: ``y[t, slice s] += scale * (x[t] A^T) B^T``.
+
+    Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together. Batches of at most
+    ``DECODE_MAX_ROWS`` rows run the fused one-launch kernel, whose result for a token does not
+    depend on the other tokens of the batch; larger ones run shrink then expand over the tiles.
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same rows")
+    if x.shape[0] > DECODE_MAX_ROWS:
+        h = lora_shrink(x, lora_a, slot_ranks, meta)
+        lora_expand_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, meta)
+        return
+    if lora_a.dim() != 4 or x.shape[1] != lora_a.shape[3]:
+        raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
+    if (
+        lora_b.dim() != 4
+        or lora_b.shape[:2] != lora_a.shape[:2]
+        or lora_b.shape[3] != lora_a.shape[2]
+    ):
+        raise ValueError(
+            f"lora_b {tuple(lora_b.shape)} does not match lora_a {tuple(lora_a.shape)}"
+        )
+    offsets = _checked_offsets(y, lora_b, slice_offsets)
+    _check_meta(x.shape[0], lora_a.shape[1], meta)
+    _decode_op(y, x, lora_a, lora_b, slot_ranks, slot_scales, offsets, meta.token_slots, meta.sync)
+
+
 def lora_shrink(
     x: torch.Tensor, lora_a: torch.Tensor, slot_ranks: torch.Tensor, meta: LoraBatchMeta
 ) -> torch.Tensor:
@@ -201,11 +306,7 @@ def lora_expand_(
     slices in ``y``. Tokens without adapter are left untouched.
     """
     num_slices = lora_b.shape[0]
-    offsets = [int(o) for o in slice_offsets]
-    if len(offsets) != num_slices + 1 or offsets[0] != 0 or offsets[-1] != y.shape[1]:
-        raise ValueError(f"slice_offsets {offsets} do not cut y's {y.shape[1]} columns")
-    if any(hi - lo > lora_b.shape[2] or hi < lo for lo, hi in itertools.pairwise(offsets)):
-        raise ValueError(f"a slice in {offsets} is wider than lora_b's {lora_b.shape[2]} rows")
+    offsets = _checked_offsets(y, lora_b, slice_offsets)
     if h.shape != (num_slices, y.shape[0], lora_b.shape[3]):
         raise ValueError(f"h has shape {tuple(h.shape)}, lora_b {tuple(lora_b.shape)}")
     _check_meta(y.shape[0], lora_b.shape[1], meta)

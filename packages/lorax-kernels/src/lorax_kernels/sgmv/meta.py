@@ -11,6 +11,14 @@ from __future__ import annotations
 
 import torch
 
+# Slices (fused projections such as q/k/v or gate/up) one LoRA launch handles.
+MAX_SLICES = 4
+
+
+def sync_size(max_rows: int) -> int:
+    """int32 counters the fused decode kernel (``sgmv.decode``) needs for ``max_rows`` rows."""
+    return 1 + 2 * max_rows * MAX_SLICES
+
 
 def max_tiles(num_tokens: int, num_slots: int, block_m: int) -> int:
     """Upper bound on the tiles for ``num_tokens`` tokens over ``num_slots`` slots (+ "none").
@@ -32,6 +40,8 @@ class LoraBatchMeta:
     - ``tile_slot``: ``[tile_capacity]`` slot of each tile (``-1`` = tokens without adapter).
     - ``tile_start`` / ``tile_end``: ``[tile_capacity]`` the tile's range in ``sorted_ids``
       (``start == end`` for unused tiles).
+    - ``sync``: ``[sync_size(max_tokens)]`` zeros, the fused decode kernel's ticket and arrival
+      counters; every launch leaves them zero again, so ``update_`` never touches them.
     """
 
     __slots__ = (
@@ -42,6 +52,7 @@ class LoraBatchMeta:
         "num_tiles",
         "num_tokens",
         "sorted_ids",
+        "sync",
         "tile_end",
         "tile_slot",
         "tile_start",
@@ -66,6 +77,7 @@ class LoraBatchMeta:
         self.tile_slot = torch.full((capacity,), -1, **i32)
         self.tile_start = torch.zeros(capacity, **i32)
         self.tile_end = torch.zeros(capacity, **i32)
+        self.sync = torch.zeros(sync_size(max_tokens), **i32)
         self.num_tokens = 0
         self.num_tiles = 0
 

@@ -20,8 +20,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import num_sms
-
-MAX_SLICES = 4
+from lorax_kernels.sgmv.meta import MAX_SLICES
 
 
 @triton.jit

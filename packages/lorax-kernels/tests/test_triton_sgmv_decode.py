@@ -1,0 +1,141 @@
+"""The fused one-launch decode LoRA kernel against the fp32 reference.
+
+Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small shapes (started by
+test_interpreter.py in a subprocess). The interpreter runs programs one at a time in order, which
+exercises the ticket order: every expand unit must find its shrink units already arrived.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lorax_kernels.sgmv.meta import sync_size
+from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+DEVICE = "cuda" if CUDA else "cpu"
+pytestmark = pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
+)
+# Fixed per-dtype tolerances (atol, rtol) against the fp32 reference on the same inputs.
+TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
+
+
+def _tables(in_features: int, widths: tuple[int, ...], ranks: list[int], dtype, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    num_slots, max_rank = len(ranks), max(ranks)
+    a = torch.randn(len(widths), num_slots, max_rank, in_features, generator=gen)
+    b = torch.randn(len(widths), num_slots, max(widths), max_rank, generator=gen)
+    a /= in_features**0.5
+    b /= max_rank**0.5
+    for slot, r in enumerate(ranks):  # rows past the rank are zero (the contract)
+        a[:, slot, r:] = 0
+        b[:, slot, :, r:] = 0
+    ranks_t = torch.tensor(ranks, dtype=torch.int32, device=DEVICE)
+    scales = (torch.rand(num_slots, generator=gen) + 0.5).to(DEVICE)
+    offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
+    return a.to(DEVICE, dtype), b.to(DEVICE, dtype), ranks_t, scales, offsets
+
+
+def _inputs(num_rows: int, in_features: int, out: int, num_slots: int, dtype, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    slots = torch.randint(-1, num_slots, (num_rows,), generator=gen, dtype=torch.int32)
+    x = torch.randn(num_rows, in_features, generator=gen)
+    y = torch.randn(num_rows, out, generator=gen)
+    return slots.to(DEVICE), x.to(DEVICE, dtype), y.to(DEVICE, dtype)
+
+
+def _run(y, x, a, b, ranks, scales, offsets, slots, sync=None) -> torch.Tensor:
+    from lorax_kernels.sgmv.decode import decode_lora_
+
+    sync = (
+        torch.zeros(sync_size(x.shape[0]), dtype=torch.int32, device=DEVICE)
+        if sync is None
+        else sync
+    )
+    out = y.clone()
+    decode_lora_(out, x, a, b, ranks, scales, offsets, slots, sync)
+    assert not sync.any(), "the kernel must leave its counters zero for the next launch"
+    return out
+
+
+def _reference(y, x, a, b, ranks, scales, offsets, slots) -> torch.Tensor:
+    h = lora_shrink_ref(x.float(), a.float(), ranks, slots)
+    y_ref = y.float().clone()
+    lora_expand_ref_(y_ref, h, b.float(), ranks, scales, offsets, slots)
+    return y_ref
+
+
+SMALL = [
+    # (rows, in_features, slice widths, slot ranks)
+    (1, 32, (24,), [4]),
+    (37, 40, (24, 8, 8), [1, 8, 0, 5, 16]),
+    (13, 600, (48, 20), [128, 3, 64, 1]),  # several shrink and expand chunks per token
+    (9, 96, (0, 700, 5, 64), [16, 2]),  # four slices, one empty, one of several chunks
+]
+LARGE = [
+    (1, 4096, (4096,), [16] * 8),
+    (64, 4096, (4096,), [16] * 64),
+    (64, 4096, (4096, 1024, 1024), [1, 8, 16, 64, 128, 0, 32, 7]),
+    (255, 4096, (14336, 14336), [16, 64, 8, 128]),
+    (33, 14336, (4096,), [16, 16, 32, 1]),
+]
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), SMALL)
+def test_decode_small(rows, k, widths, ranks, dtype) -> None:
+    a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
+    slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
+    out = _run(y, x, a, b, ranks_t, scales, offsets, slots)
+    atol, rtol = TOL[dtype]
+    y_ref = _reference(y, x, a, b, ranks_t, scales, offsets, slots)
+    torch.testing.assert_close(out.float(), y_ref, atol=atol, rtol=rtol)
+    assert torch.equal(out[slots < 0], y[slots < 0])  # untouched, bit for bit
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), LARGE)
+def test_decode_real_shapes(rows, k, widths, ranks, dtype) -> None:
+    a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
+    slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
+    out = _run(y, x, a, b, ranks_t, scales, offsets, slots)
+    atol, rtol = TOL[dtype]
+    y_ref = _reference(y, x, a, b, ranks_t, scales, offsets, slots)
+    torch.testing.assert_close(out.float(), y_ref, atol=atol, rtol=rtol)
+    assert torch.equal(out[slots < 0], y[slots < 0])
+
+
+def test_token_result_does_not_depend_on_the_batch() -> None:
+    """A token's output bits are the same alone, in a batch, and at another row of a batch."""
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    k, widths, ranks = (4096, (4096, 1024), [16, 64, 8]) if CUDA else (300, (40, 8), [16, 5, 8])
+    a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, 5)
+    slots, x, y = _inputs(24, k, sum(widths), len(ranks), dtype, 6)
+    slots[7] = 1
+    full = _run(y, x, a, b, ranks_t, scales, offsets, slots)
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    permuted = _run(y[perm], x[perm], a, b, ranks_t, scales, offsets, slots[perm])
+    assert torch.equal(permuted, full[perm])
+    alone = _run(y[7:8], x[7:8], a, b, ranks_t, scales, offsets, slots[7:8])
+    assert torch.equal(alone, full[7:8])
+
+
+def test_padded_rows_and_reused_counters() -> None:
+    """More rows than tokens (a CUDA-graph bucket: slots past the step are -1) and one counter
+    buffer reused by several launches of different sizes, as every layer of a step does."""
+    dtype = torch.float32
+    a, b, ranks_t, scales, offsets = _tables(64, (24, 8), [8, 4, 16], dtype, 11)
+    sync = torch.zeros(sync_size(40), dtype=torch.int32, device=DEVICE)
+    for rows, live in ((40, 40), (16, 3), (40, 17)):
+        slots, x, y = _inputs(rows, 64, 32, 3, dtype, rows + live)
+        slots[live:] = -1
+        out = _run(y, x, a, b, ranks_t, scales, offsets, slots, sync)
+        y_ref = _reference(y, x, a, b, ranks_t, scales, offsets, slots)
+        torch.testing.assert_close(out.float(), y_ref, atol=1e-4, rtol=1e-4)
+        assert torch.equal(out[live:], y[live:])
