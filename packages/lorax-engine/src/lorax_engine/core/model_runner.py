@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +10,8 @@ import torch
 
 import lorax_kernels
 from lorax_engine.core.cuda_graphs import DecodeGraphs
+from lorax_engine.core.inflight import PendingTokens
+from lorax_engine.core.request import Request
 from lorax_engine.core.scheduler import ScheduledChunk
 from lorax_engine.lora import LoraSlots
 from lorax_engine.models.decoder import DecoderModel
@@ -40,6 +42,10 @@ class HostBatch:
     query_start_loc: np.ndarray
     token_slots: np.ndarray
     is_decode: bool
+    # Tokens sampled by the step still in flight: their flat positions in ``input_ids`` (which
+    # holds -1 there) and their rows in that step's device ids (see `patch_pending`).
+    pending_index: np.ndarray
+    pending_rows: np.ndarray
 
 
 class ModelRunner:
@@ -71,10 +77,16 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs:
             self.graphs = DecodeGraphs(self, max_num_seqs)
+        # Tensor parallelism (lorax_engine.distributed): gets each step's `forward` arguments
+        # before rank 0 runs it, and sends them to the other shards, which run the same step.
+        self.on_step: Callable[[HostBatch, list[int], bool], None] | None = None
 
-    def build_host_batch(self, chunks: Sequence[ScheduledChunk]) -> HostBatch:
+    def build_host_batch(
+        self, chunks: Sequence[ScheduledChunk], pending: PendingTokens | None = None
+    ) -> HostBatch:
+        """``pending``: the step in flight, whose sampled tokens some chunks end with."""
         if all(c.num_tokens == 1 for c in chunks):
-            return self._build_decode_batch(chunks)
+            return self._build_decode_batch(chunks, pending)
         bs = self.block_size
         ids: list[np.ndarray] = []
         pos: list[np.ndarray] = []
@@ -84,12 +96,18 @@ class ModelRunner:
         qsl = np.zeros(len(chunks) + 1, dtype=np.int32)
         width = max(len(c.request.block_ids) for c in chunks)
         tables = np.zeros((len(chunks), width), dtype=np.int32)
+        pending_index: list[int] = []
+        pending_rows: list[int] = []
         for i, c in enumerate(chunks):
             req = c.request
             end = c.start + c.num_tokens
             p = np.arange(c.start, end, dtype=np.int64)
             blocks = np.asarray(req.block_ids, dtype=np.int64)
-            ids.append(np.asarray(req.token_ids[c.start : end], dtype=np.int64))
+            known = req.token_ids[c.start : end]
+            if len(known) < c.num_tokens:  # the chunk ends with the request's pending token
+                pending_index.append(int(qsl[i]) + len(known))
+                pending_rows.append(_pending_row(pending, req))
+            ids.append(np.asarray(known + [-1] * (c.num_tokens - len(known)), dtype=np.int64))
             pos.append(p)
             slots.append(blocks[p // bs] * bs + p % bs)
             lora.append(np.full(c.num_tokens, req.adapter_slot, dtype=np.int32))
@@ -105,9 +123,13 @@ class ModelRunner:
             query_start_loc=qsl,
             token_slots=np.concatenate(lora),
             is_decode=all(c.num_tokens == 1 for c in chunks),
+            pending_index=np.array(pending_index, dtype=np.int64),
+            pending_rows=np.array(pending_rows, dtype=np.int64),
         )
 
-    def _build_decode_batch(self, chunks: Sequence[ScheduledChunk]) -> HostBatch:
+    def _build_decode_batch(
+        self, chunks: Sequence[ScheduledChunk], pending: PendingTokens | None
+    ) -> HostBatch:
         """The common all-decode step, with scalar Python instead of per-request numpy calls."""
         bs = self.block_size
         n = len(chunks)
@@ -116,10 +138,11 @@ class ModelRunner:
         tables = np.zeros((n, max(len(r.block_ids) for r in reqs)), dtype=np.int32)
         for i, r in enumerate(reqs):
             tables[i, : len(r.block_ids)] = r.block_ids
+        # A decode's input is pending when the step that sampled it is still in flight.
+        waiting = [i for i, r in enumerate(reqs) if pos[i] >= len(r.token_ids)]
+        ids = [r.token_ids[p] if p < len(r.token_ids) else -1 for r, p in zip(reqs, pos, strict=True)]
         return HostBatch(
-            input_ids=np.array(
-                [r.token_ids[p] for r, p in zip(reqs, pos, strict=True)], dtype=np.int64
-            ),
+            input_ids=np.array(ids, dtype=np.int64),
             positions=np.array(pos, dtype=np.int64),
             slot_mapping=np.array(
                 [r.block_ids[p // bs] * bs + p % bs for r, p in zip(reqs, pos, strict=True)],
@@ -130,14 +153,27 @@ class ModelRunner:
             query_start_loc=np.arange(n + 1, dtype=np.int32),
             token_slots=np.array([r.adapter_slot for r in reqs], dtype=np.int32),
             is_decode=True,
+            pending_index=np.array(waiting, dtype=np.int64),
+            pending_rows=np.array([_pending_row(pending, reqs[i]) for i in waiting], dtype=np.int64),
         )
 
     def _lora_meta_for(self, token_slots: np.ndarray) -> LoraBatchMeta | None:
         """Update the LoRA metadata for this step, or None when no token uses an adapter."""
         if self.lora_meta is None or not bool((token_slots >= 0).any()):
             return None
-        self.lora_meta.update_(torch.from_numpy(token_slots).to(self.device))
+        self.lora_meta.update_(torch.from_numpy(token_slots).to(self.device, non_blocking=True))
         return self.lora_meta
+
+    def patch_pending(
+        self, input_ids: torch.Tensor, host: HostBatch, pending: PendingTokens | None
+    ) -> None:
+        """Write the in-flight step's sampled ids into ``input_ids`` on the device (no sync)."""
+        if not len(host.pending_index):
+            return
+        assert pending is not None
+        where = torch.from_numpy(np.stack([host.pending_index, host.pending_rows]))
+        where = where.to(self.device, non_blocking=True)  # [2, num_pending]
+        input_ids.index_copy_(0, where[0], pending.ids.index_select(0, where[1]))
 
     @torch.inference_mode()
     def execute(self, chunks: Sequence[ScheduledChunk]) -> RunnerOutput:
@@ -149,21 +185,8 @@ class ModelRunner:
             and len(sampling) == len(chunks)
             and self.graphs.can_run(len(chunks))
         ):
-            logits, ids, logprobs = self.graphs.run(host, self._lora_meta_for(host.token_slots))
-            return RunnerOutput(logits, (ids, logprobs))
-
-        dev = self.device
-        batch = ForwardBatch(
-            input_ids=torch.from_numpy(host.input_ids).to(dev, non_blocking=True),
-            positions=torch.from_numpy(host.positions).to(dev, non_blocking=True),
-            slot_mapping=torch.from_numpy(host.slot_mapping).to(dev, non_blocking=True),
-            block_tables=torch.from_numpy(host.block_tables).to(dev, non_blocking=True),
-            seq_lens=torch.from_numpy(host.seq_lens).to(dev, non_blocking=True),
-            query_start_loc=torch.from_numpy(host.query_start_loc).to(dev, non_blocking=True),
-            is_decode=host.is_decode,
-            lora_meta=self._lora_meta_for(host.token_slots),
-        )
-        hidden = self.model(batch, self.kv_caches)  # [num_tokens, hidden]
+            logits, greedy = self._forward_hooked(host, [], True)
+            return RunnerOutput(logits, greedy)
 
         # Rows of `hidden` whose logits we need: prompt-scoring rows first, then sampling rows.
         qsl = host.query_start_loc
@@ -184,15 +207,55 @@ class ModelRunner:
                 score_next.append(req.token_ids[j + 1])
                 score_owner.append(i)
         sample_rows = [int(qsl[i + 1]) - 1 for i in sampling]
-        rows = torch.tensor(score_rows + sample_rows, dtype=torch.long, device=dev)
-        logits = self.model.compute_logits(hidden.index_select(0, rows))  # [rows, vocab]
+        logits, _ = self._forward_hooked(host, score_rows + sample_rows, False)  # [rows, vocab]
         prompt_logprobs: dict[int, list[float]] = {}
         if score_rows:
             n = len(score_rows)
             lp = torch.log_softmax(logits[:n], dim=-1)
-            nxt = torch.tensor(score_next, dtype=torch.long, device=dev).unsqueeze(1)
+            nxt = torch.tensor(score_next, dtype=torch.long, device=self.device).unsqueeze(1)
             values = lp.gather(1, nxt).squeeze(1).tolist()
             for owner, v in zip(score_owner, values, strict=True):
                 prompt_logprobs.setdefault(owner, []).append(v)
             logits = logits[n:]
         return RunnerOutput(logits, prompt_logprobs=prompt_logprobs)
+
+    def _forward_hooked(
+        self, host: HostBatch, rows: list[int], use_graph: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        if self.on_step is not None:
+            self.on_step(host, rows, use_graph)
+        return self.forward(host, rows, use_graph)
+
+    @torch.inference_mode()
+    def forward(
+        self, host: HostBatch, rows: list[int], use_graph: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Run one step on this model (shard): ``[len(rows), vocab]`` float32 logits of ``rows``.
+
+        ``use_graph``: replay the decode graph instead, for every row, which also gives the greedy
+        ``(ids, logprobs)``. Every shard of a sharded model calls this with the same arguments.
+        """
+        if use_graph:
+            assert self.graphs is not None
+            logits, ids, logprobs = self.graphs.run(host, self._lora_meta_for(host.token_slots))
+            return logits, (ids, logprobs)
+        dev = self.device
+        batch = ForwardBatch(
+            input_ids=torch.from_numpy(host.input_ids).to(dev, non_blocking=True),
+            positions=torch.from_numpy(host.positions).to(dev, non_blocking=True),
+            slot_mapping=torch.from_numpy(host.slot_mapping).to(dev, non_blocking=True),
+            block_tables=torch.from_numpy(host.block_tables).to(dev, non_blocking=True),
+            seq_lens=torch.from_numpy(host.seq_lens).to(dev, non_blocking=True),
+            query_start_loc=torch.from_numpy(host.query_start_loc).to(dev, non_blocking=True),
+            is_decode=host.is_decode,
+            lora_meta=self._lora_meta_for(host.token_slots),
+        )
+        hidden = self.model(batch, self.kv_caches)  # [num_tokens, hidden]
+        index = torch.tensor(rows, dtype=torch.long, device=dev)
+        return self.model.compute_logits(hidden.index_select(0, index)), None
+
+
+def _pending_row(pending: PendingTokens | None, request: Request) -> int:
+    if pending is None or id(request) not in pending.row_of:
+        raise RuntimeError(f"request {request.request_id} waits for a token no step is sampling")
+    return pending.row_of[id(request)]

@@ -81,10 +81,10 @@ class LoraLinear(nn.Module):
             y = F.linear(x, self.weight, bias)  # [num_tokens, out_features]
         if lora_meta is not None and self.slots is not None:
             table = self.slots.table(self.layer, self.name)
-            h = lorax_kernels.lora_shrink(x, table.lora_a, table.slot_ranks, lora_meta)
-            lorax_kernels.lora_expand_(
+            lorax_kernels.lora_apply_(
                 y,
-                h,
+                x,
+                table.lora_a,
                 table.lora_b,
                 table.slot_ranks,
                 table.slot_scales,
