@@ -50,6 +50,11 @@ class TensorParallel:
         return self.rank * part, part
 
 
+# HF/PEFT projections whose output rows are split across shards, and those whose input columns are.
+COLUMN_PARALLEL = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"})
+ROW_PARALLEL = frozenset({"o_proj", "down_proj"})
+
+
 def padded_vocab(vocab_size: int, num_shards: int) -> int:
     """The vocabulary rounded up to a multiple of the shard count (extra rows are zero)."""
     return -(-vocab_size // num_shards) * num_shards

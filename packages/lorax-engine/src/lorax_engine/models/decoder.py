@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import lorax_kernels
-from lorax_engine.distributed.parallel import TensorParallel, shard_config
+from lorax_engine.distributed.parallel import (
+    COLUMN_PARALLEL,
+    ROW_PARALLEL,
+    TensorParallel,
+    shard_config,
+)
 from lorax_engine.lora import LoraSlots, ModelLoraSpec
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.model_config import ModelConfig
@@ -303,19 +308,14 @@ class DecoderModel(nn.Module):
             # logits are cut off after the gather).
             return F.pad(part, (0, 0, 0, rows - part.shape[0]))
         module = name.split(".")[-2] if name.startswith("model.layers.") else ""
-        if module in _COLUMN_PARALLEL:
+        if module in COLUMN_PARALLEL:
             dim = 0  # output rows: weight and bias
-        elif module in _ROW_PARALLEL and tensor.dim() == 2:
+        elif module in ROW_PARALLEL and tensor.dim() == 2:
             dim = 1  # input columns; the bias is added once, after the sum
         else:
             return tensor
         start, length = tp.split(tensor.shape[dim])
         return tensor.narrow(dim, start, length)
-
-
-# HF projections whose output rows are split across shards, and those whose input columns are.
-_COLUMN_PARALLEL = frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"})
-_ROW_PARALLEL = frozenset({"o_proj", "down_proj"})
 
 
 def _lora_spec(cfg: ModelConfig) -> ModelLoraSpec:
