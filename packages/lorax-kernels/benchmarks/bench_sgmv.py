@@ -1,5 +1,9 @@
 """Multi-LoRA shrink+expand for one 4096->4096 projection, bf16, against reading the adapters.
 
+Two paths: ``lora_apply_`` (what the engine calls: the fused one-launch kernel up to
+``DECODE_MAX_ROWS`` rows, the tiles above) and the tile path alone (``lora_shrink`` then
+``lora_expand_``: split-K shrink, its partial sum, expand), for comparison at every point.
+
 Roofline: the distinct adapters' A and B read once at the measured copy bandwidth. Each captured
 call uses its own random set of slots out of a large slot table (hundreds of MB), so adapters are
 mostly not in L2. Also: the base projection's matmul for the same tokens, and the per-step
@@ -11,7 +15,8 @@ from __future__ import annotations
 import torch
 from common import markdown_table, time_graph_us
 
-from lorax_kernels import LoraBatchMeta, lora_expand_, lora_shrink
+from lorax_kernels import LoraBatchMeta, lora_apply_, lora_expand_, lora_shrink
+from lorax_kernels.sgmv import DECODE_MAX_ROWS
 
 HIDDEN, DT = 4096, torch.bfloat16
 
@@ -27,8 +32,9 @@ class Tables:
         self.scales = torch.ones(slots, device="cuda")
 
 
-def measure(t: Tables, tokens: int, distinct: int) -> tuple[float, float]:
-    """(µs shrink+expand, µs base matmul) for ``tokens`` tokens over ``distinct`` adapters."""
+def measure(t: Tables, tokens: int, distinct: int) -> tuple[float, float, float]:
+    """(µs lora_apply_, µs tiled shrink+expand, µs base matmul) for ``tokens`` tokens over
+    ``distinct`` adapters."""
     x = torch.randn(tokens, HIDDEN, device="cuda", dtype=DT)
     y = torch.zeros(tokens, HIDDEN, device="cuda", dtype=DT)
     w = torch.randn(HIDDEN, HIDDEN, device="cuda", dtype=DT) / 64
@@ -40,12 +46,16 @@ def measure(t: Tables, tokens: int, distinct: int) -> tuple[float, float]:
         meta.update_(token_slots)
         metas.append(meta)
 
-    def step(m: LoraBatchMeta) -> None:
+    def tiled(m: LoraBatchMeta) -> None:
         lora_expand_(y, lora_shrink(x, t.a, t.ranks, m), t.b, t.ranks, t.scales, [0, HIDDEN], m)
 
-    us = time_graph_us([lambda m=m: step(m) for m in metas] * 2)
+    def apply(m: LoraBatchMeta) -> None:
+        lora_apply_(y, x, t.a, t.b, t.ranks, t.scales, [0, HIDDEN], m)
+
+    apply_us = time_graph_us([lambda m=m: apply(m) for m in metas] * 2)
+    tiled_us = time_graph_us([lambda m=m: tiled(m) for m in metas] * 2)
     base_us = time_graph_us([lambda: x @ w] * 8)
-    return us, base_us
+    return apply_us, tiled_us, base_us
 
 
 def run(copy_gbs: float) -> str:
@@ -57,10 +67,22 @@ def run(copy_gbs: float) -> str:
             for distinct in (1, 8, 64):
                 if distinct > tokens:
                     continue
-                us, base_us = measure(tables, tokens, distinct)
+                us, tiled_us, base_us = measure(tables, tokens, distinct)
                 read_us = distinct * 2 * rank * HIDDEN * 2 / copy_gbs / 1e3
+                path = "fused" if tokens <= DECODE_MAX_ROWS else "tiled"
                 rows.append(
-                    [tokens, distinct, rank, us, read_us, us / read_us, base_us, us / base_us]
+                    [
+                        tokens,
+                        distinct,
+                        rank,
+                        path,
+                        us,
+                        tiled_us,
+                        read_us,
+                        us / read_us,
+                        base_us,
+                        us / base_us,
+                    ]
                 )
         del tables
         torch.cuda.empty_cache()
@@ -73,7 +95,9 @@ def run(copy_gbs: float) -> str:
             "tokens",
             "adapters",
             "rank",
-            "µs shrink+expand",
+            "lora_apply_ path",
+            "µs lora_apply_",
+            "µs tiled shrink+expand",
             "µs to read adapters at copy BW",
             "× read time",
             "µs base matmul",
