@@ -1,0 +1,135 @@
+"""The end-to-end serving benchmark (issue #9): engine process + gateway process + lorax-bench.
+
+    python3 benchmarks/gpu/e2e.py --out DIR [--tiny] [-- LORAX_BENCH_ARGS...]
+
+Starts ``serve_random.py`` (``lorax-engine serve`` on a random-weight Llama-3-8B shape made on the
+GPU, with adapter ids ``bench/a{i}``), then ``lorax-gateway serve`` with the ``http`` backend in
+front of it, waits for both ``/health``, runs the lorax-bench sweep against the gateway, and
+stops both servers. Everything lands in ``--out``: ``sweep.json`` (results), ``sweep.png`` (the
+plot), ``engine.log``, ``gateway.log``, ``bench.log``. Arguments after ``--`` replace the default
+sweep (``DEFAULT_SWEEP``); ``--url``, ``--output`` and ``--plot`` are always set here. Exit
+status: lorax-bench's, or 1 when a server did not come up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE_RANDOM = ROOT / "packages/lorax-engine/benchmarks/serve_random.py"
+
+# Saturation throughput for the base model, 64 and 2000 adapter ids over one trace of
+# S-LoRA's uniform [8, 512] lengths (a few minutes on an H200; see docs/benchmarks.md).
+DEFAULT_SWEEP = [
+    "--num-adapters", "base,64,2000",
+    "--adapter-template", "bench/a{i}",
+    "--rate", "inf",
+    "--num-requests", "256",
+    "--max-concurrency", "128",
+    "--warmup", "32",
+    "--duration", "60",
+    "--request-timeout", "120",
+]  # fmt: skip
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Poll ``url`` until it answers 200, the process exits, or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def start(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the servers drain), then SIGKILL if it is still there after 20 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    sweep = DEFAULT_SWEEP
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, sweep = argv[:cut], argv[cut + 1 :]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/lorax-e2e")))
+    ap.add_argument("--engine-port", type=int, default=8081)
+    ap.add_argument("--gateway-port", type=int, default=8080)
+    ap.add_argument("--startup-timeout", type=float, default=240.0)
+    ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    engine_url = f"http://127.0.0.1:{args.engine_port}"
+    gateway_url = f"http://127.0.0.1:{args.gateway_port}"
+    py = sys.executable
+    procs: list[subprocess.Popen[bytes]] = []
+    with (
+        open(args.out / "engine.log", "wb") as engine_log,
+        open(args.out / "gateway.log", "wb") as gateway_log,
+    ):
+        try:
+            t = time.monotonic()
+            engine_cmd = [py, str(SERVE_RANDOM), "--port", str(args.engine_port)]
+            engine_cmd += ["--tiny", "--ids", "64", "--distinct", "2"] if args.tiny else []
+            procs.append(start(engine_cmd, engine_log))
+            if not wait_healthy(f"{engine_url}/health", procs[-1], args.startup_timeout):
+                print("e2e: the engine did not come up (engine.log)", file=sys.stderr)
+                return 1
+            print(f"e2e: engine up after {time.monotonic() - t:.1f} s", flush=True)
+            gateway_cmd = [py, "-m", "lorax_gateway.cli", "serve", "--host", "127.0.0.1"]
+            gateway_cmd += ["--port", str(args.gateway_port), "--engine-url", engine_url]
+            gateway_cmd += ["--max-concurrent-requests", "1024"]
+            procs.append(start(gateway_cmd, gateway_log))
+            if not wait_healthy(f"{gateway_url}/health", procs[-1], 60):
+                print("e2e: the gateway did not come up (gateway.log)", file=sys.stderr)
+                return 1
+            bench_cmd = [py, "-m", "lorax.bench.cli", *sweep, "--url", gateway_url]
+            bench_cmd += ["--output", str(args.out / "sweep.json"), "--plot"]
+            bench_cmd += [str(args.out / "sweep.png"), "--no-progress"]
+            print("e2e:", " ".join(bench_cmd[1:]), flush=True)
+            with open(args.out / "bench.log", "wb") as bench_log:
+                bench = subprocess.Popen(
+                    bench_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+                )
+                assert bench.stdout is not None
+                for line in bench.stdout:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+                    bench_log.write(line)
+                return bench.wait()
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU benchmark drivers in one call: structured output (#7), quantized bases (#10) and the
+# end-to-end lorax-bench sweep (#9). From the repository root, on the H200 machine:
+#
+#     bash benchmarks/gpu/run.sh [structured] [quant] [e2e]      (none: all three)
+#
+# Installs the carried wheels (.whl/structured: llguidance and jsonschema; .whl-bench: the
+# gateway's and client's litestar, uvicorn, pydantic, opentelemetry...) into /tmp/site, runs each
+# driver under its own time limit and writes its JSON lines / results under $OUT:
+# structured.jsonl, quant.jsonl, e2e/{sweep.json,sweep.png,engine.log,gateway.log,bench.log}.
+# Limits (seconds): STRUCTURED_TIMEOUT (150), QUANT_TIMEOUT (180), E2E_TIMEOUT (210).
+set -u -o pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+which=("$@")
+[ ${#which[@]} -eq 0 ] && which=(structured quant e2e)
+
+wheels=(.whl/structured/*.whl)
+[[ " ${which[*]} " == *" e2e "* ]] && wheels+=(.whl-bench/*.whl)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "${wheels[@]}" || exit 1
+export PYTHONPATH=/tmp/site:packages/lorax-kernels/src:packages/lorax-engine/src:packages/lorax-gateway/src:packages/lorax-client/src
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.used,clocks.sm,clocks.mem --format=csv,noheader
+
+status=0
+for w in "${which[@]}"; do
+    echo "=== $w $(date -u +%T)"
+    case $w in
+    structured)
+        timeout "${STRUCTURED_TIMEOUT:-150}" python3 packages/lorax-engine/benchmarks/bench_structured.py \
+            2>&1 | tee "$OUT/structured.jsonl" ;;
+    quant)
+        timeout "${QUANT_TIMEOUT:-180}" python3 packages/lorax-engine/benchmarks/bench_quant.py \
+            2>&1 | tee "$OUT/quant.jsonl" ;;
+    e2e)
+        # SIGINT first: lorax-bench then writes what it measured and the driver stops the servers.
+        timeout -s INT -k 20 "${E2E_TIMEOUT:-210}" python3 benchmarks/gpu/e2e.py --out "$OUT/e2e" ;;
+    *)
+        echo "unknown driver $w (structured, quant, e2e)"; false ;;
+    esac || status=1
+done
+echo "=== done $(date -u +%T) status $status"
+exit $status
