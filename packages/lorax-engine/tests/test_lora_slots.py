@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from lorax_engine.lora import PEFT_TARGETS, LoraSlots, ModelLoraSpec
+from lorax_engine.lora import (
+    PEFT_TARGETS,
+    PROJECTIONS,
+    LoraSlots,
+    ModelLoraSpec,
+    PackedLora,
+    pack_lora,
+)
 
 SPEC = ModelLoraSpec(
     architecture="llama",
@@ -29,6 +37,7 @@ class Weights:
     rank: int
     scale: float
     modules: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    packed: PackedLora | None = None
 
 
 def test_write_places_each_target_in_its_slice_and_clear_zeroes() -> None:
@@ -68,3 +77,114 @@ def test_every_peft_target_has_a_slice() -> None:
         in_features, offsets = SPEC.projection_shape(proj)
         assert in_features == SPEC.targets[name][0]
         assert offsets[idx + 1] - offsets[idx] == SPEC.targets[name][1]
+
+
+class _ReferenceTable:
+    """The per-table layout of docs/internals.md section 1, written one module at a time: the
+    readable definition the packed, slot-major write must reproduce exactly."""
+
+    def __init__(self, in_features: int, offsets: tuple[int, ...], slots: int, rank: int) -> None:
+        self.offsets = offsets
+        widths = [b - a for a, b in itertools.pairwise(offsets)]
+        n = len(widths)
+        self.lora_a = torch.zeros(n, slots, rank, in_features)
+        self.lora_b = torch.zeros(n, slots, max(widths), rank)
+        self.slot_ranks = torch.zeros(slots, dtype=torch.int32)
+        self.slot_scales = torch.zeros(slots)
+
+    def write_(self, slot: int, slices: list[tuple[torch.Tensor, torch.Tensor] | None], w: Weights):
+        self.lora_a[:, slot] = 0
+        self.lora_b[:, slot] = 0
+        targeted = [pair for pair in slices if pair is not None]
+        for s, pair in enumerate(slices):
+            if pair is not None:
+                width = self.offsets[s + 1] - self.offsets[s]
+                self.lora_a[s, slot, : w.rank] = pair[0]
+                self.lora_b[s, slot, :width, : w.rank] = pair[1]
+        self.slot_ranks[slot] = w.rank if targeted else 0
+        self.slot_scales[slot] = w.scale if targeted else 0.0
+
+
+def _reference(slots: int, rank: int) -> dict[tuple[int, str], _ReferenceTable]:
+    return {
+        (layer, proj): _ReferenceTable(*SPEC.projection_shape(proj), slots, rank)
+        for layer in range(SPEC.num_layers)
+        for proj in PROJECTIONS
+    }
+
+
+def _random_adapter(gen: torch.Generator, rank: int, keys: list[tuple[int, str]]) -> Weights:
+    modules = {}
+    for layer, target in keys:
+        fin, fout = SPEC.targets[target]
+        modules[(layer, target)] = (
+            torch.randn(rank, fin, generator=gen),
+            torch.randn(fout, rank, generator=gen),
+        )
+    return Weights(rank, float(torch.rand((), generator=gen)) + 0.5, modules)
+
+
+def test_packed_slot_major_write_equals_the_per_module_reference() -> None:
+    gen = torch.Generator().manual_seed(0)
+    every = [(layer, t) for layer in range(SPEC.num_layers) for t in SPEC.targets]
+    adapters = [
+        _random_adapter(gen, 4, every),  # max rank, every module
+        _random_adapter(gen, 2, [(0, "q_proj"), (0, "v_proj"), (1, "q_proj"), (1, "v_proj")]),
+        _random_adapter(gen, 3, [(1, "down_proj"), (1, "k_proj")]),  # layer 0 untargeted
+        _random_adapter(gen, 1, [(0, "up_proj")]),  # half of a fused gate_up, one layer
+    ]
+    slots = LoraSlots.allocate(SPEC, num_slots=3, max_rank=4, dtype=torch.float32, device="cpu")
+    ref = _reference(3, 4)
+    # Slot 1 is written three times: each write must leave nothing of the one before.
+    for slot, w in [(0, adapters[0]), (1, adapters[0]), (2, adapters[1]), (1, adapters[2])]:
+        packed = pack_lora(w)
+        slots.write_(slot, packed if slot != 2 else w)  # packed or packed on the fly
+        for (layer, proj), table in ref.items():
+            table.write_(slot, [w.modules.get((layer, n)) for n in PROJECTIONS[proj]], w)
+    slots.write_(0, adapters[3])
+    for (layer, proj), table in ref.items():
+        table.write_(
+            0, [adapters[3].modules.get((layer, n)) for n in PROJECTIONS[proj]], adapters[3]
+        )
+    for (layer, proj), want in ref.items():
+        got = slots.table(layer, proj)
+        assert torch.equal(got.lora_a, want.lora_a), (layer, proj)
+        assert torch.equal(got.lora_b, want.lora_b), (layer, proj)
+        assert torch.equal(got.slot_ranks, want.slot_ranks), (layer, proj)
+        assert torch.equal(got.slot_scales, want.slot_scales), (layer, proj)
+    slots.clear_(1)
+    for (layer, proj), want in ref.items():
+        got = slots.table(layer, proj)
+        assert not got.lora_a[:, 1].any()
+        assert not got.lora_b[:, 1].any()
+        assert int(got.slot_ranks[1]) == 0
+        assert torch.equal(got.lora_a[:, 0], want.lora_a[:, 0])  # other slots untouched
+
+
+def test_packing_keeps_every_module_and_round_trips() -> None:
+    gen = torch.Generator().manual_seed(1)
+    w = _random_adapter(gen, 3, [(1, "q_proj"), (0, "gate_proj"), (1, "gate_proj")])
+    packed = pack_lora(w)
+    assert packed.num_layers == 2
+    assert packed.layers == {"q_proj": frozenset({1}), "gate_proj": frozenset({0, 1})}
+    assert packed.a["gate_proj"].shape == (3, 2, 8)
+    assert packed.b["gate_proj"].shape == (2, 12, 3)
+    assert not packed.a["q_proj"][:, 0].any()  # layer 0 has no q_proj: zeros
+    views = packed.module_views()
+    assert views.keys() == w.modules.keys()
+    for key, (a, b) in w.modules.items():
+        assert torch.equal(views[key][0], a)
+        assert torch.equal(views[key][1], b)
+    assert packed.nbytes == 4 * 2 * 3 * ((8 + 8) + (8 + 12))
+    with pytest.raises(ValueError, match="expected A"):
+        pack_lora(Weights(2, 1.0, {(0, "q_proj"): (torch.randn(3, 8), torch.randn(8, 2))}))
+
+
+def test_slot_out_of_range_is_refused() -> None:
+    slots = LoraSlots.allocate(SPEC, num_slots=2, max_rank=4, dtype=torch.float32, device="cpu")
+    w = Weights(2, 1.0, {(0, "q_proj"): (torch.randn(2, 8), torch.randn(8, 2))})
+    for slot in (-1, 2):
+        with pytest.raises(IndexError):
+            slots.write_(slot, w)
+        with pytest.raises(IndexError):
+            slots.clear_(slot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import lorax_kernels
 from lorax_engine.adapters import (
     AdapterLoader,
     AdapterManager,
@@ -21,7 +23,7 @@ from lorax_engine.adapters import (
     ManagerConfig,
     SourceRegistry,
 )
-from lorax_engine.lora import PEFT_TARGETS, LoraSlots, ModelLoraSpec
+from lorax_engine.lora import PEFT_TARGETS, PROJECTIONS, LoraSlots, ModelLoraSpec
 
 from .conftest import Spec
 
@@ -95,3 +97,84 @@ def test_host_cache_pins_memory() -> None:
         LoraWeights("k", 2, 1.0, {(0, "q_proj"): (torch.ones(2, 8), torch.ones(8, 2))})
     )
     assert stored.is_pinned
+
+
+def _random_weights(spec: ModelLoraSpec, key: str, rank: int, seed: int) -> LoraWeights:
+    gen = torch.Generator().manual_seed(seed)
+    modules = {
+        (layer, t): (torch.randn(rank, fin, generator=gen), torch.randn(fout, rank, generator=gen))
+        for layer in range(spec.num_layers)
+        for t, (fin, fout) in spec.targets.items()
+    }
+    return LoraWeights(key, rank, 0.5, modules)
+
+
+def test_strided_slot_views_give_the_kernels_the_same_result_as_contiguous_tables(
+    spec: Spec,
+) -> None:
+    model_spec = ModelLoraSpec(spec.architecture, spec.num_layers, dict(spec.targets))
+    slots = LoraSlots.allocate(model_spec, 4, 16, torch.float32, "cuda")
+    for slot, rank in enumerate((16, 4, 8)):
+        slots.write_(slot, _random_weights(model_spec, f"w{slot}", rank, slot).pin_memory())
+    torch.cuda.synchronize()
+    gen = torch.Generator().manual_seed(0)
+    tokens = 37
+    token_slots = torch.randint(-1, 4, (tokens,), generator=gen, dtype=torch.int32).cuda()
+    meta = lorax_kernels.LoraBatchMeta.allocate(64, 4, torch.device("cuda"))
+    meta.update_(token_slots)
+    for layer in range(model_spec.num_layers):
+        for proj in PROJECTIONS:
+            t = slots.table(layer, proj)
+            x = torch.randn(tokens, t.in_features, generator=gen).cuda()
+            out = []
+            for a, b in ((t.lora_a, t.lora_b), (t.lora_a.contiguous(), t.lora_b.contiguous())):
+                y = torch.zeros(tokens, t.slice_offsets[-1], device="cuda")
+                h = lorax_kernels.lora_shrink(x, a, t.slot_ranks, meta)
+                lorax_kernels.lora_expand_(
+                    y, h, b, t.slot_ranks, t.slot_scales, t.slice_offsets, meta
+                )
+                out.append(y)
+            assert out[0].abs().sum() > 0
+            assert torch.equal(out[0], out[1]), (layer, proj)
+
+
+def test_a_slot_is_never_rewritten_under_a_step_still_reading_it(spec: Spec) -> None:
+    """Promotions evict slots whose last reader is still queued on the main stream (held back by
+    a GPU sleep): every read must still see the adapter it was given, bit for bit."""
+    model_spec = ModelLoraSpec(spec.architecture, spec.num_layers, dict(spec.targets))
+    num_slots, count = 4, 24
+    slots = LoraSlots.allocate(model_spec, num_slots, 8, torch.float32, "cuda")
+    cache = HostAdapterCache(1 << 34)
+    host: dict[str, LoraWeights] = {}
+    for i in range(count):
+        key = AdapterRef(f"a{i}", source="local").cache_key()
+        host[key] = cache.put(_random_weights(model_spec, key, 8, 100 + i))
+    loader = AdapterLoader(SourceRegistry({}), model_spec, LoadLimits(max_rank=8), cache)
+    manager = AdapterManager(
+        loader, slots, ManagerConfig(num_slots=num_slots, cycle_time_s=0.0), device="cuda"
+    )
+    table = slots.table(model_spec.num_layers - 1, "down")
+    x = torch.randn(1, table.in_features, device="cuda")
+    meta = lorax_kernels.LoraBatchMeta.allocate(1, num_slots, torch.device("cuda"))
+    reads: list[tuple[str, torch.Tensor]] = []
+    rng = random.Random(0)
+    order = [rng.randrange(count) for _ in range(60)]
+    for i in order:
+        h = manager.request(AdapterRef(f"a{i}", source="local"))
+        deadline = time.monotonic() + 60
+        while manager.state(h) is not AdapterState.READY:
+            assert time.monotonic() < deadline
+            manager.step()
+        slot = manager.acquire(h)
+        torch.cuda._sleep(2_000_000)  # the main stream lags: the read below runs late
+        meta.update_(torch.tensor([slot], dtype=torch.int32, device="cuda"))
+        reads.append((h.key, lorax_kernels.lora_shrink(x, table.lora_a, table.slot_ranks, meta)))
+        manager.release(h)  # evictable at once, while the read is still queued
+    torch.cuda.synchronize()
+    assert manager.stats["evictions"] > 10
+    layer = model_spec.num_layers - 1
+    for key, got in reads:
+        a, _ = host[key].modules[(layer, "down_proj")]
+        want = x.cpu() @ a.T  # [1, rank]
+        torch.testing.assert_close(got[0, :, :8].cpu(), want, rtol=1e-5, atol=1e-5)
+    manager.shutdown()

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lorax_engine.lora.packed import PackedLora, pack_lora
+
 # PEFT target names the runner can apply, in the order a Llama-style decoder layer runs them (and
 # PEFT's ``named_modules`` lists them), which the merge code relies on for DARE's random draws.
 TARGET_ORDER: tuple[str, ...] = (
@@ -29,12 +31,16 @@ class LoraWeights:
     delta it adds to a base linear layer is ``scale * B @ A``. Modules of a smaller rank (PEFT's
     ``rank_pattern``) are zero-padded to ``rank``, which adds nothing to the product, so the slot
     tables can use one rank per adapter.
+
+    ``packed``: the same tensors stacked per target in one pinned buffer (``modules`` are views of
+    it), as the CPU tier keeps adapters so that a promotion is a few large asynchronous copies.
     """
 
     adapter_key: str
     rank: int
     scale: float
     modules: dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]]
+    packed: PackedLora | None = None
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,7 +60,12 @@ class LoraWeights:
             dtypes.update((a.dtype, b.dtype))
         if len(dtypes) != 1:
             raise ValueError(f"all tensors must share one dtype, got {sorted(map(str, dtypes))}")
-        self.nbytes = sum(a.nbytes + b.nbytes for a, b in self.modules.values())
+        # Packed, the host memory held is the buffer (layers a target lacks included).
+        self.nbytes = (
+            self.packed.nbytes
+            if self.packed is not None
+            else sum(a.nbytes + b.nbytes for a, b in self.modules.values())
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -70,14 +81,21 @@ class LoraWeights:
         return sorted(self.modules, key=lambda k: (k[0], TARGET_ORDER.index(k[1])))
 
     def pin_memory(self) -> LoraWeights:
-        """A copy in page-locked memory, so host-to-device copies can run asynchronously.
+        """A packed copy in page-locked memory, so a promotion is a few asynchronous copies.
 
-        Returns ``self`` when CUDA is absent: pinning needs a CUDA context and buys nothing there.
+        Returns ``self`` when CUDA is absent (pinning needs a CUDA context and buys nothing there)
+        or when already packed and pinned.
         """
-        if not torch.cuda.is_available() or self.is_pinned:
+        if not torch.cuda.is_available() or (self.packed is not None and self.packed.is_pinned):
             return self
-        pinned = {k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in self.modules.items()}
-        return LoraWeights(self.adapter_key, self.rank, self.scale, pinned)
+        packed = pack_lora(self, pin=True)
+        return LoraWeights(
+            self.adapter_key, self.rank, self.scale, packed.module_views(), packed=packed
+        )
+
+    def renamed(self, adapter_key: str) -> LoraWeights:
+        """The same tensors (and packed buffer) under another cache key."""
+        return LoraWeights(adapter_key, self.rank, self.scale, self.modules, packed=self.packed)
 
     def equal(self, other: LoraWeights) -> bool:
         """Bit-for-bit equality of rank, scale and every tensor (used to prove lossless moves)."""
