@@ -23,7 +23,13 @@ ROOT = HERE.parents[2]
     reason="with CUDA the Triton tests run natively; under the interpreter they run directly",
 )
 @pytest.mark.parametrize(
-    "module", ["test_triton_sgmv.py", "test_triton_sgmv_decode.py", "test_triton_attention.py"]
+    "module",
+    [
+        "test_triton_sgmv.py",
+        "test_triton_sgmv_decode.py",
+        "test_triton_meta.py",
+        "test_triton_attention.py",
+    ],
 )
 def test_triton_kernels_under_interpreter(module: str) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}

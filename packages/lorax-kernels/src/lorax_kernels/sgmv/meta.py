@@ -4,7 +4,8 @@ The SGMV kernels work on *tiles*: runs of at most ``block_m`` tokens that share 
 ``update_`` sorts the step's tokens by slot (stably, so tokens of one request stay in order) and
 cuts every slot's run into tiles. Everything is computed on the device with fixed-size tensor ops
 and written into buffers allocated once, so the update never reads a value back to the host and
-can be recorded in a CUDA graph and replayed with new ``token_slots``.
+can be recorded in a CUDA graph and replayed with new ``token_slots``. On CUDA the update is one
+Triton launch (``sgmv.meta_triton``); the PyTorch version here runs elsewhere and is its oracle.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ MAX_SLICES = 4
 def sync_size(max_rows: int) -> int:
     """int32 counters the fused decode kernel (``sgmv.decode``) needs for ``max_rows`` rows."""
     return 1 + 2 * max_rows * MAX_SLICES
+
+
+def scratch_size(num_slots: int, capacity: int) -> int:
+    """int32 scratch the Triton ``update_`` (``sgmv.meta_triton``) needs: 3 counters per key
+    (slot + 1) and one mark per tile."""
+    return 3 * (num_slots + 1) + capacity
 
 
 def max_tiles(num_tokens: int, num_slots: int, block_m: int) -> int:
@@ -40,6 +47,7 @@ class LoraBatchMeta:
     - ``tile_slot``: ``[tile_capacity]`` slot of each tile (``-1`` = tokens without adapter).
     - ``tile_start`` / ``tile_end``: ``[tile_capacity]`` the tile's range in ``sorted_ids``
       (``start == end`` for unused tiles).
+    - ``scratch``: ``[scratch_size(num_slots, tile_capacity)]`` the Triton update's counters.
     - ``sync``: ``[sync_size(max_tokens)]`` zeros, the fused decode kernel's ticket and arrival
       counters; every launch leaves them zero again, so ``update_`` never touches them.
     """
@@ -51,6 +59,7 @@ class LoraBatchMeta:
         "num_slots",
         "num_tiles",
         "num_tokens",
+        "scratch",
         "sorted_ids",
         "sync",
         "tile_end",
@@ -78,6 +87,7 @@ class LoraBatchMeta:
         self.tile_start = torch.zeros(capacity, **i32)
         self.tile_end = torch.zeros(capacity, **i32)
         self.sync = torch.zeros(sync_size(max_tokens), **i32)
+        self.scratch = torch.zeros(scratch_size(num_slots, capacity), **i32)
         self.num_tokens = 0
         self.num_tiles = 0
 
@@ -108,11 +118,32 @@ class LoraBatchMeta:
             )
         self.num_tokens = num_tokens
         self.num_tiles = max_tiles(num_tokens, self.num_slots, self.block_m)
-        self.token_slots[num_tokens:].fill_(-1)
         if num_tokens == 0:
+            self.token_slots.fill_(-1)
             self.tile_start.zero_()
             self.tile_end.zero_()
-            return
+        elif self.device.type == "cuda":
+            from lorax_kernels.sgmv.meta_triton import update_meta_
+
+            update_meta_(
+                token_slots.to(torch.int32),
+                self.token_slots,
+                self.sorted_ids,
+                self.tile_slot,
+                self.tile_start,
+                self.tile_end,
+                self.scratch,
+                self.num_slots,
+                self.block_m,
+            )
+        else:
+            self.update_torch_(token_slots)
+
+    def update_torch_(self, token_slots: torch.Tensor) -> None:
+        """:meth:`update_` in plain PyTorch (~20 small ops) for ``1 <= num_tokens``: the CPU
+        path and the oracle of the Triton version."""
+        num_tokens = token_slots.shape[0]
+        self.token_slots[num_tokens:].fill_(-1)
         dev = self.device
         self.token_slots[:num_tokens].copy_(token_slots)
         # Segment key 0 = no adapter, k = slot k - 1.
