@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import num_sms
+from lorax_kernels.paged_attention_steps import load_kv_block, online_softmax_step, scores
 
 LOG2E = 1.4426950408889634
 
@@ -86,26 +87,22 @@ def _decode_kernel(
     for n0 in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = (offs_n >= lo) & (offs_n < hi)
-        block = tl.load(table + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
-        rows = block * stride_kb + (offs_n % PAGE) * stride_kt + kv_head  # [BLOCK_N]
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
+        k, v = load_kv_block(
+            k_cache_ptr,
+            v_cache_ptr,
+            table,
+            offs_n,
+            n_mask,
+            offs_d,
+            d_mask,
+            kv_head,
+            stride_kb,
+            stride_kt,
+            PAGE,
+        )  # [BLOCK_N, BLOCK_D] each
+        s = scores(q, k, IEEE)
         s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, IEEE)
 
     out_mask = g_mask[:, None] & d_mask[None, :]
     if SPLIT:
