@@ -120,9 +120,11 @@ def _decode_kernel(
         s = g % NUM_SLICES
         slot = tl.load(slots_ptr + t)
         if slot >= 0:
-            arrived = tl.atomic_add(arrive_ptr + g, 0, sem="acquire")
-            while arrived < SPLIT:
-                arrived = tl.atomic_add(arrive_ptr + g, 0, sem="acquire")
+            # Spin on plain (volatile) reads, which do not contend with the arrivals as
+            # read-modify-writes would, then one acquire that synchronises with every release.
+            while tl.load(arrive_ptr + g, volatile=True) < SPLIT:
+                pass
+            tl.atomic_add(arrive_ptr + g, 0, sem="acquire")
             tl.debug_barrier()
             h = tl.zeros((BLOCK_R,), dtype=tl.float32)
             for i in range(SPLIT):  # fixed order: the same h in every expand unit
