@@ -29,6 +29,7 @@ ROOT = HERE.parents[2]
         "test_triton_sgmv_decode.py",
         "test_triton_meta.py",
         "test_triton_attention.py",
+        "test_triton_fused.py",
     ],
 )
 def test_triton_kernels_under_interpreter(module: str) -> None:
