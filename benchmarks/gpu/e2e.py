@@ -36,8 +36,8 @@ DEFAULT_SWEEP = [
     "--num-requests", "256",
     "--max-concurrency", "128",
     "--warmup", "32",
-    "--duration", "60",
-    "--request-timeout", "120",
+    "--duration", "45",
+    "--request-timeout", "90",
 ]  # fmt: skip
 
 
@@ -85,6 +85,9 @@ def main() -> int:
     ap.add_argument("--engine-port", type=int, default=8081)
     ap.add_argument("--gateway-port", type=int, default=8080)
     ap.add_argument("--startup-timeout", type=float, default=240.0)
+    ap.add_argument(
+        "--model-dir", type=Path, default=None, help="serve_random.py --dir (tokenizer, adapters)"
+    )
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +103,7 @@ def main() -> int:
             t = time.monotonic()
             engine_cmd = [py, str(SERVE_RANDOM), "--port", str(args.engine_port)]
             engine_cmd += ["--tiny", "--ids", "64", "--distinct", "2"] if args.tiny else []
+            engine_cmd += ["--dir", str(args.model_dir)] if args.model_dir else []
             procs.append(start(engine_cmd, engine_log))
             if not wait_healthy(f"{engine_url}/health", procs[-1], args.startup_timeout):
                 print("e2e: the engine did not come up (engine.log)", file=sys.stderr)

@@ -8,7 +8,7 @@
 # gateway's and client's litestar, uvicorn, pydantic, opentelemetry...) into /tmp/site, runs each
 # driver under its own time limit and writes its JSON lines / results under $OUT:
 # structured.jsonl, quant.jsonl, e2e/{sweep.json,sweep.png,engine.log,gateway.log,bench.log}.
-# Limits (seconds): STRUCTURED_TIMEOUT (150), QUANT_TIMEOUT (180), E2E_TIMEOUT (210).
+# Limits (seconds): STRUCTURED_TIMEOUT (120), QUANT_TIMEOUT (180), E2E_TIMEOUT (200).
 set -u -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -28,14 +28,14 @@ for w in "${which[@]}"; do
     echo "=== $w $(date -u +%T)"
     case $w in
     structured)
-        timeout "${STRUCTURED_TIMEOUT:-150}" python3 packages/lorax-engine/benchmarks/bench_structured.py \
+        timeout "${STRUCTURED_TIMEOUT:-120}" python3 packages/lorax-engine/benchmarks/bench_structured.py \
             2>&1 | tee "$OUT/structured.jsonl" ;;
     quant)
         timeout "${QUANT_TIMEOUT:-180}" python3 packages/lorax-engine/benchmarks/bench_quant.py \
             2>&1 | tee "$OUT/quant.jsonl" ;;
     e2e)
         # SIGINT first: lorax-bench then writes what it measured and the driver stops the servers.
-        timeout -s INT -k 20 "${E2E_TIMEOUT:-210}" python3 benchmarks/gpu/e2e.py --out "$OUT/e2e" ;;
+        timeout -s INT -k 20 "${E2E_TIMEOUT:-200}" python3 benchmarks/gpu/e2e.py --out "$OUT/e2e" ;;
     *)
         echo "unknown driver $w (structured, quant, e2e)"; false ;;
     esac || status=1

@@ -204,6 +204,7 @@ def main() -> None:
             event="method",
             method=method,
             setup_s=round(time.perf_counter() - t, 1),
+            weight_bytes=all_bytes,
             weight_gb=round(all_bytes / 1e9, 3),
             step_weight_gb=round(step_bytes / 1e9, 3),
         )

@@ -1,0 +1,89 @@
+"""The GPU benchmark drivers (benchmarks/gpu/run.sh) run end to end in their ``--tiny`` CPU form.
+
+GPU time is scarce: a driver that breaks on an engine change must fail here, not on the H200.
+Each test runs one driver as its own process on a small model and checks what it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from lorax_gateway.testing import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "packages/lorax-engine/benchmarks"
+
+
+def run_driver(script: Path, args: str, timeout_s: float = 240) -> list[dict[str, Any]]:
+    """Run ``script`` with ``args`` (shell words); its JSON lines."""
+    proc = subprocess.run(
+        [sys.executable, str(script), *shlex.split(args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_structured_driver_constrains_rows_and_decodes_every_token() -> None:
+    lines = run_driver(
+        BENCHMARKS / "bench_structured.py",
+        "--tiny --batch 4 --input 16 --output 12 --repeats 1 --min-items 2",
+    )
+    runs = {r["mode"]: r for r in lines if r["event"] == "run"}
+    assert set(runs) == {"free", "half", "all"}
+    for r in runs.values():
+        # The schema's minimum length outlasts --output: no constrained row finishes early.
+        assert r["finish_reasons"] == {"length": 4}
+        assert r["output_tokens"] == 48
+    assert runs["half"]["row0"].startswith('[{"id":"')
+    summary = {r["mode"]: r for r in lines if r["event"] == "structured"}
+    assert summary["half"]["constrained_rows"] == 2
+    assert summary["all"]["constrained_rows"] == 4
+    assert isinstance(summary["half"]["goal_met"], bool)
+
+
+def test_quant_driver_measures_every_method_with_and_without_adapters() -> None:
+    methods = ["bf16", "fp8", "gptq", "gptq-act", "awq"]
+    lines = run_driver(
+        BENCHMARKS / "bench_quant.py",
+        f"--tiny --methods {','.join(methods)} --batches 2 --input 16 --output 4",
+    )
+    rows = [r for r in lines if r["event"] == "quant"]
+    assert [(r["method"], r["batch"], r["lora"] is not None) for r in rows] == [
+        (m, 2, lora) for m in methods for lora in (False, True)
+    ]
+    assert all(r["output_tokens"] == 4 * r["batch"] for r in rows)
+    weights = {r["method"]: r["weight_bytes"] for r in lines if r["event"] == "method"}
+    assert weights["gptq"] < weights["fp8"] < weights["bf16"]
+    bf16 = [r for r in rows if r["method"] == "bf16" and r["lora"] is None]
+    assert all(r["first_token_match_vs_bf16"] == 1.0 for r in bf16)
+
+
+def test_e2e_driver_sweeps_the_gateway_in_front_of_a_random_engine(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_driver(
+        ROOT / "benchmarks/gpu/e2e.py",
+        f"--tiny --out {out} --model-dir {tmp_path / 'model'} "
+        f"--engine-port {free_port()} --gateway-port {free_port()} -- "
+        "--num-adapters base,4 --adapter-template 'bench/a{i}' --rate inf --num-requests 8 "
+        "--max-concurrency 4 --input-len uniform:8:32 --output-len uniform:4:12",
+    )
+    results = json.loads((out / "sweep.json").read_text())
+    assert results["complete"]
+    assert results["prompts"]["fit"] == "exact"
+    assert [p["num_adapters"] for p in results["points"]] == [0, 4]
+    for point in results["points"]:
+        summary = point["summary"]
+        assert summary["requests"]["completed"] == 8
+        assert summary["errors"] == {}
+        assert summary["tokens"]["output_len_mismatch"] == 0
+    assert (out / "engine.log").exists()
+    assert (out / "gateway.log").exists()
