@@ -16,6 +16,7 @@ from lorax_engine.async_engine import AsyncEngine
 from lorax_engine.cli import main
 from lorax_engine.config import EngineConfig
 from lorax_engine.core.factory import EngineStartupError, load_engine
+from lorax_engine.core.inflight import PendingTokens
 from lorax_engine.core.model_runner import RunnerOutput
 from lorax_engine.core.scheduler import ScheduledChunk
 from lorax_engine.params import Limits, SamplingParams
@@ -141,10 +142,10 @@ def _collect(
         trace.append(("start", [r for r, _ in rows]))
         return real_start(rows)
 
-    def execute(chunks: Sequence[ScheduledChunk]) -> RunnerOutput:
+    def execute(chunks: Sequence[ScheduledChunk], pending: PendingTokens | None) -> RunnerOutput:
         sampling = [c.request for c in chunks if c.samples]
         trace.append(("execute", [i for i, r in enumerate(sampling) if r.constraint is not None]))
-        return real_execute(chunks)
+        return real_execute(chunks, pending)
 
     filler.start = start  # type: ignore[method-assign]
     core.runner.execute = execute  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_kernels import LoraBatchMeta
 
 if TYPE_CHECKING:
+    from lorax_engine.core.inflight import PendingTokens
     from lorax_engine.core.model_runner import HostBatch, ModelRunner
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,16 @@ class DecodeGraphs:
         for size in reversed(self.buckets):
             self._graphs[(size, False)] = self._capture(size, None)
 
-    def run(self, host: HostBatch, lora_meta: LoraBatchMeta | None) -> _Outputs:
-        """Replay the bucket's graph; returns ``(logits, greedy ids, greedy logprobs)`` for n rows."""
+    def run(
+        self, host: HostBatch, lora_meta: LoraBatchMeta | None, pending: PendingTokens | None
+    ) -> _Outputs:
+        """Replay the bucket's graph; returns ``(logits, greedy ids, greedy logprobs)`` for n rows.
+        ``pending``: the in-flight step whose sampled ids some rows take as input."""
         n = len(host.seq_lens)
         size = self.buckets[bisect.bisect_left(self.buckets, n)]
         width = host.block_tables.shape[1]
         self.input_ids[:n].copy_(torch.from_numpy(host.input_ids), non_blocking=True)
+        self.runner.patch_pending(self.input_ids[:n], host, pending)
         self.positions[:n].copy_(torch.from_numpy(host.positions), non_blocking=True)
         self.slot_mapping[:n].copy_(torch.from_numpy(host.slot_mapping), non_blocking=True)
         self.slot_mapping[n:size].fill_(-1)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorax_engine.core.adapter_admission import AdapterAdmission
+from lorax_engine.core.inflight import InflightStep
 from lorax_engine.core.model_runner import ModelRunner, RunnerOutput
 from lorax_engine.core.output import EventSink, RequestOutput
 from lorax_engine.core.request import Request, RequestStatus
-from lorax_engine.core.sampler import Sampler, SamplingRow
+from lorax_engine.core.sampler import Sampler, SamplingRow, greedy_on_device, plain_greedy
 from lorax_engine.core.scheduler import ScheduledChunk, Scheduler
 from lorax_engine.structured import ConstraintFactory, MaskFiller, PendingMasks
 
@@ -38,6 +39,13 @@ class EngineCore:
 
     Thread-safe entry points (``submit``, ``abort``) only enqueue; the loop thread applies them at
     the start of the next step, so the scheduler and the model are touched by one thread only.
+
+    Steps overlap with the host: when every sampling row of a step can be chosen on the device
+    (greedy, no penalties, no grammar, no prompt logprobs), the step is launched and left in
+    flight; the next ``step()`` schedules and launches the following one (its decode inputs
+    gathered on the device) before it reads the tokens back and emits their events. A request
+    that stops on a token is thus computed once more, and that row is dropped. Any other step
+    first completes the one in flight, since its sampler needs the tokens on the host.
     """
 
     def __init__(
@@ -69,6 +77,7 @@ class EngineCore:
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._inflight: InflightStep | None = None
 
     # ---- thread-safe API ------------------------------------------------------------------
     def attach_adapters(self, adapters: AdapterAdmission) -> None:
@@ -171,26 +180,73 @@ class EngineCore:
                 if output is not None:
                     output.sink(event)
         sched = self.scheduler.schedule()
-        self.stats.batch_size = len(sched.chunks)
-        self.stats.num_tokens = sched.num_tokens
-        if not sched.chunks:
-            return
-        now = time.monotonic()
-        for c in sched.chunks:
-            if c.request.first_scheduled_time is None:
-                c.request.first_scheduled_time = now
-        masks = self._start_masks(sched.chunks)
+        chunks = sched.chunks
+        prior, self._inflight = self._inflight, None
+        overlap = bool(chunks) and self._can_overlap(chunks)
+        masks: PendingMasks | None = None
         try:
-            result = self.runner.execute(sched.chunks)
-            self._process(sched.chunks, result, masks)
+            if prior is not None and not overlap:
+                self._complete(prior)
+                prior = None
+                # Requests that finished on those tokens leave this step before it runs.
+                chunks = tuple(c for c in chunks if c.request.status is RequestStatus.RUNNING)
+            self.stats.batch_size = len(chunks)
+            self.stats.num_tokens = sum(c.num_tokens for c in chunks)
+            if not chunks:
+                return
+            now = time.monotonic()
+            for c in chunks:
+                if c.request.first_scheduled_time is None:
+                    c.request.first_scheduled_time = now
+            masks = self._start_masks(chunks)
+            result = self.runner.execute(chunks, prior.pending() if prior is not None else None)
+            if overlap:
+                self._inflight = self._launch(chunks, result)
+                if prior is not None:
+                    self._complete(prior)
+            else:
+                self._process(chunks, result, masks)
         except Exception as exc:  # a failed step must not take the server down with it
             log.exception("engine step failed")
             if masks is not None:
                 # The fill threads must be done with the constraints and the host buffers.
                 with contextlib.suppress(Exception):
                     masks.wait()
+            self._inflight = None
             self._fail_all(f"engine step failed: {exc}")
         self.stats.steps += 1
+
+    def _can_overlap(self, chunks: Sequence[ScheduledChunk]) -> bool:
+        """Whether the step's tokens can stay on the device until the next step is launched."""
+        if self.runner.on_step is not None:
+            return False  # the other shards would need the device ids too
+        for c in chunks:
+            req = c.request
+            if req.wants_prompt_logprobs:
+                return False
+            if c.samples and (req.constraint is not None or not plain_greedy(req.params)):
+                return False
+        return True
+
+    def _launch(self, chunks: Sequence[ScheduledChunk], result: RunnerOutput) -> InflightStep:
+        """Leave the step's sampled tokens on the device; they count as pending until read."""
+        sampling: list[Request] = []
+        for c in chunks:
+            c.request.num_computed_tokens += c.num_tokens
+            if c.samples:
+                c.request.num_pending += 1
+                sampling.append(c.request)
+        ids, logprobs = greedy_on_device(result.sample_logits, result.greedy)
+        return InflightStep(sampling, ids, logprobs)
+
+    def _complete(self, step: InflightStep) -> None:
+        """Read an in-flight step's tokens back and emit them (as ``_process`` does)."""
+        ids, logprobs = step.wait()
+        for req, token, logprob in zip(step.requests, ids, logprobs, strict=True):
+            if req.status is RequestStatus.FINISHED:
+                continue  # it stopped on an earlier token: this one was computed in vain
+            req.num_pending -= 1
+            self._accept(req, token, logprob, [], complete=False)
 
     def _start_masks(self, chunks: Sequence[ScheduledChunk]) -> PendingMasks | None:
         """Start filling the token masks of the constrained sampling rows (rows of the runner's
@@ -224,23 +280,34 @@ class EngineCore:
             return
         out = self.sampler(result.sample_logits, rows, result.greedy, masks)
         for j, req in enumerate(sampling):
-            token = out.token_ids[j]
-            req.token_ids.append(token)
-            req.output_logprobs.append(out.logprobs[j])
-            self.stats.generated_tokens += 1
             complete = False
             if req.constraint is not None:
                 complete = req.constraint.is_finished()
-                req.constraint.accept(token)
-            output = self._outputs.get(req.request_id)
-            if output is None:  # nobody listens (a cancel is on its way): stop generating now
-                self.scheduler.finish(req)
-                continue
-            if output.on_token(token, out.logprobs[j], out.alternatives[j], complete):
-                self._finish(output)
+                req.constraint.accept(out.token_ids[j])
+            self._accept(req, out.token_ids[j], out.logprobs[j], out.alternatives[j], complete)
+
+    def _accept(
+        self,
+        req: Request,
+        token: int,
+        logprob: float,
+        alternatives: list[tuple[int, float]],
+        complete: bool,
+    ) -> None:
+        """Append a sampled token to its request and emit it; finish the request if it ends."""
+        req.token_ids.append(token)
+        req.output_logprobs.append(logprob)
+        self.stats.generated_tokens += 1
+        output = self._outputs.get(req.request_id)
+        if output is None:  # nobody listens (a cancel is on its way): stop generating now
+            self.scheduler.finish(req)
+            return
+        if output.on_token(token, logprob, alternatives, complete):
+            self._finish(output)
 
     def _finish(self, output: RequestOutput) -> None:
         req = output.request
+        req.num_pending = 0  # a token still in flight for it is dropped when it arrives
         self.scheduler.finish(req)
         self._outputs.pop(req.request_id, None)
         self.stats.finished_requests += 1

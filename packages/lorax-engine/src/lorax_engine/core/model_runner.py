@@ -79,7 +79,9 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self, max_num_seqs)
         # Tensor parallelism (lorax_engine.distributed): gets each step's `forward` arguments
         # before rank 0 runs it, and sends them to the other shards, which run the same step.
-        self.on_step: Callable[[HostBatch, list[int], bool], None] | None = None
+        self.on_step: (
+            Callable[[HostBatch, list[int], bool, PendingTokens | None], None] | None
+        ) = None
 
     def build_host_batch(
         self, chunks: Sequence[ScheduledChunk], pending: PendingTokens | None = None
@@ -140,7 +142,9 @@ class ModelRunner:
             tables[i, : len(r.block_ids)] = r.block_ids
         # A decode's input is pending when the step that sampled it is still in flight.
         waiting = [i for i, r in enumerate(reqs) if pos[i] >= len(r.token_ids)]
-        ids = [r.token_ids[p] if p < len(r.token_ids) else -1 for r, p in zip(reqs, pos, strict=True)]
+        ids = [
+            r.token_ids[p] if p < len(r.token_ids) else -1 for r, p in zip(reqs, pos, strict=True)
+        ]
         return HostBatch(
             input_ids=np.array(ids, dtype=np.int64),
             positions=np.array(pos, dtype=np.int64),
@@ -154,7 +158,9 @@ class ModelRunner:
             token_slots=np.array([r.adapter_slot for r in reqs], dtype=np.int32),
             is_decode=True,
             pending_index=np.array(waiting, dtype=np.int64),
-            pending_rows=np.array([_pending_row(pending, reqs[i]) for i in waiting], dtype=np.int64),
+            pending_rows=np.array(
+                [_pending_row(pending, reqs[i]) for i in waiting], dtype=np.int64
+            ),
         )
 
     def _lora_meta_for(self, token_slots: np.ndarray) -> LoraBatchMeta | None:
@@ -176,8 +182,12 @@ class ModelRunner:
         input_ids.index_copy_(0, where[0], pending.ids.index_select(0, where[1]))
 
     @torch.inference_mode()
-    def execute(self, chunks: Sequence[ScheduledChunk]) -> RunnerOutput:
-        host = self.build_host_batch(chunks)
+    def execute(
+        self, chunks: Sequence[ScheduledChunk], pending: PendingTokens | None = None
+    ) -> RunnerOutput:
+        """Run one step. ``pending``: the step in flight, whose sampled tokens some chunks end
+        with. The work is launched, not waited for, unless prompt logprobs are asked for."""
+        host = self.build_host_batch(chunks, pending)
         sampling = [i for i, c in enumerate(chunks) if c.samples]
         if (
             self.graphs is not None
@@ -185,7 +195,7 @@ class ModelRunner:
             and len(sampling) == len(chunks)
             and self.graphs.can_run(len(chunks))
         ):
-            logits, greedy = self._forward_hooked(host, [], True)
+            logits, greedy = self._forward_hooked(host, [], True, pending)
             return RunnerOutput(logits, greedy)
 
         # Rows of `hidden` whose logits we need: prompt-scoring rows first, then sampling rows.
@@ -207,7 +217,8 @@ class ModelRunner:
                 score_next.append(req.token_ids[j + 1])
                 score_owner.append(i)
         sample_rows = [int(qsl[i + 1]) - 1 for i in sampling]
-        logits, _ = self._forward_hooked(host, score_rows + sample_rows, False)  # [rows, vocab]
+        # [rows, vocab]
+        logits, _ = self._forward_hooked(host, score_rows + sample_rows, False, pending)
         prompt_logprobs: dict[int, list[float]] = {}
         if score_rows:
             n = len(score_rows)
@@ -220,15 +231,19 @@ class ModelRunner:
         return RunnerOutput(logits, prompt_logprobs=prompt_logprobs)
 
     def _forward_hooked(
-        self, host: HostBatch, rows: list[int], use_graph: bool
+        self, host: HostBatch, rows: list[int], use_graph: bool, pending: PendingTokens | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         if self.on_step is not None:
-            self.on_step(host, rows, use_graph)
-        return self.forward(host, rows, use_graph)
+            self.on_step(host, rows, use_graph, pending)
+        return self.forward(host, rows, use_graph, pending)
 
     @torch.inference_mode()
     def forward(
-        self, host: HostBatch, rows: list[int], use_graph: bool
+        self,
+        host: HostBatch,
+        rows: list[int],
+        use_graph: bool,
+        pending: PendingTokens | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Run one step on this model (shard): ``[len(rows), vocab]`` float32 logits of ``rows``.
 
@@ -237,7 +252,9 @@ class ModelRunner:
         """
         if use_graph:
             assert self.graphs is not None
-            logits, ids, logprobs = self.graphs.run(host, self._lora_meta_for(host.token_slots))
+            logits, ids, logprobs = self.graphs.run(
+                host, self._lora_meta_for(host.token_slots), pending
+            )
             return logits, (ids, logprobs)
         dev = self.device
         batch = ForwardBatch(
@@ -250,8 +267,9 @@ class ModelRunner:
             is_decode=host.is_decode,
             lora_meta=self._lora_meta_for(host.token_slots),
         )
+        self.patch_pending(batch.input_ids, host, pending)
         hidden = self.model(batch, self.kv_caches)  # [num_tokens, hidden]
-        index = torch.tensor(rows, dtype=torch.long, device=dev)
+        index = torch.from_numpy(np.array(rows, dtype=np.int64)).to(dev, non_blocking=True)
         return self.model.compute_logits(hidden.index_select(0, index)), None
 
 

@@ -19,8 +19,12 @@ class RequestStatus(enum.Enum):
 class Request:
     """One sequence: its tokens, how many of them are in the KV cache, and its blocks.
 
-    The one scheduling rule: ``num_computed_tokens`` catches up with ``len(token_ids)``. A fresh
+    The one scheduling rule: ``num_computed_tokens`` catches up with ``num_tokens``. A fresh
     prompt, a chunked prefill, a decode and a recompute after preemption are all that rule.
+
+    ``num_pending``: tokens sampled by a step still running on the GPU (the engine schedules the
+    next step before it reads them back). They count in ``num_tokens``, so the scheduler already
+    plans their decode; ``token_ids`` holds only the tokens the host knows.
     """
 
     request_id: str
@@ -42,6 +46,7 @@ class Request:
     num_preemptions: int = 0
     first_scheduled_time: float | None = None
     aborted: bool = False
+    num_pending: int = 0
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
@@ -57,7 +62,7 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.num_pending
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -65,7 +70,13 @@ class Request:
 
     @property
     def num_output_tokens(self) -> int:
+        """Output tokens the host knows (pending ones excluded)."""
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def reached_max_new_tokens(self) -> bool:
+        """Known plus pending outputs already make ``max_new_tokens``: nothing left to compute."""
+        return self.num_tokens - self.num_prompt_tokens >= self.params.max_new_tokens
 
     @property
     def wants_prompt_logprobs(self) -> bool:

@@ -74,7 +74,7 @@ class Sampler:
     ) -> SamplerOutput:
         """``greedy``: the argmax and its logprob per row, if the caller already has them (not
         valid for masked rows). ``masks``: the constrained rows' grammar masks, if any."""
-        if masks is None and all(_plain_greedy(r) for r in rows):
+        if masks is None and all(plain_greedy(r.params) for r in rows):
             return _greedy(logits, greedy)
         device = logits.device
         num_rows, vocab = logits.shape
@@ -113,20 +113,26 @@ class Sampler:
         return SamplerOutput(ids, lps, alternatives)
 
 
-def _plain_greedy(row: SamplingRow) -> bool:
-    p = row.params
-    return p.greedy and not p.has_penalties and p.return_k_alternatives == 0
+def plain_greedy(params: SamplingParams) -> bool:
+    """The row's token is the argmax of its logits: it needs nothing from the host."""
+    return params.greedy and not params.has_penalties and params.return_k_alternatives == 0
+
+
+def greedy_on_device(
+    logits: torch.Tensor, precomputed: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[rows]`` argmax ids and their logprobs, left on the device (``precomputed`` if given)."""
+    if precomputed is not None:
+        return precomputed
+    ids = logits.argmax(dim=-1)
+    return ids, logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
 
 
 def _greedy(
     logits: torch.Tensor, precomputed: tuple[torch.Tensor, torch.Tensor] | None
 ) -> SamplerOutput:
     """Argmax rows: one small device-to-host copy for ids and logprobs together."""
-    if precomputed is None:
-        ids = logits.argmax(dim=-1)
-        lps = logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
-    else:
-        ids, lps = precomputed
+    ids, lps = greedy_on_device(logits, precomputed)
     # float64 holds every vocabulary id exactly, so one transfer carries both.
     both = torch.stack([ids.double(), lps.double()]).cpu()
     return SamplerOutput(

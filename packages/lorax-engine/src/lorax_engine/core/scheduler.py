@@ -32,16 +32,22 @@ class SchedulerConfig:
 
 @dataclass(slots=True, frozen=True)
 class ScheduledChunk:
-    """``num_tokens`` tokens of ``request`` starting at token index ``start`` run this step."""
+    """``num_tokens`` tokens of ``request`` starting at token index ``start`` run this step.
+
+    ``samples``: the chunk reaches the end of the request's tokens, so its last logits pick the
+    next token. Fixed when scheduled: the request's token count changes once the step runs.
+    """
 
     request: Request
     start: int
     num_tokens: int
+    samples: bool
 
-    @property
-    def samples(self) -> bool:
-        """The chunk reaches the end of the known tokens, so its last logits pick the next token."""
-        return self.start + self.num_tokens == self.request.num_tokens
+    @classmethod
+    def of(cls, request: Request, num_tokens: int) -> ScheduledChunk:
+        """The request's next ``num_tokens`` uncomputed tokens."""
+        start = request.num_computed_tokens
+        return cls(request, start, num_tokens, start + num_tokens == request.num_tokens)
 
 
 @dataclass(slots=True, frozen=True)
@@ -140,6 +146,8 @@ class Scheduler:
                 break
             if req.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
+            if req.reached_max_new_tokens:
+                continue  # its last token is still on the GPU: the step that reads it finishes it
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             bs = self.blocks.block_size
             fits = (len(req.block_ids) + self.blocks.num_free_blocks) * bs - req.num_computed_tokens
@@ -154,7 +162,7 @@ class Scheduler:
             if req.status is not RequestStatus.RUNNING:
                 continue
             self.blocks.grow(req.block_ids, req.num_computed_tokens + n)
-            chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            chunks.append(ScheduledChunk.of(req, n))
             scheduled.add(id(req))
             budget -= n
 
@@ -179,7 +187,7 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             self.on_admit(req)
-            chunks.append(ScheduledChunk(req, req.num_computed_tokens, n))
+            chunks.append(ScheduledChunk.of(req, n))
             budget -= n
         return budget
 
