@@ -62,9 +62,13 @@ SMALL = [
     (3, 72, 24, 8, True),
     (17, 48, 72, 48, False),  # a group spanning tiles, K not a power of two
     (40, 96, 16, 96, True),  # one group (group_size -1), act-order permutation
+    (2, 1024, 40, 128, True),  # decode GEMV: K split in 16, the last program sums the partials
+    (16, 328, 24, 8, False),  # split in 6, the last range short; 16 rows, the GEMV limit
 ]
 LARGE = [
     (1, 4096, 4096, 128, False),
+    (16, 4096, 4096, 128, True),
+    (3, 14336, 4096, 128, False),
     (64, 4096, 14336, 128, True),
     (300, 14336, 4096, 128, False),
 ]
@@ -81,6 +85,18 @@ def test_w4a16_small(m: int, k: int, n: int, group: int, act_order: bool, dtype)
 @pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), LARGE)
 def test_w4a16_real_shapes(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
     _check(m, k, n, group, act_order, dtype)
+
+
+def test_w4a16_decode_split_is_deterministic() -> None:
+    """The split-K partials are summed in a fixed order: repeated calls agree bit for bit."""
+    from lorax_kernels.w4a16.triton import w4a16_matmul
+
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    k, n = (14336, 4096) if CUDA else (512, 24)
+    x, qweight, scales, zeros, g_idx = _case(4, k, n, 128, True, dtype, 1)
+    first = w4a16_matmul(x, qweight, scales, zeros, g_idx)
+    for _ in range(3):
+        assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, g_idx), first)
 
 
 def test_w4a16_empty_batch() -> None:

@@ -1,7 +1,8 @@
 """w4a16 GEMM vs a bf16 matmul at Llama-3-8B projection shapes (CUDA): µs, GB/s, speed-up.
 
 ``python -m lorax_kernels.w4a16.bench`` on a GPU prints a markdown table. Group 128, act-order
-off and on; M = 1 and 64 are decode batches, 512 a prefill chunk. Bytes are the weight bytes read
+off and on; M = 1 and 16 take the split-K GEMV path, 64 is a decode batch on the GEMM tiles,
+512 a prefill chunk. Bytes are the weight bytes read
 (4-bit values + fp16 scales and zeros, vs 16-bit), which bound decode.
 """
 
@@ -53,7 +54,7 @@ def run(group: int = 128) -> str:
             if act_order:
                 g_idx = g_idx[torch.randperm(k)]
             g_idx = g_idx.cuda()
-            for m in (1, 64, 512):
+            for m in (1, 16, 64, 512):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 base, quant = _pair(x, w16, (qweight, scales, zeros, g_idx))
                 gbs = w4_bytes / quant / 1e3

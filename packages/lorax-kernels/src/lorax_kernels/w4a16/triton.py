@@ -6,6 +6,11 @@ cache line), shifts out each row's nibble, looks up the row's group through ``g_
 act-order costs nothing extra), and dequantizes before ``tl.dot``. The weight thus crosses memory
 once at 4 bits, which is what makes decode (small M, memory bound) faster than 16-bit weights.
 The same kernel serves decode (M = 1, the tile rows past M are masked) and prefill.
+
+Small batches (M <= 16, decode) have too few output tiles to keep the GPU busy, so they also split
+K (GEMV-style): each program reduces one range of input rows into an fp32 partial, and the last
+program of a column tile to arrive (an atomic counter) sums the partials in split order and writes
+the output. The sum order is fixed, so results do not depend on which program finishes last.
 """
 
 # Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
@@ -18,6 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
+from lorax_kernels.device import num_sms
+
+# Up to this many rows (decode batches) the K dimension is split across programs.
+GEMV_MAX_ROWS = 16
+
 
 @triton.jit
 def _w4a16_kernel(
@@ -27,9 +37,12 @@ def _w4a16_kernel(
     z_ptr,
     g_ptr,
     y_ptr,
+    part_ptr,
+    count_ptr,
     M,
     N,
     K,
+    k_per_split,
     stride_xm,
     stride_qk,
     stride_sg,
@@ -37,14 +50,18 @@ def _w4a16_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
     IS_FP32: tl.constexpr,
 ):
+    pid_n = tl.program_id(1)
+    split = tl.program_id(2)
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = rm < M
     n_mask = rn < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_begin = split * k_per_split
+    for k0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         k_mask = rk < K
         x = tl.load(
@@ -66,11 +83,21 @@ def _w4a16_kernel(
         else:
             # 16-bit activations: round the weight to their dtype and use the tensor cores.
             acc += tl.dot(x, w.to(x.dtype))
-    tl.store(
-        y_ptr + rm[:, None] * stride_ym + rn[None, :],
-        acc.to(y_ptr.dtype.element_ty),
-        mask=m_mask[:, None] & n_mask[None, :],
-    )
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :]
+    if SPLIT == 1:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # [SPLIT, M, N] fp32 partials (this path runs with one row tile, so rm < M indexes them).
+        part = part_ptr + rm[:, None] * N + rn[None, :]
+        tl.store(part + split * M * N, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is stored before the release below
+        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
+            tl.debug_barrier()
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for i in range(SPLIT):  # fixed order; .cg reads L2, where the other SMs wrote
+                total += tl.load(part + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 def w4a16_matmul(
@@ -88,12 +115,26 @@ def w4a16_matmul(
         return y
     if x.stride(1) != 1:
         x = x.contiguous()
-    # Decode batches are a few rows: a 16-row tile (tl.dot's minimum) and wider N tiles keep
-    # enough programs in flight to stream the weight; prefill takes square-ish tiles.
-    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
-    block_n = 64
-    block_k = 32
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
+    if m <= GEMV_MAX_ROWS:
+        # Decode: one 16-row tile (tl.dot's minimum); K split until ~4 programs per SM stream the
+        # weight, each over whole BLOCK_K steps. 64 x 64 weight tiles over 8 warps compile to 128
+        # registers (sm_90) without spills; 128-row K tiles spill.
+        block_m, block_n, block_k, warps = 16, 64, 64, 8
+        tiles_n = triton.cdiv(n, block_n)
+        steps = triton.cdiv(k, block_k)
+        split = max(1, min(steps, 4 * num_sms(x.device) // tiles_n))
+        k_per_split = triton.cdiv(steps, split) * block_k
+        split = triton.cdiv(k, k_per_split)
+    else:
+        # Prefill: square-ish tiles, whole K per program.
+        block_m, block_n, block_k, warps = (32 if m <= 32 else 64), 64, 32, 4
+        split, k_per_split = 1, k
+    # [split, M, N] fp32 partials and one arrival counter per column tile (split > 1 only).
+    parts = torch.empty(split * m * n if split > 1 else 0, device=x.device, dtype=torch.float32)
+    counts = torch.zeros(
+        triton.cdiv(n, block_n) if split > 1 else 0, device=x.device, dtype=torch.int32
+    )
+    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split)
     _w4a16_kernel[grid](
         x,
         qweight,
@@ -101,9 +142,12 @@ def w4a16_matmul(
         zeros,
         g_idx,
         y,
+        parts,
+        counts,
         m,
         n,
         k,
+        k_per_split,
         x.stride(0),
         qweight.stride(0),
         scales.stride(0),
@@ -111,7 +155,8 @@ def w4a16_matmul(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
+        SPLIT=split,
         IS_FP32=x.dtype == torch.float32,
-        num_warps=4,
+        num_warps=warps,
     )
     return y
