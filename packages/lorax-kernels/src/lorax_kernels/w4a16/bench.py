@@ -2,8 +2,8 @@
 
 ``python -m lorax_kernels.w4a16.bench`` on a GPU prints a markdown table. Group 128, act-order
 off and on; M = 1 and 16 take the split-K GEMV path, 64 is a decode batch on the GEMM tiles,
-512 a prefill chunk. Bytes are the weight bytes read
-(4-bit values + fp16 scales and zeros, vs 16-bit), which bound decode.
+512 a prefill chunk. Bytes are the weight bytes read (4-bit values + fp16 scales and zeros, vs
+16-bit), which bound decode.
 """
 
 from __future__ import annotations
