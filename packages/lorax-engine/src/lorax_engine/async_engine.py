@@ -52,6 +52,7 @@ class AsyncEngine:
         self.tokenizer = loaded.tokenizer
         self.model_dir = loaded.model_dir
         self.adapter_manager = loaded.adapter_manager
+        self.shards = loaded.shards  # worker processes of a tensor-parallel engine
         self._in_flight = 0
         self._ids = itertools.count()
         # Graceful shutdown: draining refuses new requests; closed also ends the running ones.
@@ -334,6 +335,8 @@ class AsyncEngine:
         await asyncio.to_thread(self.core.stop)
         if self.adapter_manager is not None:
             self.adapter_manager.shutdown()
+        if self.shards is not None:
+            await asyncio.to_thread(self.shards.stop)
 
 
 def _with_seed(sp: SamplingParams, seed: int) -> SamplingParams:

@@ -30,6 +30,8 @@ class EngineConfig:
     block_size: int = 16
     gpu_memory_fraction: float = 0.9
     eager: bool = False  # no CUDA graphs
+    # Tensor parallelism: shard the model over this many GPUs of the host (processes on CPU).
+    num_shard: int = 1
     allow_bin_weights: bool = False
     # Base weights: None serves the checkpoint as it is (GPTQ/AWQ ones quantized), or fp8|gptq|awq.
     quantize: str | None = None
@@ -59,6 +61,10 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
         if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_METHODS)}")
+        if self.num_shard < 1:
+            raise ValueError("num_shard must be >= 1")
+        if self.num_shard > 1 and self.device not in (None, "cuda", "cpu"):
+            raise ValueError("with num_shard > 1 the device is cuda or cpu: shard r uses GPU r")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
         if self.max_batch_prefill_tokens <= 0:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from lorax_engine.models.loader import load_model, resolve_model_dir
 from lorax_engine.structured import ConstraintFactory
 from lorax_engine.tokenizer import TokenizerInfo
 
+if TYPE_CHECKING:
+    from lorax_engine.distributed.driver import ShardGroup
+
 log = logging.getLogger(__name__)
 
 # Without --max-batch-total-tokens on CPU: room for this many full-length requests.
@@ -48,10 +51,12 @@ class LoadedEngine:
     tokenizer: TokenizerInfo
     model_dir: Path
     adapter_manager: Any = None  # lorax_engine.adapters.AdapterManager when adapters are on
+    shards: ShardGroup | None = None  # the worker shards with --num-shard > 1
 
 
 def num_kv_blocks(config: EngineConfig, model: DecoderModel) -> int:
-    """Blocks in the pool: from --max-batch-total-tokens, else from free device memory."""
+    """Blocks in the pool: from --max-batch-total-tokens, else from free device memory (for this
+    shard's KV heads: with tensor parallelism each shard holds its part of every block)."""
     bs = config.block_size
     if config.max_batch_total_tokens is not None:
         return -(-config.max_batch_total_tokens // bs)
@@ -61,10 +66,10 @@ def num_kv_blocks(config: EngineConfig, model: DecoderModel) -> int:
     free, total = torch.cuda.mem_get_info(device)
     used_by_others = total - free
     reserve = activation_reserve_bytes(
-        model.cfg, config.max_batch_prefill_tokens, config.max_batch_size, config.torch_dtype
+        model.shard_cfg, config.max_batch_prefill_tokens, config.max_batch_size, config.torch_dtype
     )
     budget = int(total * config.gpu_memory_fraction) - used_by_others - reserve
-    blocks = budget // kv_bytes_per_block(model.cfg, bs, config.torch_dtype)
+    blocks = budget // kv_bytes_per_block(model.shard_cfg, bs, config.torch_dtype)
     needed = -(-config.limits.max_total_tokens // bs)
     if blocks < needed:
         raise RuntimeError(
@@ -100,10 +105,36 @@ def constraint_factory(config: EngineConfig, tokenizer: TokenizerInfo) -> Constr
         ) from exc
 
 
+def make_runner(
+    config: EngineConfig,
+    model: DecoderModel,
+    kv: list[tuple[torch.Tensor, torch.Tensor]],
+    slots: LoraSlots | None,
+) -> ModelRunner:
+    """The model runner over an allocated KV pool (every shard builds its own the same way)."""
+    bs = config.block_size
+    return ModelRunner(
+        model,
+        kv,
+        block_size=bs,
+        max_num_seqs=config.max_batch_size,
+        max_num_tokens=max(config.max_batch_prefill_tokens, config.max_batch_size),
+        max_blocks_per_seq=-(-config.limits.max_total_tokens // bs),
+        lora_slots=slots,
+        use_cuda_graphs=config.torch_device.type == "cuda" and not config.eager,
+    )
+
+
 def build_engine(
-    config: EngineConfig, model: DecoderModel, tokenizer: TokenizerInfo, model_dir: Path
+    config: EngineConfig,
+    model: DecoderModel,
+    tokenizer: TokenizerInfo,
+    model_dir: Path,
+    shards: ShardGroup | None = None,
 ) -> LoadedEngine:
     """Wire a loaded model into a runnable core (the part benchmarks reuse with random weights).
+
+    ``shards``: ``model`` is rank 0's shard; the workers build their runners in step with it.
 
     Raises:
         EngineStartupError: the tokenizer cannot be used for structured output.
@@ -117,23 +148,18 @@ def build_engine(
         # Before the KV pool, which is sized from the memory left.
         num_slots = num_lora_slots(config, model.lora_spec(), _memory_bytes(device))
         slots = LoraSlots.allocate(
-            model.lora_spec(), num_slots, config.lora_max_rank, dtype, device
+            model.shard_lora_spec(), num_slots, config.lora_max_rank, dtype, device
         )
     blocks = num_kv_blocks(config, model)
+    if shards is not None:
+        blocks = shards.agree_num_blocks(blocks)
     if blocks * bs < config.limits.max_total_tokens:
         raise ValueError("the KV pool must hold at least one request of max_total_tokens")
     log.info("KV cache: %d blocks of %d tokens (%d tokens)", blocks, bs, blocks * bs)
-    kv = allocate_kv_cache(model.cfg, blocks, bs, dtype, device)
-    runner = ModelRunner(
-        model,
-        kv,
-        block_size=bs,
-        max_num_seqs=config.max_batch_size,
-        max_num_tokens=max(config.max_batch_prefill_tokens, config.max_batch_size),
-        max_blocks_per_seq=-(-config.limits.max_total_tokens // bs),
-        lora_slots=slots,
-        use_cuda_graphs=device.type == "cuda" and not config.eager,
-    )
+    kv = allocate_kv_cache(model.shard_cfg, blocks, bs, dtype, device)
+    runner = make_runner(config, model, kv, slots)
+    if shards is not None:
+        shards.start_runners(runner)
     if runner.graphs is not None:
         runner.graphs.capture_all()
     queues = None
@@ -150,9 +176,10 @@ def build_engine(
     )
     manager = None
     if slots is not None:
-        manager = _adapter_manager(config, model, slots, model_dir, core.wake)
+        writer = slots if shards is None else shards.slot_writer(slots)
+        manager = _adapter_manager(config, model, writer, model_dir, core.wake)
         core.attach_adapters(AdapterAdmission(manager, priority=scheduler.adapter_priority))
-    return LoadedEngine(core, tokenizer, model_dir, manager)
+    return LoadedEngine(core, tokenizer, model_dir, manager, shards)
 
 
 def lora_slot_bytes(spec: ModelLoraSpec, max_rank: int, dtype: torch.dtype) -> int:
@@ -209,7 +236,7 @@ def _memory_bytes(device: torch.device) -> int:
 def _adapter_manager(
     config: EngineConfig,
     model: DecoderModel,
-    slots: LoraSlots,
+    slots: Any,
     model_dir: Path,
     wake: Callable[[], None],
 ) -> Any:
@@ -296,6 +323,15 @@ def load_engine(config: EngineConfig) -> LoadedEngine:
         allow_bin=config.allow_bin_weights,
     )
     max_positions = config.limits.max_total_tokens
+    shards = None
+    if config.num_shard > 1:
+        from lorax_engine.distributed.driver import ShardGroup, check_launchable
+
+        try:
+            check_launchable(config, model_dir)
+        except ValueError as exc:
+            raise EngineStartupError(str(exc)) from None
+        shards = ShardGroup.launch(config, model_dir)
     model = load_model(
         model_dir,
         config.torch_dtype,
@@ -303,6 +339,7 @@ def load_engine(config: EngineConfig) -> LoadedEngine:
         max_positions,
         allow_bin=config.allow_bin_weights,
         quantize=config.quantize,
+        tp=None if shards is None else shards.tp,
     )
     tokenizer = TokenizerInfo(model_dir, model.cfg.eos_token_ids)
-    return build_engine(config, model, tokenizer, model_dir)
+    return build_engine(config, model, tokenizer, model_dir, shards)
