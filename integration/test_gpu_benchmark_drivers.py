@@ -63,8 +63,10 @@ def test_quant_driver_measures_every_method_with_and_without_adapters() -> None:
     assert all(r["output_tokens"] == 4 * r["batch"] for r in rows)
     weights = {r["method"]: r["weight_bytes"] for r in lines if r["event"] == "method"}
     assert weights["gptq"] < weights["fp8"] < weights["bf16"]
-    bf16 = [r for r in rows if r["method"] == "bf16" and r["lora"] is None]
-    assert all(r["first_token_match_vs_bf16"] == 1.0 for r in bf16)
+    # Drift against bf16 on the same prompts: small, and never zero for a quantized base.
+    drift = {r["method"]: r["mean_kl_vs_bf16"] for r in rows if r["lora"] is None}
+    assert drift["bf16"] == 0.0
+    assert all(0.0 < drift[m] < 0.1 for m in methods[1:])
 
 
 def test_e2e_driver_sweeps_the_gateway_in_front_of_a_random_engine(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ the loader does for ``--quantize``: fp8 through ``Fp8Linear`` (quantized at load
 rounding the same bf16 weights to 4 bits (group 128, the grid of ``quant.quantizer.quantize_rtn``,
 vectorised on the GPU), packing them in the checkpoint format and converting them with the
 loader's own ``gptq_to_w4`` / ``awq_to_w4`` into ``W4Linear``. ``gptq-act`` adds act-order
-(a permuted ``g_idx``). Greedy first tokens are compared with bf16's on the same prompts.
+(a permuted ``g_idx``). Drift: the mean KL(bf16 || method) of the first output token's
+distribution over the same prompts, and how often the greedy first tokens agree with bf16's.
 ``--tiny`` runs a small model on the CPU (script check).
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from bench_common import (
@@ -124,6 +127,38 @@ def quantize_(
             module.quant = W4Linear(to_w4(name, w, method, group, seed=i), dtype, w.device)
 
 
+class FirstTokenLogprobs:
+    """Keeps each prompt's first-token log-distribution (the logits of its prefill's last
+    position) while installed on a core's runner; ``close()`` removes it."""
+
+    def __init__(self, core: EngineCore, prompts: Sequence[list[int]]) -> None:
+        self.runner = core.runner
+        self.execute = core.runner.execute
+        self.index = {tuple(p): i for i, p in enumerate(prompts)}
+        self.logprobs: dict[int, torch.Tensor] = {}  # prompt index -> [vocab] float32
+        self.runner.execute = self  # type: ignore[method-assign]
+
+    def __call__(self, chunks: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        out = self.execute(chunks, *args, **kwargs)
+        sampling = [c.request for c in chunks if c.samples]  # the rows of sample_logits
+        for j, req in enumerate(sampling):
+            i = self.index.get(tuple(req.prompt_token_ids))
+            if i is not None and req.num_output_tokens == 0:
+                self.logprobs[i] = out.sample_logits[j].float().log_softmax(-1)
+        return out
+
+    def close(self) -> None:
+        del self.runner.execute  # the class's method again
+
+
+def mean_kl(reference: dict[int, torch.Tensor], other: dict[int, torch.Tensor]) -> float:
+    """Mean over prompts of KL(reference || other), in nats."""
+    kls = [
+        float((ref.exp() * (ref - other[i])).sum()) for i, ref in reference.items() if i in other
+    ]
+    return sum(kls) / len(kls)
+
+
 def projections(model: DecoderModel) -> list[tuple[str, LoraLinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLinear)]
 
@@ -180,6 +215,7 @@ def main() -> None:
 
     prompts = {b: random_prompts(b, args.input, cfg.vocab_size, seed=b) for b in batches}
     reference: dict[int, list[int]] = {}  # bf16's greedy first tokens per batch
+    ref_logprobs: dict[int, dict[int, torch.Tensor]] = {}  # and their distributions
     for method in methods:
         t = time.perf_counter()
         quantize_(model, originals, method, dtype, group)
@@ -213,14 +249,18 @@ def main() -> None:
             for lora in (False, True):
                 slot_of = (lambda i: i) if lora else None
                 run_batch(core, warm, 3, adapter_slot=slot_of)  # prefill shapes, LoRA graphs
+                recorder = FirstTokenLogprobs(core, prompts[b])
                 r: BatchResult = run_batch(core, prompts[b], args.output, adapter_slot=slot_of)
+                recorder.close()
                 firsts = [o[0] for o in r.outputs]
                 if method == "bf16" and not lora:
                     reference[b] = firsts
-                match = None
+                    ref_logprobs[b] = recorder.logprobs
+                match = kl = None
                 if b in reference and not lora:
                     same = sum(x == y for x, y in zip(firsts, reference[b], strict=True))
                     match = round(same / b, 3)
+                    kl = mean_kl(ref_logprobs[b], recorder.logprobs)
                 roof_ms = step_bytes / bw * 1000 if bw else None
                 summary = r.summary()
                 emit(
@@ -230,6 +270,7 @@ def main() -> None:
                     input=args.input,
                     output=args.output,
                     first_token_match_vs_bf16=match,
+                    mean_kl_vs_bf16=kl,
                     weight_roofline_ms=round(roof_ms, 3) if roof_ms else None,
                     pct_weight_roofline=(
                         round(100 * roof_ms / r.decode_ms_p50, 1) if roof_ms else None
