@@ -136,12 +136,15 @@ def test_launcher_maps_lorax_flags_to_engine_options() -> None:
             "float32",
             "--quantize",
             "fp8",
+            "--num-shard",
+            "2",
         ]
     )
     assert engine_options(args) == {
         "model_id": "demo",
         "dtype": "float32",
         "quantize": "fp8",
+        "num_shard": 2,
         "max_input_length": 100,
         "max_total_tokens": 200,
         "lora_slots": 8,

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gpu-memory-fraction", type=float, default=0.9)
     serve.add_argument("--eager", action="store_true", help="disable CUDA graphs")
     serve.add_argument(
+        "--num-shard",
+        type=int,
+        default=1,
+        help="tensor parallelism: shard the model over this many GPUs of the host (GPUs 0..N-1)",
+    )
+    serve.add_argument(
         "--allow-bin-weights", action="store_true", help="allow pickled .bin weights (unsafe)"
     )
     serve.add_argument("--cache-dir", type=Path, default=None)
@@ -170,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         block_size=args.block_size,
         gpu_memory_fraction=args.gpu_memory_fraction,
         eager=args.eager,
+        num_shard=args.num_shard,
         allow_bin_weights=args.allow_bin_weights,
         quantize=args.quantize,
         cache_dir=args.cache_dir,

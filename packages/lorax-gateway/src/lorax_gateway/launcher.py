@@ -45,6 +45,7 @@ _ENGINE_FLAGS = {
     "max_adapter_bytes": "adapter_max_bytes",
     "quantize": "quantize",
     "eager": "eager",
+    "num_shard": "num_shard",
 }
 
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-size",
         "--max-lora-rank",
         "--max-adapter-bytes",
+        "--num-shard",
     ):
         parser.add_argument(flag, type=int)
     for flag in ("--adapter-cycle-time-s", "--adapter-load-timeout-s", "--adapter-memory-fraction"):
