@@ -11,7 +11,8 @@ real one. Each configuration runs ``--batch`` requests of ``--input`` random pro
 constrained. The schema asks for an array of at least ``--min-items`` nested records (uuid,
 bounded strings, ranges, enum, pattern, anyOf with null), so no document can finish before
 ``--output`` tokens and every row decodes to the end. Goal: half constrained >= 90% of the free
-batch's output tokens/s. ``--tiny`` runs a small model and a 1,024-token tokenizer on the CPU.
+batch's output tokens/s. ``mask_wait_ms``: how long each step blocked on its masks after the
+forward pass (the part of the CPU fill the forward did not hide). ``--tiny`` runs a small model and a 1,024-token tokenizer on the CPU.
 """
 
 from __future__ import annotations
@@ -57,6 +58,41 @@ def constrained_rows(batch: int, share: float) -> set[int]:
     """Rows under the schema, spread evenly over the batch (half: every other row)."""
     count = round(batch * share)
     return {int(i * batch / count) for i in range(count)} if count else set()
+
+
+class MaskWaitProbe:
+    """Times every step's wait for its masks (``PendingMasks.wait``, called when they are applied
+    after the forward pass)."""
+
+    def __init__(self, core: EngineCore) -> None:
+        filler = core.mask_filler
+        assert filler is not None
+        self.start = filler.start
+        self.waits_ms: list[float] = []
+        filler.start = self._start  # type: ignore[method-assign]
+
+    def _start(self, *args: Any, **kwargs: Any) -> Any:
+        pending = self.start(*args, **kwargs)
+        wait = pending.wait
+
+        def timed() -> Any:
+            t = time.perf_counter()
+            masks = wait()
+            self.waits_ms.append((time.perf_counter() - t) * 1000)
+            return masks
+
+        pending.wait = timed
+        return pending
+
+    def take(self) -> dict[str, float | None]:
+        """p50 / p99 of the waits since the last ``take``."""
+        xs, self.waits_ms = sorted(self.waits_ms), []
+        if not xs:
+            return {"mask_wait_ms_p50": None, "mask_wait_ms_p99": None}
+        return {
+            "mask_wait_ms_p50": round(xs[len(xs) // 2], 3),
+            "mask_wait_ms_p99": round(xs[int(0.99 * (len(xs) - 1))], 3),
+        }
 
 
 def run_mode(
@@ -133,6 +169,7 @@ def main() -> None:
     # Warm-up: prefill shapes, the sampler's masked path and the fill threads.
     warm = random_prompts(args.batch, 16, cfg.vocab_size, seed=99)
     run_mode(core, factory, fmt, warm, 4, 0.5)
+    probe = MaskWaitProbe(core)
 
     prompts = random_prompts(args.batch, args.input, cfg.vocab_size, seed=0)
     results: dict[str, list[BatchResult]] = {m: [] for m in MODES}
@@ -142,7 +179,7 @@ def main() -> None:
             results[mode].append(r)
             # Row 0 is constrained in "half" and "all": its text shows the mask at work.
             sample = tokenizer.decode(r.outputs[0])[:160]
-            emit(event="run", mode=mode, repeat=rep, row0=sample, **r.summary())
+            emit(event="run", mode=mode, repeat=rep, row0=sample, **r.summary(), **probe.take())
     core.stop()
 
     free_tok_s = statistics.median(r.output_tok_s for r in results["free"])
