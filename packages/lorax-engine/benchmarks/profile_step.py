@@ -4,8 +4,9 @@
         python3 packages/lorax-engine/benchmarks/profile_step.py [--batches 1,64,256]
 
 Per batch size it prints one JSON line with the median wall time of each phase of
-``EngineCore.step`` (host only, except ``sample``, which waits for the GPU), the GPU time of the
-decode graph alone, and the top kernels of one eager decode forward by GPU time.
+``EngineCore.step`` (host only, except ``complete_prior_step`` and ``process_sync_step``, which
+wait for the GPU), the GPU time of the decode graph alone, and the top kernels of one eager
+decode forward by GPU time.
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ def instrument(core: EngineCore) -> None:
     if runner.graphs is not None:
         runner.graphs.run = timed("graph_upload_and_launch", runner.graphs.run)  # type: ignore[method-assign]
     runner.execute = timed("execute", runner.execute)  # type: ignore[method-assign]
-    core.sampler = timed("sample", core.sampler)  # type: ignore[assignment]
-    core._process = timed("process", core._process)  # type: ignore[method-assign]
+    core._launch = timed("launch_sampling", core._launch)  # type: ignore[method-assign]
+    core._complete = timed("complete_prior_step", core._complete)  # type: ignore[method-assign]
+    core._process = timed("process_sync_step", core._process)  # type: ignore[method-assign]
     core.step = timed("step", core.step)  # type: ignore[method-assign]
 
 
 def eager_top_kernels(runner: ModelRunner, core: EngineCore, top: int) -> list[dict[str, Any]]:
     """Kernels of one eager decode forward of the running batch, by total GPU time."""
+    core.complete_inflight()
     chunks = core.scheduler.schedule().chunks
     host = runner.build_host_batch(chunks)
     dev = runner.device

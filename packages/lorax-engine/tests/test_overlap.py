@@ -78,6 +78,9 @@ def test_overlap_matches_step_by_step(
         # Penalties need the tokens on the host: its steps complete the one in flight first.
         (PROMPTS[3], _greedy(9, repetition_penalty=1.3)),
         (PROMPTS[1], _greedy(1)),
+        # Seeded sampling runs on the device too; its draws depend on (seed, output index) only.
+        (PROMPTS[2], _greedy(10, temperature=0.9, top_k=40, top_p=0.9, typical_p=0.95, seed=7)),
+        (PROMPTS[0], _greedy(8, do_sample=True, seed=3)),
     ]
     sync = _run(path, requests, overlap=False, tiny_pool=tiny_pool)
     engine = _engine(path, overlap=True, tiny_pool=tiny_pool)

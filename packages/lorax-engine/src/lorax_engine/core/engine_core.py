@@ -16,7 +16,7 @@ from lorax_engine.core.inflight import InflightStep
 from lorax_engine.core.model_runner import ModelRunner, RunnerOutput
 from lorax_engine.core.output import EventSink, RequestOutput
 from lorax_engine.core.request import Request, RequestStatus
-from lorax_engine.core.sampler import Sampler, SamplingRow, greedy_on_device, plain_greedy
+from lorax_engine.core.sampler import Sampler, SamplingRow
 from lorax_engine.core.scheduler import ScheduledChunk, Scheduler
 from lorax_engine.structured import ConstraintFactory, MaskFiller, PendingMasks
 
@@ -41,7 +41,7 @@ class EngineCore:
     the start of the next step, so the scheduler and the model are touched by one thread only.
 
     Steps overlap with the host: when every sampling row of a step can be chosen on the device
-    (greedy, no penalties, no grammar, no prompt logprobs), the step is launched and left in
+    (no penalties, no grammar, no alternatives, no prompt logprobs), the step is launched and left in
     flight; the next ``step()`` schedules and launches the following one (its decode inputs
     gathered on the device) before it reads the tokens back and emits their events. A request
     that stops on a token is thus computed once more, and that row is dropped. Any other step
@@ -216,6 +216,12 @@ class EngineCore:
             self._fail_all(f"engine step failed: {exc}")
         self.stats.steps += 1
 
+    def complete_inflight(self) -> None:
+        """Read back and emit the step in flight, if any (on the loop thread, between steps)."""
+        prior, self._inflight = self._inflight, None
+        if prior is not None:
+            self._complete(prior)
+
     def _can_overlap(self, chunks: Sequence[ScheduledChunk]) -> bool:
         """Whether the step's tokens can stay on the device until the next step is launched."""
         if self.runner.on_step is not None:
@@ -224,19 +230,19 @@ class EngineCore:
             req = c.request
             if req.wants_prompt_logprobs:
                 return False
-            if c.samples and (req.constraint is not None or not plain_greedy(req.params)):
+            if c.samples and (req.constraint is not None or not Sampler.runs_on_device(req.params)):
                 return False
         return True
 
     def _launch(self, chunks: Sequence[ScheduledChunk], result: RunnerOutput) -> InflightStep:
         """Leave the step's sampled tokens on the device; they count as pending until read."""
-        sampling: list[Request] = []
+        sampling = [c.request for c in chunks if c.samples]
+        rows = [_sampling_row(req) for req in sampling]
+        ids, logprobs = self.sampler.on_device(result.sample_logits, rows, result.greedy)
         for c in chunks:
             c.request.num_computed_tokens += c.num_tokens
-            if c.samples:
-                c.request.num_pending += 1
-                sampling.append(c.request)
-        ids, logprobs = greedy_on_device(result.sample_logits, result.greedy)
+        for req in sampling:
+            req.num_pending += 1
         return InflightStep(sampling, ids, logprobs)
 
     def _complete(self, step: InflightStep) -> None:
@@ -272,9 +278,7 @@ class EngineCore:
             req.num_computed_tokens += c.num_tokens
             if not c.samples:
                 continue
-            rows.append(
-                SamplingRow(req.params, req.token_ids, req.num_prompt_tokens, req.num_output_tokens)
-            )
+            rows.append(_sampling_row(req))
             sampling.append(req)
         if not rows:
             return
@@ -323,3 +327,10 @@ class EngineCore:
             except Exception:
                 log.exception("could not deliver an error event")
         self._outputs.clear()
+
+
+def _sampling_row(req: Request) -> SamplingRow:
+    """The row choosing the request's next token (pending ones count: the index is its place
+    among the outputs, which seeds its random draw)."""
+    step = req.num_tokens - req.num_prompt_tokens
+    return SamplingRow(req.params, req.token_ids, req.num_prompt_tokens, step)

@@ -76,8 +76,44 @@ class Sampler:
         valid for masked rows). ``masks``: the constrained rows' grammar masks, if any."""
         if masks is None and all(plain_greedy(r.params) for r in rows):
             return _greedy(logits, greedy)
+        ids, lps, alternatives = self._choose(logits, rows, masks)
+        alts: list[list[tuple[int, float]]] = [[] for _ in rows]
+        if alternatives is not None:
+            alt_lp, alt_ids = alternatives
+            alt_id_list = alt_ids.tolist()
+            alt_lp_list = alt_lp.tolist()
+            for i, r in enumerate(rows):
+                kk = r.params.return_k_alternatives
+                alts[i] = list(zip(alt_id_list[i][:kk], alt_lp_list[i][:kk], strict=True))
+        return SamplerOutput(ids.tolist(), lps.tolist(), alts)
+
+    @torch.inference_mode()
+    def on_device(
+        self,
+        logits: torch.Tensor,
+        rows: list[SamplingRow],
+        greedy: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[rows]`` ids and logprobs left on the device, with no host sync, for rows that
+        ``runs_on_device`` accepts."""
+        if all(plain_greedy(r.params) for r in rows):
+            return greedy_on_device(logits, greedy)
+        ids, lps, _ = self._choose(logits, rows, None)
+        return ids, lps
+
+    @staticmethod
+    def runs_on_device(params: SamplingParams) -> bool:
+        """The row needs nothing from the host (no token history, no alternatives to list)."""
+        return not params.has_penalties and params.return_k_alternatives == 0
+
+    def _choose(
+        self, logits: torch.Tensor, rows: list[SamplingRow], masks: LogitsMask | None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Device tensors: ids ``[rows]``, their logprobs ``[rows]``, and the top-k alternatives
+        ``([rows, k] logprobs, [rows, k] ids)`` when a row asked for some. Every host-to-device
+        copy is asynchronous, so nothing here waits for the GPU."""
         device = logits.device
-        num_rows, vocab = logits.shape
+        vocab = logits.shape[1]
         logits = logits.float()
         pen = [i for i, r in enumerate(rows) if r.params.has_penalties]
         if pen:
@@ -85,32 +121,35 @@ class Sampler:
         if masks is not None:
             masks.apply_(logits)  # waits for the fill threads; only the constrained rows change
 
-        temps = torch.tensor(
-            [1.0 if r.params.greedy else r.params.temperature for r in rows], device=device
-        )
+        temps = _upload([1.0 if r.params.greedy else r.params.temperature for r in rows], device)
         scaled = logits / temps.unsqueeze(1)
         logprobs_all = torch.log_softmax(scaled, dim=-1)  # [rows, vocab]
         chosen = torch.argmax(logits, dim=-1)  # [rows]
 
         samp = [i for i, r in enumerate(rows) if not r.params.greedy]
         if samp:
-            chosen[samp] = _sample(scaled[samp], [rows[i] for i in samp], device)
+            index = _upload_index(samp, device)
+            chosen.index_copy_(
+                0, index, _sample(scaled.index_select(0, index), [rows[i] for i in samp], device)
+            )
 
         chosen_logprobs = logprobs_all.gather(1, chosen.unsqueeze(1)).squeeze(1)
         k = max(r.params.return_k_alternatives for r in rows)
-        alt_lp = alt_ids = None
+        alternatives: tuple[torch.Tensor, torch.Tensor] | None = None
         if k > 0:
             alt_lp, alt_ids = logprobs_all.topk(min(k, vocab), dim=-1)
-        ids = chosen.tolist()
-        lps = chosen_logprobs.tolist()
-        alternatives: list[list[tuple[int, float]]] = [[] for _ in range(num_rows)]
-        if alt_ids is not None and alt_lp is not None:
-            alt_id_list = alt_ids.tolist()
-            alt_lp_list = alt_lp.tolist()
-            for i, r in enumerate(rows):
-                kk = r.params.return_k_alternatives
-                alternatives[i] = list(zip(alt_id_list[i][:kk], alt_lp_list[i][:kk], strict=True))
-        return SamplerOutput(ids, lps, alternatives)
+            alternatives = (alt_lp, alt_ids)
+        return chosen, chosen_logprobs, alternatives
+
+
+def _upload(values: list[float], device: torch.device) -> torch.Tensor:
+    """A small host list of floats on the device as float32, without waiting for the stream."""
+    return torch.from_numpy(np.array(values, dtype=np.float32)).to(device, non_blocking=True)
+
+
+def _upload_index(values: list[int], device: torch.device) -> torch.Tensor:
+    """A small host list of ints on the device as int64, without waiting for the stream."""
+    return torch.from_numpy(np.array(values, dtype=np.int64)).to(device, non_blocking=True)
 
 
 def plain_greedy(params: SamplingParams) -> bool:
@@ -175,27 +214,34 @@ def _sample(scaled: torch.Tensor, rows: list[SamplingRow], device: torch.device)
     vocab = scaled.shape[1]
     sorted_logits, sorted_idx = scaled.sort(dim=-1, descending=True)  # [n, vocab]
     positions = torch.arange(vocab, device=device).unsqueeze(0)
-    top_k = torch.tensor([r.params.top_k or vocab for r in rows], device=device).unsqueeze(1)
+    top_k = _upload_index([r.params.top_k or vocab for r in rows], device).unsqueeze(1)
     sorted_logits = sorted_logits.masked_fill(positions >= top_k, float("-inf"))
-    top_p = torch.tensor([r.params.top_p for r in rows], device=device).unsqueeze(1)
-    if bool((top_p < 1.0).any()):
+    if any(r.params.top_p < 1.0 for r in rows):
+        top_p = _upload([r.params.top_p for r in rows], device).unsqueeze(1)
         probs = sorted_logits.softmax(dim=-1)
         before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
         sorted_logits = sorted_logits.masked_fill(before > top_p, float("-inf"))
     typ = [i for i, r in enumerate(rows) if r.params.typical_p < 1.0]
     if typ:
-        sorted_logits[typ] = _typical(sorted_logits[typ], [rows[i].params.typical_p for i in typ])
+        index = _upload_index(typ, device)
+        masses = [rows[i].params.typical_p for i in typ]
+        sorted_logits.index_copy_(
+            0, index, _typical(sorted_logits.index_select(0, index), masses, device)
+        )
     probs = sorted_logits.softmax(dim=-1)
     cdf = probs.cumsum(dim=-1)  # [n, vocab]
     u = seeded_uniforms([r.params.seed for r in rows], [r.step for r in rows])
-    target = torch.from_numpy(u).to(device=device, dtype=cdf.dtype).unsqueeze(1) * cdf[:, -1:]
+    uniforms = torch.from_numpy(u).to(device, non_blocking=True).to(cdf.dtype)
+    target = uniforms.unsqueeze(1) * cdf[:, -1:]
     pos = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1)
     # Never land on a filtered token when rounding puts the target at the very end.
     pos = torch.minimum(pos, (probs > 0).sum(dim=-1, keepdim=True) - 1)
     return sorted_idx.gather(1, pos).squeeze(1)
 
 
-def _typical(sorted_logits: torch.Tensor, masses: list[float]) -> torch.Tensor:
+def _typical(
+    sorted_logits: torch.Tensor, masses: list[float], device: torch.device
+) -> torch.Tensor:
     """Keep the tokens whose surprise is closest to the entropy, up to ``mass`` (HF typical_p)."""
     logp = sorted_logits.log_softmax(dim=-1)
     p = logp.exp()
@@ -203,7 +249,7 @@ def _typical(sorted_logits: torch.Tensor, masses: list[float]) -> torch.Tensor:
     shifted = (-logp - entropy).abs()
     order_vals, order = shifted.sort(dim=-1)
     cum = p.gather(1, order).cumsum(dim=-1)
-    mass = torch.tensor(masses, device=sorted_logits.device).unsqueeze(1)
+    mass = _upload(masses, device).unsqueeze(1)
     last = (cum < mass).sum(dim=-1, keepdim=True).clamp_(max=sorted_logits.shape[1] - 1)
     cutoff = order_vals.gather(1, last)
     return sorted_logits.masked_fill(shifted > cutoff, float("-inf"))
