@@ -440,3 +440,57 @@ def test_with_fair_queues_every_adapter_is_served(
     assert manager.stats["evictions"] >= 1
     assert served.index("cold2") < 20  # after about one hot cycle, not after its 300 requests
     manager.shutdown()
+
+
+def test_idle_entries_are_forgotten_and_failures_after_their_ttl(
+    tmp_path: Path, make_adapter: Callable[..., Path], spec: Spec
+) -> None:
+    """The step keeps its own books (what to collect, promote, forget) instead of rescanning
+    every adapter: idle entries still go, failed ones only once their failure expired."""
+    make_adapter("a")
+    now = [0.0]
+    loader = AdapterLoader(
+        SourceRegistry({"local": LocalSource([tmp_path])}),
+        spec,
+        LoadLimits(max_rank=16),
+        HostAdapterCache(1 << 30),
+    )
+    manager = AdapterManager(
+        loader,
+        FakeSlots(1),  # type: ignore[arg-type]
+        ManagerConfig(num_slots=1, failure_ttl_s=10.0),
+        clock=lambda: now[0],
+    )
+    key_a, key_bad = _ref("a").cache_key(), _ref("bad").cache_key()
+    manager.prefetch(_ref("a"))
+    deadline = time.monotonic() + 30
+    while manager.usage().loading:
+        assert time.monotonic() < deadline
+        manager.step()
+    manager.step()
+    assert key_a not in manager._entries  # loaded for nobody: forgotten, kept in the CPU tier
+    assert key_a in loader.host_cache
+    bad = manager.request(_ref("bad"))
+    _wait_ready(manager, [bad])
+    assert manager.state(bad) is AdapterState.FAILED
+    manager.release(bad)
+    manager.step()
+    assert key_bad in manager._entries  # still answers new requests at once
+    again = manager.request(_ref("bad"))
+    assert manager.state(again) is AdapterState.FAILED
+    now[0] = 10.0
+    manager.step()
+    assert key_bad in manager._entries  # expired, but a request still holds it
+    manager.release(again)
+    manager.step()
+    assert key_bad not in manager._entries  # expired and idle: the next request reloads it
+    # Two waiting adapters, one slot: one promoted, the other stays a candidate.
+    h1, h2 = manager.request(_ref("a")), manager.request(_ref("a"))
+    _wait_ready(manager, [h1, h2])
+    assert manager.state(h1) is AdapterState.READY
+    assert not manager._candidates
+    manager.release(h1)
+    manager.release(h2)
+    manager.step()
+    assert key_a in manager._entries  # resident: kept
+    manager.shutdown()

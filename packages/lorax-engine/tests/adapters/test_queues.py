@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from lorax_engine.adapters import AdapterQueues
@@ -86,3 +92,97 @@ def test_a_request_put_back_goes_first_once_its_adapter_may_admit() -> None:
     q.push_front("a", "preempted")  # newer than base0 by the clock, but it already ran once
     assert q.peek("a") == "preempted"
     assert [q.pop(_always) for _ in range(3)] == [("a", "preempted"), ("", "base0"), ("a", "a1")]
+
+
+class _ReferenceQueues:
+    """The plain O(adapters) definition the queues must agree with: rescan and sort every time."""
+
+    def __init__(self, max_active: int, cycle: float, clock: Callable[[], float]) -> None:
+        self.max_active, self.cycle, self.clock = max_active, cycle, clock
+        # key -> [items [(since, item)], turn (waiting_since, seq), activated_at]
+        self.queues: dict[str, list[Any]] = {}
+        self.seq = itertools.count()
+
+    def _queue(self, key: str) -> list[Any]:
+        if key not in self.queues:
+            self.queues[key] = [[], (self.clock(), next(self.seq)), None]
+        return self.queues[key]
+
+    def push(self, key: str, item: int) -> None:
+        self._queue(key)[0].append((self.clock(), item))
+
+    def push_front(self, key: str, item: int) -> None:
+        q = self._queue(key)
+        heads = [v[0][0][0] for v in self.queues.values() if v[0]]
+        q[0].insert(0, (math.nextafter(min([self.clock(), *heads]), -math.inf), item))
+
+    def remove(self, key: str, item: int) -> None:
+        q = self.queues[key]
+        q[0] = [(s, i) for s, i in q[0] if i != item]
+        if not q[0]:
+            del self.queues[key]
+
+    def active(self) -> set[str]:
+        self._rotate()
+        return {k for k, v in self.queues.items() if k and v[2] is not None}
+
+    def pop(self, ready: Callable[[str], bool]) -> tuple[str, int] | None:
+        active = self.active()
+        heads = [(v[0][0][0], k) for k, v in self.queues.items() if k == "" or k in active]
+        heads = [(s, k) for s, k in heads if ready(k)]
+        if not heads:
+            return None
+        key = min(heads)[1]
+        _, item = self.queues[key][0].pop(0)
+        if not self.queues[key][0]:
+            del self.queues[key]
+        return key, item
+
+    def _rotate(self) -> None:
+        now = self.clock()
+        active = sorted((v[2], v[1], k) for k, v in self.queues.items() if k and v[2] is not None)
+        waiting = sorted((v[1], k) for k, v in self.queues.items() if k and v[2] is None)
+        expired = [k for t, _, k in active if now - t >= self.cycle]
+        free = self.max_active - len(active)
+        rotated = expired[: max(0, len(waiting) - max(free, 0))]
+        for key in rotated:
+            self.queues[key][2] = None
+            self.queues[key][1] = (now, next(self.seq))
+        for _, key in waiting[: max(free + len(rotated), 0)]:
+            self.queues[key][2] = now
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_agrees_with_the_rescanning_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    now = [0.0]
+    q: AdapterQueues[int] = AdapterQueues(max_active=3, cycle_time_s=1.0, clock=lambda: now[0])
+    ref = _ReferenceQueues(3, 1.0, lambda: now[0])
+    keys = ["", "a", "b", "c", "d", "e", "f"]
+    queued: list[tuple[str, int]] = []
+    for n in range(600):
+        op = rng.random()
+        if op < 0.35:
+            key = rng.choice(keys)
+            q.push(key, n)
+            ref.push(key, n)
+            queued.append((key, n))
+        elif op < 0.42:
+            key = rng.choice(keys)
+            q.push_front(key, n)
+            ref.push_front(key, n)
+            queued.append((key, n))
+        elif op < 0.47 and queued:
+            key, item = queued.pop(rng.randrange(len(queued)))
+            assert q.remove(key, item)
+            ref.remove(key, item)
+        elif op < 0.85:
+            loading = frozenset(rng.sample(keys, 2))
+            got = q.pop(loading.isdisjoint)
+            assert got == ref.pop(loading.isdisjoint), n
+            if got is not None:
+                queued.remove(got)
+        else:
+            assert set(q.active_keys()) == ref.active(), n
+        now[0] += rng.choice([1e-3, 0.1, 0.3])  # distinct arrival times: no ties to break
+        assert len(q) == len(queued)

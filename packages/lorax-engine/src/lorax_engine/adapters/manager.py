@@ -10,10 +10,12 @@ never evicted, and eviction moves the adapter back to the CPU tier.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -105,6 +107,11 @@ class AdapterManager:
     ``prefetch`` and ``preload`` may be called from any thread. ``wake`` is called from a worker
     thread whenever a load or a promotion finishes, so an idle engine loop can wake up and call
     ``step``.
+
+    ``step`` costs O(what changed since the last step + slots), not O(adapters known): finished
+    loads and promotions report themselves, the entries that may be promoted or forgotten are
+    kept in sets updated where they change, and the adapters waiting outside the scheduler's
+    priority are only ranked when a slot can actually be had.
     """
 
     def __init__(
@@ -128,9 +135,18 @@ class AdapterManager:
         self._entries: dict[str, _Entry] = {}
         self._owners: list[_Entry | None] = [None] * config.num_slots
         self._ids = itertools.count(1)
-        # On CUDA, promotions run on their own thread and stream: writing a slot launches hundreds
-        # of small copies (milliseconds of host time for an 8B-shaped adapter), which must not
-        # stall the step loop, and the copies overlap the forward pass on the main stream.
+        # Entries whose load or promotion finished (appended by the futures' callbacks, from any
+        # thread: deque appends are atomic), collected by the next step.
+        self._finished: deque[_Entry] = deque()
+        # Loaded, not resident, not failed, with waiting requests: what a step may promote.
+        self._candidates: dict[_Entry, None] = {}
+        # Entries that may have become idle since the last step, and failed idle ones by the time
+        # their failure expires: what a step may forget.
+        self._touched: set[_Entry] = set()
+        self._expiring: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()  # heap tie-breaker: entries do not compare
+        # On CUDA, promotions run on their own thread and stream: the copies overlap the forward
+        # pass on the main stream, and waiting for them to land never stalls the step loop.
         self._stream: Any = None
         self._promoter: ThreadPoolExecutor | None = None
         if self._device.type == "cuda":
@@ -148,6 +164,7 @@ class AdapterManager:
             entry = self._entry_for(ref)
             handle = AdapterHandle(entry.key, next(self._ids), entry)
             entry.waiting[handle.id] = self._clock()
+            self._refresh(entry)
             return handle
 
     def prefetch(self, ref: AdapterRef) -> None:
@@ -199,6 +216,7 @@ class AdapterManager:
             if self.state(handle) is not AdapterState.READY or entry.slot is None:
                 raise RuntimeError(f"adapter {entry.key} is not ready")
             entry.waiting.pop(handle.id, None)
+            self._refresh(entry)
             entry.running += 1
             entry.served = True
             entry.last_used = self._clock()
@@ -223,6 +241,8 @@ class AdapterManager:
             else:
                 entry.waiting.pop(handle.id, None)
                 handle.released = True
+            self._refresh(entry)
+            self._touched.add(entry)
 
     # ---- the step loop --------------------------------------------------------------------
 
@@ -234,18 +254,16 @@ class AdapterManager:
         """
         with self._lock:
             now = self._clock()
-            for entry in list(self._entries.values()):
-                self._collect(entry, now)
-            first = frozenset(priority)
-            for entry in self._wanted(priority):
-                if not self._promote(entry, now, first):
-                    break
-            self._forget_idle()
+            while self._finished:
+                self._collect(self._finished.popleft(), now)
+            self._promote_wanted(priority, now)
+            self._forget_idle(now)
 
     def _collect(self, entry: _Entry, now: float) -> None:
         if entry.future is not None and entry.future.done():
             future, entry.future = entry.future, None
             exc = future.exception()
+            self._touched.add(entry)
             if exc is None:
                 entry.weights = future.result()
                 self.stats["loads"] += 1
@@ -265,6 +283,7 @@ class AdapterManager:
                 log.warning(
                     "adapter %s failed to load: %s", entry.key, entry.error.message, exc_info=trace
                 )
+            self._refresh(entry)
         if entry.promoting is not None and entry.promoting.done():
             promotion, entry.promoting = entry.promoting, None
             exc = promotion.exception()
@@ -277,20 +296,47 @@ class AdapterManager:
                     f"activating adapter {entry.key} failed", code="load_failed"
                 )
                 entry.failed_at = now
+                self._touched.add(entry)
                 return
             # The copy is complete; this keeps later main-stream kernels ordered after it anyway.
             torch.cuda.current_stream(self._device).wait_event(promotion.result())
 
-    def _wanted(self, priority: Sequence[str]) -> list[_Entry]:
-        """Loaded, not resident, with waiting requests: the next promotions, in order."""
-        rank = {key: i for i, key in enumerate(priority)}
-        wanted = [
-            e
-            for e in self._entries.values()
-            if e.weights is not None and e.slot is None and e.waiting and e.error is None
-        ]
-        wanted.sort(key=lambda e: (rank.get(e.key, len(rank)), min(e.waiting.values())))
-        return wanted
+    def _refresh(self, entry: _Entry) -> None:
+        """Keep ``entry``'s membership of the promotion candidates up to date after a change."""
+        wanted = (
+            entry.weights is not None
+            and entry.slot is None
+            and entry.error is None
+            and bool(entry.waiting)
+        )
+        if wanted:
+            self._candidates[entry] = None
+        else:
+            self._candidates.pop(entry, None)
+
+    def _promote_wanted(self, priority: Sequence[str], now: float) -> None:
+        """Promote candidates while slots can be had: the scheduler's adapters first, in its
+        order, then the others by their oldest waiting request."""
+        first = frozenset(priority)
+        for key in priority:
+            entry = self._entries.get(key)
+            if entry is None or entry not in self._candidates:
+                continue
+            if not self._promote(entry, now, first):
+                return
+        if not self._candidates:
+            return
+        # Only the priority's adapters (or all, without one) may take a slot others wait for.
+        available = len(self._victims(now, urgent=not priority, priority=first))
+        available += sum(1 for o in self._owners if o is None)
+        if available == 0:
+            return  # the common case with many adapters waiting: no ranking of them all
+        # A handle's wait starts when it is added, so each entry's first waiting time is its oldest.
+        for entry in heapq.nsmallest(
+            available, self._candidates, key=lambda e: next(iter(e.waiting.values()))
+        ):
+            if not self._promote(entry, now, first):
+                return
 
     def _promote(self, entry: _Entry, now: float, priority: frozenset[str]) -> bool:
         """Give ``entry`` a slot (evicting an idle one if needed); False when none can be had."""
@@ -302,17 +348,29 @@ class AdapterManager:
         return True
 
     def _free_slot(self, now: float, *, urgent: bool, priority: frozenset[str]) -> int | None:
-        free = [s for s, owner in enumerate(self._owners) if owner is None]
-        if free:
-            return free[0]
-        # Never a slot the running batch uses or one still being written. Victims, best first:
-        # 0. adapters nobody waits for (least recently used first);
-        # 1. for an adapter the scheduler wants first, ones it does not (prefetched into a slot
-        #    that was free at the time);
-        # 2. for such an adapter, one whose requests ran and that held its slot for a whole cycle:
-        #    a hot adapter cannot keep cold ones out for ever, and a promotion is never undone
-        #    before its requests ran (which would thrash).
-        # A prefetch (not urgent) only takes a slot nobody waits for.
+        if None in self._owners:
+            return self._owners.index(None)
+        idle = self._victims(now, urgent=urgent, priority=priority)
+        if not idle:
+            return None
+        _, _, slot = min(idle)
+        self._evict(slot)
+        return slot
+
+    def _victims(
+        self, now: float, *, urgent: bool, priority: frozenset[str]
+    ) -> list[tuple[int, float, int]]:
+        """``(class, last_used, slot)`` of the slots a promotion may take, best victim first.
+
+        Never a slot the running batch uses or one still being written. Classes:
+        0. adapters nobody waits for (least recently used first);
+        1. for an adapter the scheduler wants first, ones it does not (prefetched into a slot
+           that was free at the time);
+        2. for such an adapter, one whose requests ran and that held its slot for a whole cycle:
+           a hot adapter cannot keep cold ones out for ever, and a promotion is never undone
+           before its requests ran (which would thrash).
+        A prefetch (not urgent) only takes a slot nobody waits for.
+        """
         idle: list[tuple[int, float, int]] = []
         for s, o in enumerate(self._owners):
             if o is None or o.running or o.promoting is not None:
@@ -325,11 +383,7 @@ class AdapterManager:
                 idle.append((1, o.last_used, s))
             elif o.served and now - o.promoted_at >= self.config.cycle_time_s:
                 idle.append((2, o.last_used, s))
-        if not idle:
-            return None
-        _, _, slot = min(idle)
-        self._evict(slot)
-        return slot
+        return idle
 
     def _evict(self, slot: int) -> None:
         victim = self._owners[slot]
@@ -340,6 +394,8 @@ class AdapterManager:
         victim.slot = None
         self._owners[slot] = None
         self.stats["evictions"] += 1
+        self._refresh(victim)
+        self._touched.add(victim)
 
     def _write(self, slot: int, entry: _Entry, now: float) -> None:
         weights = entry.weights
@@ -349,7 +405,7 @@ class AdapterManager:
             main_done = torch.cuda.Event()
             main_done.record(torch.cuda.current_stream(self._device))
             entry.promoting = self._promoter.submit(self._copy_to_slot, slot, weights, main_done)
-            self._notify(entry.promoting)
+            self._notify(entry, entry.promoting)
         else:
             self._slots.write_(slot, weights)
         # While resident the slot owns the host copy; the CPU tier's budget is for the rest.
@@ -360,11 +416,18 @@ class AdapterManager:
         entry.last_used = now
         self._owners[slot] = entry
         self.stats["promotions"] += 1
+        self._refresh(entry)
 
-    def _notify(self, future: Future[Any]) -> None:
-        if self._wake is not None:
-            wake = self._wake
-            future.add_done_callback(lambda _f: wake())
+    def _notify(self, entry: _Entry, future: Future[Any]) -> None:
+        """When ``future`` finishes: queue ``entry`` for the next step's collection, wake the loop."""
+        finished, wake = self._finished, self._wake
+
+        def done(_f: Future[Any]) -> None:
+            finished.append(entry)
+            if wake is not None:
+                wake()
+
+        future.add_done_callback(done)
 
     def _copy_to_slot(self, slot: int, weights: LoraWeights, after: Any) -> Any:
         """On the promoter thread: write ``slot`` on the side stream, wait for the copy to land.
@@ -380,13 +443,27 @@ class AdapterManager:
         done.synchronize()
         return done
 
-    def _forget_idle(self) -> None:
-        for key, e in list(self._entries.items()):
-            idle = not e.waiting and e.running == 0 and e.slot is None and e.future is None
-            if idle and (
-                e.error is None or self._clock() - e.failed_at >= self.config.failure_ttl_s
-            ):
-                del self._entries[key]
+    def _forget_idle(self, now: float) -> None:
+        """Drop entries nobody needs any more (their weights stay in the CPU tier); a failed one
+        only once its failure expired, so that it keeps answering new requests until then."""
+        touched, self._touched = self._touched, set()
+        for e in touched:
+            if e.error is None:
+                self._forget(e)
+            elif self._idle(e):
+                heapq.heappush(self._expiring, (e.failed_at, next(self._seq), e))
+        ttl = self.config.failure_ttl_s
+        while self._expiring and now - self._expiring[0][0] >= ttl:
+            self._forget(heapq.heappop(self._expiring)[2])
+
+    @staticmethod
+    def _idle(e: _Entry) -> bool:
+        return not e.waiting and e.running == 0 and e.slot is None and e.future is None
+
+    def _forget(self, e: _Entry) -> None:
+        if self._idle(e) and self._entries.get(e.key) is e:
+            del self._entries[e.key]
+            self._candidates.pop(e, None)
 
     # ---- loading --------------------------------------------------------------------------
 
@@ -403,7 +480,7 @@ class AdapterManager:
             self._entries[key] = entry
         if entry.weights is None and entry.future is None and entry.error is None:
             entry.future = self._pool.submit(self.loader.load, ref)
-            self._notify(entry.future)
+            self._notify(entry, entry.future)
         return entry
 
     def preload(self, refs: Iterable[AdapterRef], timeout_s: float | None = None) -> None:

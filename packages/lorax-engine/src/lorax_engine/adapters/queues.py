@@ -9,6 +9,7 @@ request, and among active adapters the oldest request goes first.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict, deque
@@ -22,12 +23,15 @@ T = TypeVar("T")
 @dataclass(slots=True)
 class _Queue(Generic[T]):
     items: deque[tuple[float, T]] = field(default_factory=deque[tuple[float, T]])
-    waiting_since: float = 0.0  # when it was queued, or last rotated out: its turn order
     activated_at: float | None = None
 
 
 class AdapterQueues(Generic[T]):
-    """FIFO queues of requests (any item type) keyed by adapter cache key."""
+    """FIFO queues of requests (any item type) keyed by adapter cache key.
+
+    Every operation costs O(1) or O(``max_active``), never O(adapters with queued requests): the
+    engine calls them several times per step with thousands of adapters waiting.
+    """
 
     def __init__(
         self, max_active: int, cycle_time_s: float, clock: Callable[[], float] = time.monotonic
@@ -39,20 +43,31 @@ class AdapterQueues(Generic[T]):
         self.max_active = max_active
         self.cycle_time_s = cycle_time_s
         self._clock = clock
-        self._queues: OrderedDict[str, _Queue[T]] = OrderedDict()
+        self._queues: dict[str, _Queue[T]] = {}
+        # Adapters (base model excluded) with queued requests, in their turn order: a queue joins
+        # the back when created or rotated out, both at the clock's current time.
+        self._inactive: OrderedDict[str, None] = OrderedDict()
+        self._active: OrderedDict[str, None] = OrderedDict()  # in activation order
+        self._count = 0
+        # Lowest arrival time handed out so far (every queued head is at or above it): a put-back
+        # request goes just below it.
+        self._floor = math.inf
 
     def push(self, key: str, item: T) -> None:
         """Queue a request for adapter ``key`` ("" = the base model)."""
-        self._queue(key).items.append((self._clock(), item))
+        now = self._clock()
+        self._floor = min(self._floor, now)
+        self._queue(key).items.append((now, item))
+        self._count += 1
 
     def push_front(self, key: str, item: T) -> None:
         """Put a preempted request (or one that did not fit this step) back at the head of its
         adapter's queue. It counts as older than every queued request: it was admitted once
         already, so it goes first as soon as its adapter may admit."""
         q = self._queue(key)
-        oldest = min((since for since, _ in q.items), default=self._clock())
-        first = min([oldest, *(head for _, head in self._heads())])
-        q.items.appendleft((math.nextafter(first, -math.inf), item))  # strictly the oldest
+        self._floor = math.nextafter(min(self._floor, self._clock()), -math.inf)
+        q.items.appendleft((self._floor, item))  # strictly the oldest
+        self._count += 1
 
     def peek(self, key: str) -> T | None:
         """The next request of adapter ``key`` without removing it; None when none is queued."""
@@ -62,8 +77,15 @@ class AdapterQueues(Generic[T]):
     def _queue(self, key: str) -> _Queue[T]:
         q = self._queues.get(key)
         if q is None:
-            q = self._queues[key] = _Queue(waiting_since=self._clock())
+            q = self._queues[key] = _Queue()
+            if key:
+                self._inactive[key] = None
         return q
+
+    def _drop(self, key: str) -> None:
+        del self._queues[key]
+        self._inactive.pop(key, None)
+        self._active.pop(key, None)
 
     def remove(self, key: str, item: T) -> bool:
         """Drop a queued request (cancelled); False if it was not queued."""
@@ -73,59 +95,69 @@ class AdapterQueues(Generic[T]):
         for i, (_, queued) in enumerate(q.items):
             if queued is item:
                 del q.items[i]
+                self._count -= 1
                 if not q.items:
-                    del self._queues[key]
+                    self._drop(key)
                 return True
         return False
 
     def active_keys(self) -> list[str]:
         """Adapters allowed to admit requests now (after rotating), base model excluded."""
         self._rotate()
-        return [k for k, q in self._queues.items() if k and q.activated_at is not None]
+        return list(self._active)
 
     def waiting_keys(self) -> list[str]:
-        """Every adapter with queued requests, oldest request first (for prefetching)."""
-        return [k for k, _ in sorted(self._heads(), key=lambda kv: kv[1]) if k]
+        """Every adapter with queued requests, oldest request first (for prefetching; O(n log n))."""
+        heads = [(q.items[0][0], k) for k, q in self._queues.items() if k and q.items]
+        return [k for _, k in sorted(heads)]
 
     def pop(self, ready: Callable[[str], bool]) -> tuple[str, T] | None:
         """The oldest request among the base model and the active adapters that ``ready`` accepts."""
-        active = set(self.active_keys())
+        self._rotate()
         best: tuple[float, str] | None = None
-        for key, since in self._heads():
-            if (key == "" or key in active) and ready(key) and (best is None or since < best[0]):
+        for key in ("", *self._active):
+            q = self._queues.get(key)
+            if q is None:
+                continue
+            since = q.items[0][0]
+            if (best is None or since < best[0]) and ready(key):
                 best = (since, key)
         if best is None:
             return None
         key = best[1]
         q = self._queues[key]
         _, item = q.items.popleft()
+        self._count -= 1
         if not q.items:
-            del self._queues[key]
+            self._drop(key)
         return key, item
-
-    def _heads(self) -> list[tuple[str, float]]:
-        return [(k, q.items[0][0]) for k, q in self._queues.items() if q.items]
 
     def _rotate(self) -> None:
         now = self._clock()
-        active = [
-            (q.activated_at, k) for k, q in self._queues.items() if k and q.activated_at is not None
-        ]
-        waiting = sorted(
-            (q.waiting_since, k) for k, q in self._queues.items() if k and q.activated_at is None
-        )
-        # Expired slices give way, longest-active first, one per waiting adapter.
-        expired = sorted(
-            (t, k) for t, k in active if t is not None and now - t >= self.cycle_time_s
-        )
-        free = self.max_active - len(active)
-        for (_, key), _ in zip(expired, waiting[max(free, 0) :], strict=False):
-            q = self._queues[key]
-            q.activated_at = None
-            q.waiting_since = now  # to the back of the line: it waits behind the others now
-            free += 1
-        for _, key in waiting[: max(free, 0)]:
+        free = self.max_active - len(self._active)
+        # Expired slices give way, longest-active first, one per adapter waiting beyond the free
+        # places; active adapters are in activation order, so the expired ones come first.
+        out: list[str] = []
+        excess = len(self._inactive) - max(free, 0)
+        for key in self._active:
+            if len(out) >= excess:
+                break
+            activated = self._queues[key].activated_at
+            if activated is None or now - activated < self.cycle_time_s:
+                break
+            out.append(key)
+        for key in out:
+            del self._active[key]
+            self._queues[key].activated_at = None
+        free += len(out)
+        # The waiting adapters enter in turn order; the ones just rotated out queue behind them.
+        entering = list(itertools.islice(self._inactive, max(free, 0)))
+        for key in entering:
+            del self._inactive[key]
+            self._active[key] = None
             self._queues[key].activated_at = now
+        for key in out:
+            self._inactive[key] = None
 
     def __len__(self) -> int:
-        return sum(len(q.items) for q in self._queues.values())
+        return self._count
