@@ -125,10 +125,17 @@ def main() -> int:
                     bench_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
                 )
                 assert bench.stdout is not None
-                for line in bench.stdout:
-                    sys.stdout.buffer.write(line)
-                    sys.stdout.flush()
-                    bench_log.write(line)
+                try:
+                    for line in bench.stdout:
+                        sys.stdout.buffer.write(line)
+                        sys.stdout.flush()
+                        bench_log.write(line)
+                except KeyboardInterrupt:
+                    # run.sh's time limit interrupts the whole group: lorax-bench writes the
+                    # points it finished before the servers go away.
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # one interrupt is enough
+                    print("e2e: interrupted, waiting for lorax-bench's results", flush=True)
+                    bench_log.write(bench.communicate(timeout=30)[0])
                 return bench.wait()
         finally:
             for proc in reversed(procs):
