@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import statistics
 import time
@@ -35,6 +36,8 @@ from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.params import SamplingParams
 
 PHASES: dict[str, list[float]] = defaultdict(list)
+# CUDA events around each ``runner.execute``: (when the GPU reached the step, when it finished it).
+GPU_MARKS: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
 
 def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -51,6 +54,33 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def gpu_marked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Record a CUDA event before and after ``fn``'s GPU work, to find idle gaps between steps."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn(*args, **kwargs)
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        GPU_MARKS.append((start, end))
+        return out
+
+    return wrapper
+
+
+def gpu_timeline() -> dict[str, float]:
+    """Median GPU time per step and median GPU idle time between consecutive steps, in ms."""
+    torch.cuda.synchronize()
+    busy = [s.elapsed_time(e) for s, e in GPU_MARKS]
+    gaps = [a[1].elapsed_time(b[0]) for a, b in itertools.pairwise(GPU_MARKS)]
+    return {
+        "gpu_step_ms_p50": round(statistics.median(busy), 3),
+        "gpu_gap_ms_p50": round(statistics.median(gaps), 3) if gaps else 0.0,
+    }
+
+
 def instrument(core: EngineCore) -> None:
     runner = core.runner
     core.scheduler.schedule = timed("schedule", core.scheduler.schedule)  # type: ignore[method-assign]
@@ -58,7 +88,7 @@ def instrument(core: EngineCore) -> None:
     runner._lora_meta_for = timed("lora_meta", runner._lora_meta_for)  # type: ignore[method-assign]
     if runner.graphs is not None:
         runner.graphs.run = timed("graph_upload_and_launch", runner.graphs.run)  # type: ignore[method-assign]
-    runner.execute = timed("execute", runner.execute)  # type: ignore[method-assign]
+    runner.execute = timed("execute", gpu_marked(runner.execute))  # type: ignore[method-assign]
     core._launch = timed("launch_sampling", core._launch)  # type: ignore[method-assign]
     core._complete = timed("complete_prior_step", core._complete)  # type: ignore[method-assign]
     core._process = timed("process_sync_step", core._process)  # type: ignore[method-assign]
@@ -131,12 +161,16 @@ def main() -> None:
         for _ in range(3):
             core.step()
         PHASES.clear()
+        GPU_MARKS.clear()
         for _ in range(args.steps):
             core.step()
         phases = {k: round(statistics.median(v) * 1000, 3) for k, v in PHASES.items()}
+        timeline = gpu_timeline()
         kernels = eager_top_kernels(runner, core, args.top)
         print(
-            json.dumps({"batch": b, "phase_ms_p50": phases, "graph_gpu_ms": replay_ms(core, b)}),
+            json.dumps(
+                {"batch": b, "phase_ms_p50": phases, **timeline, "graph_gpu_ms": replay_ms(core, b)}
+            ),
             flush=True,
         )
         for row in kernels:
