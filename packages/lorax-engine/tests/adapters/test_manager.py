@@ -471,13 +471,18 @@ def test_idle_entries_are_forgotten_and_failures_after_their_ttl(
     assert key_a not in manager._entries  # loaded for nobody: forgotten, kept in the CPU tier
     assert key_a in loader.host_cache
     bad = manager.request(_ref("bad"))
-    _wait_ready(manager, [bad])
+    reported: set[str] = set()
+    while manager.state(bad) is AdapterState.LOADING:
+        assert time.monotonic() < deadline
+        reported |= manager.step()
     assert manager.state(bad) is AdapterState.FAILED
+    assert reported == {key_bad}  # the step says whose waiting requests to fail, once
     manager.release(bad)
-    manager.step()
+    assert manager.step() == frozenset()
     assert key_bad in manager._entries  # still answers new requests at once
     again = manager.request(_ref("bad"))
     assert manager.state(again) is AdapterState.FAILED
+    assert manager.step() == {key_bad}
     now[0] = 10.0
     manager.step()
     assert key_bad in manager._entries  # expired, but a request still holds it

@@ -144,6 +144,8 @@ class AdapterManager:
         # their failure expires: what a step may forget.
         self._touched: set[_Entry] = set()
         self._expiring: list[tuple[float, int, _Entry]] = []
+        # Keys whose waiting requests must be failed: the next step reports them once.
+        self._failed_keys: set[str] = set()
         self._seq = itertools.count()  # heap tie-breaker: entries do not compare
         # On CUDA, promotions run on their own thread and stream: the copies overlap the forward
         # pass on the main stream, and waiting for them to land never stalls the step loop.
@@ -165,6 +167,8 @@ class AdapterManager:
             handle = AdapterHandle(entry.key, next(self._ids), entry)
             entry.waiting[handle.id] = self._clock()
             self._refresh(entry)
+            if entry.error is not None:
+                self._failed_keys.add(entry.key)
             return handle
 
     def prefetch(self, ref: AdapterRef) -> None:
@@ -246,11 +250,15 @@ class AdapterManager:
 
     # ---- the step loop --------------------------------------------------------------------
 
-    def step(self, priority: Sequence[str] = ()) -> None:
+    def step(self, priority: Sequence[str] = ()) -> frozenset[str]:
         """Collect finished loads, finish promotions and start new ones. Never blocks on I/O.
 
         ``priority``: cache keys the scheduler wants first (e.g. its active adapters); the rest
         follow by how long their oldest request has waited.
+
+        Returns the cache keys whose waiting requests are FAILED since the last step (a load or
+        a promotion failed, or a request arrived for an adapter that failed recently), so the
+        caller only looks through its waiting requests when there is something to fail.
         """
         with self._lock:
             now = self._clock()
@@ -258,6 +266,8 @@ class AdapterManager:
                 self._collect(self._finished.popleft(), now)
             self._promote_wanted(priority, now)
             self._forget_idle(now)
+            failed, self._failed_keys = frozenset(self._failed_keys), set()
+            return failed
 
     def _collect(self, entry: _Entry, now: float) -> None:
         if entry.future is not None and entry.future.done():
@@ -277,6 +287,7 @@ class AdapterManager:
                     )
                 )
                 entry.failed_at = now
+                self._failed_keys.add(entry.key)
                 self.stats["load_failures"] += 1
                 # Our own errors say everything; anything else is a bug worth its traceback.
                 trace = None if isinstance(exc, AdapterError) else exc
@@ -296,6 +307,7 @@ class AdapterManager:
                     f"activating adapter {entry.key} failed", code="load_failed"
                 )
                 entry.failed_at = now
+                self._failed_keys.add(entry.key)
                 self._touched.add(entry)
                 return
             # The copy is complete; this keeps later main-stream kernels ordered after it anyway.
