@@ -8,7 +8,8 @@
 # gateway's and client's litestar, uvicorn, pydantic, opentelemetry...) into /tmp/site, runs each
 # driver under its own time limit and writes its JSON lines / results under $OUT:
 # structured.jsonl, quant.jsonl, e2e/{sweep.json,sweep.png,engine.log,gateway.log,bench.log}.
-# Limits (seconds): STRUCTURED_TIMEOUT (120), QUANT_TIMEOUT (180), E2E_TIMEOUT (200).
+# Limits (seconds): STRUCTURED_TIMEOUT (120), QUANT_TIMEOUT (180), E2E_TIMEOUT (200); E2E_SWEEP
+# replaces the default lorax-bench sweep of e2e.py.
 set -u -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -35,7 +36,10 @@ for w in "${which[@]}"; do
             2>&1 | tee "$OUT/quant.jsonl" ;;
     e2e)
         # SIGINT first: lorax-bench then writes what it measured and the driver stops the servers.
-        timeout -s INT -k 20 "${E2E_TIMEOUT:-200}" python3 benchmarks/gpu/e2e.py --out "$OUT/e2e" ;;
+        # E2E_SWEEP: lorax-bench arguments replacing e2e.py's default sweep (split on blanks).
+        # shellcheck disable=SC2086
+        timeout -s INT -k 20 "${E2E_TIMEOUT:-200}" python3 benchmarks/gpu/e2e.py --out "$OUT/e2e" \
+            ${E2E_SWEEP:+-- $E2E_SWEEP} ;;
     *)
         echo "unknown driver $w (structured, quant, e2e)"; false ;;
     esac || status=1
