@@ -120,6 +120,27 @@ def _decode_kernel(
         s = g % NUM_SLICES
         slot = tl.load(slots_ptr + t)
         if slot >= 0:
+            # Column range of slice s in y (offsets are kernel arguments: no metadata tensor).
+            lo = tl.where(s == 0, 0, tl.where(s == 1, off1, tl.where(s == 2, off2, off3)))
+            hi = tl.where(s == 0, off1, tl.where(s == 1, off2, tl.where(s == 2, off3, off4)))
+            rank = tl.load(ranks_ptr + slot)
+            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < hi - lo
+            # B and y do not depend on h: load them before waiting, so their memory latency
+            # overlaps the shrink units instead of following them. (Chunks past the slice's
+            # width read nothing; a rank-0 slot reads its y chunk but leaves it alone.)
+            b = tl.load(
+                b_ptr
+                + s.to(tl.int64) * stride_bs
+                + slot.to(tl.int64) * stride_bslot
+                + offs_n[:, None] * stride_bn
+                + offs_r[None, :],
+                mask=n_mask[:, None] & (offs_r < rank)[None, :],
+                other=0.0,
+            )  # [BLOCK_N, BLOCK_R]
+            y_ptrs = y_ptr + t.to(tl.int64) * stride_ym + lo + offs_n
+            y = tl.load(y_ptrs, mask=n_mask, other=0.0)
+            scale = tl.load(scales_ptr + slot)
             # Spin on plain (volatile) reads, which do not contend with the arrivals as
             # read-modify-writes would, then one acquire that synchronises with every release.
             while tl.load(arrive_ptr + g, volatile=True) < SPLIT:
@@ -130,26 +151,8 @@ def _decode_kernel(
             for i in range(SPLIT):  # fixed order: the same h in every expand unit
                 # .cg: read from L2, where the other SMs' partials are, never a stale L1 line.
                 h += tl.load(part_ptr + (g * SPLIT + i) * BLOCK_R + offs_r, cache_modifier=".cg")
-            # Column range of slice s in y (offsets are kernel arguments: no metadata tensor).
-            lo = tl.where(s == 0, 0, tl.where(s == 1, off1, tl.where(s == 2, off2, off3)))
-            hi = tl.where(s == 0, off1, tl.where(s == 1, off2, tl.where(s == 2, off3, off4)))
-            rank = tl.load(ranks_ptr + slot)
-            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < hi - lo
             if (j * BLOCK_N < hi - lo) & (rank > 0):
-                b = tl.load(
-                    b_ptr
-                    + s.to(tl.int64) * stride_bs
-                    + slot.to(tl.int64) * stride_bslot
-                    + offs_n[:, None] * stride_bn
-                    + offs_r[None, :],
-                    mask=n_mask[:, None] & (offs_r < rank)[None, :],
-                    other=0.0,
-                )  # [BLOCK_N, BLOCK_R]
                 delta = tl.sum(b.to(tl.float32) * h[None, :], axis=1)  # [BLOCK_N]
-                y_ptrs = y_ptr + t.to(tl.int64) * stride_ym + lo + offs_n
-                y = tl.load(y_ptrs, mask=n_mask, other=0.0)
-                scale = tl.load(scales_ptr + slot)
                 tl.store(y_ptrs, (y.to(tl.float32) + scale * delta).to(y.dtype), mask=n_mask)
             # The last expand unit of the group has passed its wait after every other one did:
             # nobody reads these counters again in this launch.
