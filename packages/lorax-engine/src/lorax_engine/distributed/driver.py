@@ -70,6 +70,10 @@ def join_group(
     """Join the process group; returns the forward's context and the control group."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:
+        # Each shard process would otherwise start a thread per core: N times oversubscribed,
+        # their spinning threads slow every collective by orders of magnitude.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size)
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     return TensorParallel(rank, world_size, dist.group.WORLD), control
