@@ -122,3 +122,36 @@ def test_lora_slices_recombine_to_the_whole_delta() -> None:
         row_sum += x[:, rank * 8 : (rank + 1) * 8] @ a.T @ b.T  # summed over the shards
     torch.testing.assert_close(torch.cat(col_parts, dim=1), x @ a_col.T @ b_col.T)
     torch.testing.assert_close(row_sum, x @ a_row.T @ b_row.T)
+
+
+def test_sharded_model_gives_the_whole_models_logits(tmp_path: Path) -> None:
+    """Biases on every projection (row-parallel ones added once), tied embeddings and a vocabulary
+    the shards do not divide (padded): two gloo shards give the unsharded model's logits."""
+    import socket
+
+    import tp_model_shard as tms
+
+    cfg = replace(
+        _cfg(), qkv_bias=True, o_bias=True, mlp_bias=True, tie_word_embeddings=True, num_heads=4
+    )
+    whole = tms.build_model(cfg, torch.float32, torch.device("cpu"), 64)
+    whole.load_hf_weights(tms.hf_weights(cfg).items())
+    with torch.inference_mode():
+        expected = tms.batch_logits(whole)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=tms.shard_main, args=(rank, 2, port, cfg, tmp_path)) for rank in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=TIMEOUT_S)
+        if p.exitcode is None:
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+    for rank in (0, 1):  # every shard holds the gathered logits
+        got = torch.load(tmp_path / f"logits{rank}.pt")
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
