@@ -28,23 +28,27 @@ from lorax_engine.distributed.parallel import (
 from lorax_engine.lora import LoraSlots, ModelLoraSpec
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.model_config import ModelConfig
-from lorax_engine.models.rope import RotaryEmbedding, apply_rotary
+from lorax_engine.models.rope import RotaryEmbedding
 from lorax_kernels import LoraBatchMeta
 
 
 class RMSNorm(nn.Module):
-    """RMS norm computed in float32, cast back before the weight (as HF Llama does)."""
+    """RMS norm computed in float32, cast back before the weight (as HF Llama does), with the
+    residual add before it fused into the same kernel."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        # HF normalises in float32 and rounds before scaling by the weight.
-        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(x + residual), x + residual)``; without a residual ``(norm(x), x)`` (the first
+        layer, whose residual stream starts at the embedding)."""
+        if residual is None:
+            return lorax_kernels.rms_norm(x, self.weight, self.eps), x
+        return lorax_kernels.fused_add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class LoraLinear(nn.Module):
@@ -119,15 +123,15 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         batch: ForwardBatch,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rotary: RotaryEmbedding,
         kv: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         cfg = self.cfg
         qkv = self.qkv(x, batch.lora_meta)  # [T, q_size + 2 * kv_size]
         num_tokens = qkv.shape[0]
-        # Rotate q and k together: one pass of elementwise kernels instead of two.
+        # Rotate q and k together, in place in the qkv output: one kernel for both.
         qk = qkv[:, : cfg.q_size + cfg.kv_size].view(num_tokens, -1, cfg.head_dim)
-        qk = apply_rotary(qk, *rope)  # [T, Hq + Hkv, D]
+        rotary.rotate_(qk, batch.positions)  # [T, Hq + Hkv, D]
         q = qk[:, : cfg.num_heads]
         k = qk[:, cfg.num_heads :]
         v = qkv[:, cfg.q_size + cfg.kv_size :].view(num_tokens, cfg.num_kv_heads, cfg.head_dim)
@@ -168,8 +172,8 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
-        gate, up = self.gate_up(x, lora_meta).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up, lora_meta)
+        gate_up = self.gate_up(x, lora_meta)  # [T, 2 * intermediate]: [gate | up]
+        return self.down(lorax_kernels.silu_and_mul(gate_up), lora_meta)
 
 
 class DecoderLayer(nn.Module):
@@ -183,12 +187,17 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        residual: torch.Tensor | None,
         batch: ForwardBatch,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rotary: RotaryEmbedding,
         kv: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        x = x + self.attn(self.input_norm(x), batch, rope, kv)
-        return x + self.mlp(self.post_attn_norm(x), batch.lora_meta)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(MLP output, residual stream)`` from the previous layer's pair, or from the embedding
+        and no residual. Each add into the residual stream is fused into the norm after it, so the
+        stream is "carried": the last layer's add happens in the model's final norm."""
+        h, stream = self.input_norm(x, residual)
+        h, stream = self.post_attn_norm(self.attn(h, batch, rotary, kv), stream)
+        return self.mlp(h, batch.lora_meta), stream
 
 
 class DecoderModel(nn.Module):
@@ -231,10 +240,10 @@ class DecoderModel(nn.Module):
         self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> torch.Tensor:
         x = self._embed(batch.input_ids)  # [num_tokens, hidden]
-        rope = self.rotary(batch.positions, x.dtype)
+        residual: torch.Tensor | None = None
         for layer, kv in zip(self.layers, kv_caches, strict=True):
-            x = layer(x, batch, rope, kv)
-        return self.norm(x)
+            x, residual = layer(x, residual, batch, self.rotary, kv)
+        return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, hidden] -> [n, vocab]`` float32 logits (gathered from the shards: every shard

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+import lorax_kernels
 from lorax_engine.models.model_config import RopeConfig
 
 
@@ -46,16 +47,8 @@ class RotaryEmbedding(torch.nn.Module):
             "cos_sin", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False
         )
 
-    def forward(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)``, each ``[T, 1, D]`` in ``dtype``: computed once per step, used by every layer."""
-        cos, sin = self.cos_sin.index_select(0, positions).to(dtype).chunk(2, dim=-1)  # [T, D/2]
-        return torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """HF's half-split rotation of ``x [T, H, D]``, in x's dtype as HF computes it."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    def rotate_(self, qk: torch.Tensor, positions: torch.Tensor) -> None:
+        """Rotate ``qk: [T, H, D]`` (q and k heads side by side, a view of the qkv output) in
+        place by each token's position: HF's half-split rotation, in qk's dtype as HF computes it.
+        One kernel gathers the table rows and rotates every head."""
+        lorax_kernels.rotary_embedding_(qk, positions, self.cos_sin)
