@@ -146,7 +146,7 @@ def build_engine(
     slots = None
     if config.lora_slots > 0:
         # Before the KV pool, which is sized from the memory left.
-        num_slots = num_lora_slots(config, model.lora_spec(), _memory_bytes(device))
+        num_slots = num_lora_slots(config, model.shard_lora_spec(), _memory_bytes(device))
         slots = LoraSlots.allocate(
             model.shard_lora_spec(), num_slots, config.lora_max_rank, dtype, device
         )
