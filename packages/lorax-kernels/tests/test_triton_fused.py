@@ -36,8 +36,8 @@ DTYPES = list(TOL)
 
 
 def _randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(DEVICE, dtype)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    return torch.randn(*shape, generator=gen, device=DEVICE).to(dtype)
 
 
 def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
