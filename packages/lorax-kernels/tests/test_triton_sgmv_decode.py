@@ -76,6 +76,8 @@ SMALL = [
     (37, 40, (24, 8, 8), [1, 8, 0, 5, 16]),
     (13, 600, (48, 20), [128, 3, 64, 1]),  # several shrink and expand chunks per token
     (9, 96, (0, 700, 5, 64), [16, 2]),  # four slices, one empty, one of several chunks
+    (6, 64, (40,), [12, 7, 3]),  # table rank 12: B read in 4-wide vectors
+    (5, 48, (16, 8), [7, 1]),  # table rank 7: element by element
 ]
 LARGE = [
     (1, 4096, (4096,), [16] * 8),

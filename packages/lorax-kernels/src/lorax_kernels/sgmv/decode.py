@@ -77,6 +77,7 @@ def _decode_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     groups = num_rows * NUM_SLICES
     shrink_units = groups * SPLIT
@@ -129,15 +130,20 @@ def _decode_kernel(
             # B and y do not depend on h: load them before waiting, so their memory latency
             # overlaps the shrink units instead of following them. (Chunks past the slice's
             # width read nothing; a rank-0 slot reads its y chunk but leaves it alone.)
+            # B's rank columns in VEC-wide vectors: a mask that is constant across each vector
+            # keeps the loads vectorised while a low-rank slot still reads only its columns
+            # (rounded up to VEC; the table's columns past a slot's rank are zero, as is h).
+            offs_v = tl.arange(0, BLOCK_R // VEC)
+            r2 = offs_v[:, None] * VEC + tl.arange(0, VEC)[None, :]  # [BLOCK_R // VEC, VEC]
             b = tl.load(
                 b_ptr
                 + s.to(tl.int64) * stride_bs
                 + slot.to(tl.int64) * stride_bslot
-                + offs_n[:, None] * stride_bn
-                + offs_r[None, :],
-                mask=n_mask[:, None] & (offs_r < rank)[None, :],
+                + offs_n[:, None, None] * stride_bn
+                + r2[None, :, :],
+                mask=n_mask[:, None, None] & (offs_v < tl.cdiv(rank, VEC))[None, :, None],
                 other=0.0,
-            )  # [BLOCK_N, BLOCK_R]
+            )  # [BLOCK_N, BLOCK_R // VEC, VEC]
             y_ptrs = y_ptr + t.to(tl.int64) * stride_ym + lo + offs_n
             y = tl.load(y_ptrs, mask=n_mask, other=0.0)
             scale = tl.load(scales_ptr + slot)
@@ -147,12 +153,12 @@ def _decode_kernel(
                 pass
             tl.atomic_add(arrive_ptr + g, 0, sem="acquire")
             tl.debug_barrier()
-            h = tl.zeros((BLOCK_R,), dtype=tl.float32)
+            h = tl.zeros((BLOCK_R // VEC, VEC), dtype=tl.float32)
             for i in range(SPLIT):  # fixed order: the same h in every expand unit
                 # .cg: read from L2, where the other SMs' partials are, never a stale L1 line.
-                h += tl.load(part_ptr + (g * SPLIT + i) * BLOCK_R + offs_r, cache_modifier=".cg")
+                h += tl.load(part_ptr + (g * SPLIT + i) * BLOCK_R + r2, cache_modifier=".cg")
             if (j * BLOCK_N < hi - lo) & (rank > 0):
-                delta = tl.sum(b.to(tl.float32) * h[None, :], axis=1)  # [BLOCK_N]
+                delta = tl.sum(tl.sum(b.to(tl.float32) * h[None, :, :], axis=2), axis=1)
                 tl.store(y_ptrs, (y.to(tl.float32) + scale * delta).to(y.dtype), mask=n_mask)
             # The last expand unit of the group has passed its wait after every other one did:
             # nobody reads these counters again in this launch.
@@ -192,6 +198,8 @@ def decode_lora_(
         raise ValueError("y, lora_a and lora_b must be contiguous in their last dimension")
     max_width = max(hi - lo for lo, hi in itertools.pairwise(slice_offsets))
     block_r = max(2, triton.next_power_of_2(max_rank))
+    # Widest vector (<= 8 elements, 16 bytes of bf16) that never crosses the end of a B row.
+    vec = min(8, max_rank & -max_rank, block_r)
     unit = max(32, UNIT_ELEMENTS // block_r)
     block_k = min(unit, triton.next_power_of_2(in_features))
     block_n = min(unit, triton.next_power_of_2(max(max_width, 1)))
@@ -228,5 +236,6 @@ def decode_lora_(
         BLOCK_R=block_r,
         BLOCK_K=block_k,
         BLOCK_N=block_n,
+        VEC=vec,
         num_warps=4,
     )
