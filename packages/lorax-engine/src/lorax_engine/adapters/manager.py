@@ -155,6 +155,11 @@ class AdapterManager:
             self._stream = torch.cuda.Stream(self._device)
             self._promoter = ThreadPoolExecutor(1, thread_name_prefix="adapter-promote")
         self.stats = {"loads": 0, "load_failures": 0, "promotions": 0, "evictions": 0}
+        # Seconds spent in promotions since start-up: launching the slot writes (host time, the
+        # part that competes with the step loop for the GIL), and from a promotion's start until
+        # its copy landed (including the wait for the step that last read the slot).
+        self.promotion_host_s = 0.0
+        self.promotion_wall_s = 0.0
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -419,7 +424,10 @@ class AdapterManager:
             entry.promoting = self._promoter.submit(self._copy_to_slot, slot, weights, main_done)
             self._notify(entry, entry.promoting)
         else:
+            started = time.perf_counter()
             self._slots.write_(slot, weights)
+            self.promotion_host_s += time.perf_counter() - started
+            self.promotion_wall_s += time.perf_counter() - started
         # While resident the slot owns the host copy; the CPU tier's budget is for the rest.
         self.loader.host_cache.pop(entry.key)
         entry.slot = slot
@@ -447,12 +455,17 @@ class AdapterManager:
         Host tensors are pinned, so the copies are asynchronous DMA; the entry keeps ``weights``
         referenced until this returns, so their memory cannot be reused mid-copy.
         """
+        started = time.perf_counter()
         with torch.cuda.stream(self._stream):
             self._stream.wait_event(after)
             self._slots.write_(slot, weights)
             done = torch.cuda.Event()
             done.record(self._stream)
+        launched = time.perf_counter()
         done.synchronize()
+        # Only this thread writes these; readers take a snapshot (benchmarks, after the run).
+        self.promotion_host_s += launched - started
+        self.promotion_wall_s += time.perf_counter() - started
         return done
 
     def _forget_idle(self, now: float) -> None:
