@@ -2,7 +2,7 @@
 
 Usage (on the GPU machine, from the repository root):
     PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/run_all.py
-Optional arguments name a subset: decode prefill sgmv cache.
+Optional arguments name a subset: decode prefill sgmv cache fused.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 import time
 
 import bench_decode_attention
+import bench_fused
 import bench_prefill_attention
 import bench_reshape_and_cache
 import bench_sgmv
@@ -21,7 +22,7 @@ from common import copy_bandwidth_gbs, matmul_tflops
 
 def main() -> None:
     """Measure the ceilings, then each op; print everything as markdown."""
-    which = set(sys.argv[1:]) or {"decode", "prefill", "sgmv", "cache"}
+    which = set(sys.argv[1:]) or {"decode", "prefill", "sgmv", "cache", "fused"}
     props = torch.cuda.get_device_properties(0)
     copy_gbs = copy_bandwidth_gbs()
     mm = matmul_tflops()
@@ -39,6 +40,7 @@ def main() -> None:
         ("sgmv", bench_sgmv.run, copy_gbs),
         ("prefill", bench_prefill_attention.run, mm),
         ("cache", bench_reshape_and_cache.run, copy_gbs),
+        ("fused", bench_fused.run, copy_gbs),
     ]:
         if name in which:
             t0 = time.time()
