@@ -2,7 +2,9 @@
 each request's token ids as JSON: run by test_tensor_parallel.py in a subprocess, once per
 shard count, so the process group and the shard watchdog never touch the pytest process.
 
-Usage: python tp_generate.py CACHE_DIR NUM_SHARD [--kill-worker]
+Usage: python tp_generate.py CACHE_DIR NUM_SHARD [--kill-worker] [--cuda]
+
+``--cuda``: shards on GPUs 0..NUM_SHARD-1 (NCCL, CUDA graphs), still float32.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ ADAPTERS = [None, "demo/pirate", "demo/shakespeare", "demo/pirate", None, "demo/
 NEW_TOKENS = 8
 
 
-def config(cache_dir: Path, num_shard: int) -> EngineConfig:
+def config(cache_dir: Path, num_shard: int, device: str = "cpu") -> EngineConfig:
     return EngineConfig(
         model_id="demo",
-        device="cpu",
+        device=device,
         dtype="float32",
         cache_dir=cache_dir,
         limits=Limits(max_input_length=64, max_total_tokens=96),
@@ -50,8 +52,8 @@ async def generate(engine: AsyncEngine) -> list[list[int]]:
     return list(await asyncio.gather(*(one(p, a) for p, a in zip(PROMPTS, ADAPTERS, strict=True))))
 
 
-async def main(cache_dir: Path, num_shard: int, kill_worker: bool) -> None:
-    engine = AsyncEngine.from_config(config(cache_dir, num_shard))
+async def main(cache_dir: Path, num_shard: int, kill_worker: bool, device: str) -> None:
+    engine = AsyncEngine.from_config(config(cache_dir, num_shard, device))
     if kill_worker:
         # The engine must end itself (not hang in its next collective) when a shard dies.
         for child in multiprocessing.active_children():
@@ -65,4 +67,5 @@ async def main(cache_dir: Path, num_shard: int, kill_worker: bool) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2]), "--kill-worker" in sys.argv))
+    device = "cuda" if "--cuda" in sys.argv else "cpu"
+    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2]), "--kill-worker" in sys.argv, device))
