@@ -112,6 +112,7 @@ def _expand_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    VEC: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -142,15 +143,21 @@ def _expand_kernel(
         mask=m_mask[:, None] & r_mask[None, :],
         other=0.0,
     )  # [BLOCK_M, BLOCK_R] fp32
+    # B's rank rows in VEC-wide vectors (contiguous in memory): a rank mask that is constant
+    # across each vector keeps the loads vectorised, where a per-element one made them 2 bytes
+    # wide; rows between the rank and the next multiple of VEC are zero in the table, as in h.
+    offs_v = tl.arange(0, BLOCK_R // VEC)
+    r3 = offs_v[:, None, None] * VEC + tl.arange(0, VEC)[None, :, None]  # [BLOCK_R // VEC, VEC, 1]
     b = tl.load(
         b_ptr
         + s.to(tl.int64) * stride_bs
         + slot.to(tl.int64) * stride_bslot
-        + offs_n[None, :] * stride_bn
-        + offs_r[:, None],
-        mask=r_mask[:, None] & n_mask[None, :],
+        + offs_n[None, None, :] * stride_bn
+        + r3,
+        mask=(offs_v < tl.cdiv(rank, VEC))[:, None, None] & n_mask[None, None, :],
         other=0.0,
-    )  # [BLOCK_R, BLOCK_N]
+    )  # [BLOCK_R // VEC, VEC, BLOCK_N]
+    b = tl.reshape(b, (BLOCK_R, BLOCK_N))
     if IEEE:
         delta = tl.dot(h, b.to(tl.float32), input_precision="ieee")
     else:
@@ -289,6 +296,8 @@ def expand_(
         BLOCK_M=block_m,
         BLOCK_R=block_r,
         BLOCK_N=block_n,
+        # Widest vector (<= 8 elements) that never crosses the end of a B row.
+        VEC=min(8, max_rank & -max_rank),
         IEEE=y.dtype == torch.float32,
         num_warps=4,
         num_stages=1,
