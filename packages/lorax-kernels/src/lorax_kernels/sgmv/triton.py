@@ -267,7 +267,7 @@ def expand_(
     num_slices, max_rank = lora_b.shape[0], lora_b.shape[3]
     if num_slices > MAX_SLICES:
         raise ValueError(f"at most {MAX_SLICES} slices per projection, got {num_slices}")
-    if y.shape[0] == 0:
+    if y.shape[0] == 0 or max_rank == 0:
         return
     if y.stride(1) != 1 or h.stride(2) != 1 or lora_b.stride(3) != 1:
         raise ValueError("y, h and lora_b must be contiguous in their last dimension")
