@@ -1,4 +1,5 @@
-"""Multi-LoRA shrink+expand for one 4096->4096 projection, bf16, against reading the adapters.
+"""Multi-LoRA shrink+expand for one 4096->4096 projection, bf16, against reading the adapters;
+then every projection of one Llama-3-8B layer (fused q/k/v and gate/up) at a decode point.
 
 Two paths: ``lora_apply_`` (what the engine calls: the fused one-launch kernel up to
 ``DECODE_MAX_ROWS`` rows, the tiles above) and the tile path alone (``lora_shrink`` then
@@ -22,22 +23,33 @@ HIDDEN, DT = 4096, torch.bfloat16
 
 
 class Tables:
-    """One projection's slot tables with every slot at the same rank."""
+    """One projection's slot tables (fused slices of the given widths), every slot at one rank."""
 
-    def __init__(self, rank: int, slots: int) -> None:
-        self.rank, self.slots = rank, slots
-        self.a = torch.randn(1, slots, rank, HIDDEN, device="cuda", dtype=DT) / 64
-        self.b = torch.randn(1, slots, HIDDEN, rank, device="cuda", dtype=DT) / 4
+    def __init__(
+        self, rank: int, slots: int, in_features: int = HIDDEN, widths: tuple[int, ...] = (HIDDEN,)
+    ) -> None:
+        self.rank, self.slots, self.in_features = rank, slots, in_features
+        self.offsets = [0]
+        for w in widths:
+            self.offsets.append(self.offsets[-1] + w)
+        n = len(widths)
+        self.a = torch.randn(n, slots, rank, in_features, device="cuda", dtype=DT) / 64
+        self.b = torch.randn(n, slots, max(widths), rank, device="cuda", dtype=DT) / 4
         self.ranks = torch.full((slots,), rank, device="cuda", dtype=torch.int32)
         self.scales = torch.ones(slots, device="cuda")
+
+    def adapter_bytes(self) -> int:
+        """A and B bytes of one adapter (all slices)."""
+        return (self.a[:, 0].numel() + self.rank * self.offsets[-1]) * 2
 
 
 def measure(t: Tables, tokens: int, distinct: int) -> tuple[float, float, float]:
     """(µs lora_apply_, µs tiled shrink+expand, µs base matmul) for ``tokens`` tokens over
     ``distinct`` adapters."""
-    x = torch.randn(tokens, HIDDEN, device="cuda", dtype=DT)
-    y = torch.zeros(tokens, HIDDEN, device="cuda", dtype=DT)
-    w = torch.randn(HIDDEN, HIDDEN, device="cuda", dtype=DT) / 64
+    out = t.offsets[-1]
+    x = torch.randn(tokens, t.in_features, device="cuda", dtype=DT)
+    y = torch.zeros(tokens, out, device="cuda", dtype=DT)
+    w = torch.randn(t.in_features, out, device="cuda", dtype=DT) / 64
     metas = []
     for _ in range(8):
         chosen = torch.randperm(t.slots, device="cuda")[:distinct].int()
@@ -47,15 +59,55 @@ def measure(t: Tables, tokens: int, distinct: int) -> tuple[float, float, float]
         metas.append(meta)
 
     def tiled(m: LoraBatchMeta) -> None:
-        lora_expand_(y, lora_shrink(x, t.a, t.ranks, m), t.b, t.ranks, t.scales, [0, HIDDEN], m)
+        h = lora_shrink(x, t.a, t.ranks, m)
+        lora_expand_(y, h, t.b, t.ranks, t.scales, t.offsets, m)
 
     def apply(m: LoraBatchMeta) -> None:
-        lora_apply_(y, x, t.a, t.b, t.ranks, t.scales, [0, HIDDEN], m)
+        lora_apply_(y, x, t.a, t.b, t.ranks, t.scales, t.offsets, m)
 
     apply_us = time_graph_us([lambda m=m: apply(m) for m in metas] * 2)
     tiled_us = time_graph_us([lambda m=m: tiled(m) for m in metas] * 2)
     base_us = time_graph_us([lambda: x @ w] * 8)
     return apply_us, tiled_us, base_us
+
+
+# Llama-3-8B's LoRA targets as the engine fuses them: (in_features, slice widths).
+PROJECTIONS = {
+    "qkv": (HIDDEN, (4096, 1024, 1024)),
+    "o": (HIDDEN, (4096,)),
+    "gate_up": (HIDDEN, (14336, 14336)),
+    "down": (14336, (HIDDEN,)),
+}
+
+
+def per_layer(copy_gbs: float, tokens: int = 64, rank: int = 16) -> str:
+    """Every projection of one layer at a decode point: ``tokens`` tokens on as many adapters."""
+    rows = []
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for name, (in_features, widths) in PROJECTIONS.items():
+        tables = Tables(rank, 256, in_features, widths)
+        us, tiled_us, base_us = measure(tables, tokens, tokens)
+        read_us = tokens * tables.adapter_bytes() / copy_gbs / 1e3
+        rows.append([name, us, tiled_us, read_us, us / read_us, base_us, us / base_us])
+        for i, v in enumerate((us, tiled_us, read_us, base_us)):
+            totals[i] += v
+        del tables
+        torch.cuda.empty_cache()
+    us, tiled_us, read_us, base_us = totals
+    rows.append(["layer", us, tiled_us, read_us, us / read_us, base_us, us / base_us])
+    header = [
+        "projection",
+        "µs lora_apply_",
+        "µs tiled",
+        "µs to read adapters at copy BW",
+        "× read time",
+        "µs base matmul",
+        "× base matmul",
+    ]
+    title = (
+        f"\n\n#### One layer's projections: {tokens} tokens on {tokens} adapters, rank {rank}\n\n"
+    )
+    return title + markdown_table(header, rows)
 
 
 def run(copy_gbs: float) -> str:
@@ -106,6 +158,7 @@ def run(copy_gbs: float) -> str:
         ],
         rows,
     )
+    out += per_layer(copy_gbs)
     return out + (
         f"\n\n`LoraBatchMeta.update_` (per step, 256 tokens, 2048 slots): {update_us:.1f} µs "
         f"(one Triton launch); the PyTorch version: {torch_us:.1f} µs"
