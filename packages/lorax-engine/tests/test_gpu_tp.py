@@ -32,7 +32,7 @@ def _tokens(cache: Path, num_shard: int) -> list[list[int]]:
         env=dict(os.environ, NCCL_NVLS_ENABLE="0"),
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])["tokens"]
 
 
 def test_two_gpus_give_one_gpus_greedy_tokens(tmp_path: Path) -> None:

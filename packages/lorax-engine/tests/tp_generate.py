@@ -1,6 +1,7 @@
 """Run a batch of greedy requests (base model and mixed adapters) on the demo model and print
-each request's token ids as JSON: run by test_tensor_parallel.py in a subprocess, once per
-shard count, so the process group and the shard watchdog never touch the pytest process.
+each request's token ids (and how many steps took in-flight inputs) as JSON: run by
+test_tensor_parallel.py in a subprocess, once per shard count, so the process group and the shard
+watchdog never touch the pytest process.
 
 Usage: python tp_generate.py CACHE_DIR NUM_SHARD [--kill-worker] [--cuda]
 
@@ -52,8 +53,24 @@ async def generate(engine: AsyncEngine) -> list[list[int]]:
     return list(await asyncio.gather(*(one(p, a) for p, a in zip(PROMPTS, ADAPTERS, strict=True))))
 
 
+def count_pending_steps(engine: AsyncEngine) -> list[int]:
+    """Count the steps whose decode inputs were still on the device (sent to the shards after
+    the step message): the in-flight path must be among those tested."""
+    counter = [0]
+    publish = engine.core.runner.on_step
+    assert publish is not None
+
+    def counted(host: Any, rows: list[int], use_graph: bool, pending: Any) -> None:
+        counter[0] += bool(len(host.pending_index))
+        publish(host, rows, use_graph, pending)
+
+    engine.core.runner.on_step = counted
+    return counter
+
+
 async def main(cache_dir: Path, num_shard: int, kill_worker: bool, device: str) -> None:
     engine = AsyncEngine.from_config(config(cache_dir, num_shard, device))
+    pending_steps = count_pending_steps(engine) if num_shard > 1 else [0]
     if kill_worker:
         # The engine must end itself (not hang in its next collective) when a shard dies.
         for child in multiprocessing.active_children():
@@ -63,7 +80,7 @@ async def main(cache_dir: Path, num_shard: int, kill_worker: bool, device: str) 
         raise SystemExit("the engine kept running without its shard")
     tokens = await generate(engine)
     await engine.shutdown()
-    print(json.dumps(tokens))
+    print(json.dumps({"tokens": tokens, "pending_steps": pending_steps[0]}))
 
 
 if __name__ == "__main__":

@@ -224,8 +224,6 @@ class EngineCore:
 
     def _can_overlap(self, chunks: Sequence[ScheduledChunk]) -> bool:
         """Whether the step's tokens can stay on the device until the next step is launched."""
-        if self.runner.on_step is not None:
-            return False  # the other shards would need the device ids too
         for c in chunks:
             req = c.request
             if req.wants_prompt_logprobs:
