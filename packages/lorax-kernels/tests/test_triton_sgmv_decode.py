@@ -90,7 +90,7 @@ LARGE = [
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize(("rows", "k", "widths", "ranks"), SMALL)
-def test_decode_small(rows, k, widths, ranks, dtype) -> None:
+def test_fused_lora_small(rows, k, widths, ranks, dtype) -> None:
     a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
     slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
     out = _run(y, x, a, b, ranks_t, scales, offsets, slots)
@@ -103,7 +103,7 @@ def test_decode_small(rows, k, widths, ranks, dtype) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize(("rows", "k", "widths", "ranks"), LARGE)
-def test_decode_real_shapes(rows, k, widths, ranks, dtype) -> None:
+def test_fused_lora_real_shapes(rows, k, widths, ranks, dtype) -> None:
     a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
     slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
     out = _run(y, x, a, b, ranks_t, scales, offsets, slots)
