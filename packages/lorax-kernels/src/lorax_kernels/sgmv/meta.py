@@ -126,7 +126,7 @@ class LoraBatchMeta:
             from lorax_kernels.sgmv.meta_triton import update_meta_
 
             update_meta_(
-                token_slots.to(torch.int32),
+                token_slots.to(torch.int32).contiguous(),
                 self.token_slots,
                 self.sorted_ids,
                 self.tile_slot,
