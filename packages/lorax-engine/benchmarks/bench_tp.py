@@ -266,7 +266,9 @@ def main() -> None:
                 emit(
                     event="speedup", shards=n, vs=counts[0], x=round(speed[n] / speed[counts[0]], 3)
                 )
-    if args.check_dtype != args.speed_dtype:  # else the speed runs' comparison is the check
+    # With one shard count there is nothing to compare; with the speed dtype the speed runs'
+    # comparison is the check.
+    if len(counts) > 1 and args.check_dtype != args.speed_dtype:
         ref: list[list[int]] | None = None
         for n in counts:
             lines = spawn(args, n, args.check_dtype, args.check_prompts, args.check_output)
