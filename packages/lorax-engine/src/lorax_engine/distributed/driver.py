@@ -1,13 +1,16 @@
 """Rank 0's side of a sharded engine: spawn the workers, join them, and drive every step.
 
-The control channel is a gloo group (on CPU also with NCCL for the forward's collectives): rank 0
-broadcasts one message at a time and the workers apply them in order.
+The control channel is a gloo group (also with NCCL for the forward's collectives): rank 0
+broadcasts one message at a time and the workers apply them in order. Adapter weights travel on a
+gloo group of their own, received by a worker thread while steps go on, so that a promotion (tens
+of megabytes for an 8B-shaped adapter) does not hold the step messages back.
 
 - ``("runner", num_lora_slots)``: build the runner (KV cache, slot tables, decode graphs).
 - ``("step", host_batch, rows, use_graph, num_pending)``: run ``ModelRunner.forward`` with these
   arguments; ``num_pending > 0``: the in-flight step's sampled ids follow (a broadcast of that
   many int64 on the forward's group), which the batch's pending decode rows read.
-- ``("lora", slot, ShardWeights)``: write this shard's slice of an adapter into ``slot``.
+- ``("lora", slot)``: write this shard's slice of the next adapter received (a ``ShardWeights``,
+  sent on the adapter group just before) into ``slot``.
 - ``("stop",)``: leave the loop and exit.
 
 A worker that dies takes the engine with it: rank 0 would wait forever in the next collective, so
@@ -33,7 +36,7 @@ import torch.distributed as dist
 from lorax_engine.config import EngineConfig
 from lorax_engine.core.inflight import PendingTokens
 from lorax_engine.core.model_runner import HostBatch, ModelRunner
-from lorax_engine.distributed.lora import ShardedSlotWriter
+from lorax_engine.distributed.lora import ShardedSlotWriter, ShardWeights
 from lorax_engine.distributed.parallel import TensorParallel, check_shardable
 from lorax_engine.lora import LoraSlots
 
@@ -64,10 +67,17 @@ def shard_device(config: EngineConfig, rank: int) -> EngineConfig:
     return replace(config, device=f"cuda:{rank}")
 
 
-def join_group(
-    rank: int, world_size: int, store: Any, device: torch.device
-) -> tuple[TensorParallel, Any]:
-    """Join the process group; returns the forward's context and the control group."""
+@dataclass(slots=True, frozen=True)
+class ShardGroups:
+    """What a shard process communicates over."""
+
+    tp: TensorParallel  # the forward's collectives (NCCL on CUDA, gloo on CPU)
+    control: Any  # gloo: the step messages, in order
+    adapters: Any  # gloo: adapter weights, off the step path
+
+
+def join_group(rank: int, world_size: int, store: Any, device: torch.device) -> ShardGroups:
+    """Join the process group and create the control and adapter groups (every rank calls it)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -76,7 +86,8 @@ def join_group(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world_size)
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
-    return TensorParallel(rank, world_size, dist.group.WORLD), control
+    adapters = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    return ShardGroups(TensorParallel(rank, world_size, dist.group.WORLD), control, adapters)
 
 
 def check_launchable(config: EngineConfig, model_dir: Path) -> None:
@@ -109,17 +120,18 @@ class ShardGroup:
 
     def __init__(
         self,
-        tp: TensorParallel,
-        control: Any,
+        groups: ShardGroups,
         processes: list[Any],
         store: Any,
         stopping: threading.Event,
     ) -> None:
-        self.tp = tp
-        self._control = control
+        self.tp = groups.tp
+        self._control = groups.control
+        self._adapters = groups.adapters
         self._processes = processes
         self._store = store  # rank 0 hosts the rendezvous store: keep it alive
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one control message at a time
+        self._adapter_lock = threading.Lock()  # one adapter (weights, then its message) at a time
         self._stopping = stopping
         atexit.register(self.stop)
 
@@ -148,9 +160,9 @@ class ShardGroup:
         threading.Thread(
             target=_watch, args=(processes, stopping), name="lorax-shard-watchdog", daemon=True
         ).start()
-        tp, control = join_group(0, world, store, shard_device(config, 0).torch_device)
+        groups = join_group(0, world, store, shard_device(config, 0).torch_device)
         log.info("tensor parallel: %d shards over %s", world, backend_for(config.torch_device))
-        return cls(tp, control, processes, store, stopping)
+        return cls(groups, processes, store, stopping)
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Broadcast one control message to every worker (thread-safe; in call order)."""
@@ -182,14 +194,24 @@ class ShardGroup:
 
     def slot_writer(self, slots: LoraSlots) -> ShardedSlotWriter:
         """What the adapter manager writes adapters through: every shard gets its slice."""
-        return ShardedSlotWriter(slots, self.tp, self.send)
+        return ShardedSlotWriter(slots, self.tp, self._send_adapter)
+
+    def _send_adapter(self, slot: int, weights: ShardWeights) -> None:
+        with self._adapter_lock:
+            dist.broadcast_object_list([weights], src=0, group=self._adapters)
+            self.send(("lora", slot))
 
     def stop(self) -> None:
         """Tell the workers to exit and wait for them (idempotent)."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        # A step stuck in a collective holds the lock: then the workers are ended instead.
+        # A step or promotion stuck in a collective holds its lock: then the workers are ended.
+        if self._adapter_lock.acquire(timeout=5):
+            try:  # ends the workers' adapter threads
+                dist.broadcast_object_list([None], src=0, group=self._adapters)
+            finally:
+                self._adapter_lock.release()
         if self._lock.acquire(timeout=5):
             try:
                 dist.broadcast_object_list([("stop",)], src=0, group=self._control)

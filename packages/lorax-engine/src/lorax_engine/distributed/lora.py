@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -50,7 +49,7 @@ class ShardedSlotWriter:
     """
 
     def __init__(
-        self, slots: LoraSlots, tp: TensorParallel, send: Callable[[tuple[Any, ...]], None]
+        self, slots: LoraSlots, tp: TensorParallel, send: Callable[[int, ShardWeights], None]
     ) -> None:
         self._slots = slots
         self._tp = tp
@@ -65,5 +64,5 @@ class ShardedSlotWriter:
         # otherwise write out once per view.
         modules = {k: (a.clone(), b.clone()) for k, (a, b) in weights.modules.items()}
         whole = ShardWeights(weights.rank, weights.scale, modules)
-        self._send(("lora", slot, whole))
+        self._send(slot, whole)
         self._slots.write_(slot, shard_lora_weights(weights, self._tp))

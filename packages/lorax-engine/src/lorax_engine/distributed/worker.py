@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from typing import Any
 
@@ -16,7 +17,7 @@ from lorax_engine.distributed.driver import (
     join_group,
     shard_device,
 )
-from lorax_engine.distributed.lora import shard_lora_weights
+from lorax_engine.distributed.lora import ShardWeights, shard_lora_weights
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,13 @@ def worker_main(rank: int, launch: ShardLaunch) -> None:
     store = dist.TCPStore(  # pyright: ignore[reportPrivateImportUsage]
         "127.0.0.1", launch.store_port, config.num_shard, is_master=False, wait_for_workers=False
     )
-    tp, control = join_group(rank, config.num_shard, store, device)
+    groups = join_group(rank, config.num_shard, store, device)
+    tp, control = groups.tp, groups.control
+    received: queue.Queue[ShardWeights | None] = queue.Queue()
+    receiver = threading.Thread(
+        target=_receive_adapters, args=(groups.adapters, received), name="adapters", daemon=True
+    )
+    receiver.start()
     model = load_model(
         launch.model_dir,
         dtype,
@@ -72,14 +79,27 @@ def worker_main(rank: int, launch: ShardLaunch) -> None:
                 pending = PendingTokens(ids, {})  # rows are already resolved in `host`
             runner.forward(host, rows, use_graph, pending)
         elif kind == "lora":
-            _, slot, weights = message
+            _, slot = message
+            weights = received.get()  # sent before the message: here or on its way
             assert slots is not None
+            assert weights is not None
             slots.write_(slot, shard_lora_weights(weights, tp))
         elif kind == "stop":
             break
         else:
             raise RuntimeError(f"unknown control message {kind!r}")
+    receiver.join()  # rank 0 ended it before saying stop
     dist.destroy_process_group()
+
+
+def _receive_adapters(group: Any, received: queue.Queue[ShardWeights | None]) -> None:
+    """Receive adapters as rank 0 promotes them, until it sends None."""
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0, group=group)
+        received.put(box[0])
+        if box[0] is None:
+            return
 
 
 def _receive(control: Any) -> tuple[Any, ...]:
