@@ -126,16 +126,24 @@ def test_strided_slot_views_give_the_kernels_the_same_result_as_contiguous_table
         for proj in PROJECTIONS:
             t = slots.table(layer, proj)
             x = torch.randn(tokens, t.in_features, generator=gen).cuda()
-            out = []
+            tiled, fused = [], []
             for a, b in ((t.lora_a, t.lora_b), (t.lora_a.contiguous(), t.lora_b.contiguous())):
                 y = torch.zeros(tokens, t.slice_offsets[-1], device="cuda")
                 h = lorax_kernels.lora_shrink(x, a, t.slot_ranks, meta)
                 lorax_kernels.lora_expand_(
                     y, h, b, t.slot_ranks, t.slot_scales, t.slice_offsets, meta
                 )
-                out.append(y)
-            assert out[0].abs().sum() > 0
-            assert torch.equal(out[0], out[1]), (layer, proj)
+                tiled.append(y)
+                y = torch.zeros(tokens, t.slice_offsets[-1], device="cuda")
+                # The decoder's op; at this many rows its fused one-launch kernel.
+                lorax_kernels.lora_apply_(
+                    y, x, a, b, t.slot_ranks, t.slot_scales, t.slice_offsets, meta
+                )
+                fused.append(y)
+            assert tiled[0].abs().sum() > 0
+            assert torch.equal(tiled[0], tiled[1]), (layer, proj)
+            assert torch.equal(fused[0], fused[1]), (layer, proj)
+            torch.testing.assert_close(fused[0], tiled[0], rtol=1e-4, atol=1e-4)
 
 
 def test_a_slot_is_never_rewritten_under_a_step_still_reading_it(spec: Spec) -> None:
