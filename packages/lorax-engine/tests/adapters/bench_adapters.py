@@ -215,6 +215,7 @@ def plot(results: str, out: str) -> None:
     lines = Path(results).read_text().splitlines()
     rows = [json.loads(line) for line in lines if line.startswith("{")]
     runs = [r for r in rows if r.get("event") == "throughput"]
+    slots = next(r["slots"] for r in rows if r.get("event") == "setup")
     base = next(r["output_tok_s"] for r in runs if r["config"] == "base")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for dist, marker in (("uniform", "o"), ("powerlaw", "s")):
@@ -222,7 +223,7 @@ def plot(results: str, out: str) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{dist} popularity")
     ax.axhline(base, color="gray", linestyle="--", label=f"base model alone ({base:.0f} tok/s)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("distinct adapters N (64 GPU slots)")
+    ax.set_xlabel(f"distinct adapters N ({slots} GPU slots)")
     ax.set_ylabel("output tokens/s")
     ax.set_ylim(0, base * 1.1)
     ax.set_title("Llama-3-8B shape, bf16, H200: rank-16 adapters on all 7 projections")
@@ -241,6 +242,9 @@ def main() -> None:
     ap.add_argument("--max-running", type=int, default=64)
     ap.add_argument("--input", type=int, default=256)
     ap.add_argument("--output", type=int, default=128)
+    # More slots than running requests lets the manager promote the next requests' adapters
+    # while the current ones run (prefetch); with as many, a promotion starts only when a request
+    # finishes and its successor waits for the copy.
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--distinct", type=int, default=16, help="distinct weight sets in host memory")
     ap.add_argument("--rank", type=int, default=16)
