@@ -55,11 +55,15 @@ class AdapterAdmission:
             keys = self.priority()
         else:
             keys = list(dict.fromkeys(r.adapter_key for r in waiting if r.adapter_key))
-        self.manager.step(keys)
+        failed_keys = self.manager.step(keys)
         failed: list[tuple[Request, dict[str, Any]]] = []
+        if not failed_keys:
+            return failed  # the common step: no scan of the waiting requests
         for req in waiting:
             handle = req.adapter_handle
-            if handle is not None and self.manager.state(handle) is AdapterState.FAILED:
+            if req.adapter_key not in failed_keys or handle is None:
+                continue
+            if self.manager.state(handle) is AdapterState.FAILED:
                 error = self.manager.error(handle)
                 event = (
                     error.to_event()

@@ -75,7 +75,9 @@ class DecodeGraphs:
             model.compute_logits(model(batch, self.runner.kv_caches))
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the adapter promoter thread may allocate or sync while a bucket is
+        # captured lazily; in the default global mode that would invalidate the capture.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             logits = model.compute_logits(model(batch, self.runner.kv_caches))  # [size, vocab]
             # The greedy choice, so the common all-greedy batch needs no kernel outside the graph.
             ids = logits.argmax(dim=-1)
