@@ -79,9 +79,9 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self, max_num_seqs)
         # Tensor parallelism (lorax_engine.distributed): gets each step's `forward` arguments
         # before rank 0 runs it, and sends them to the other shards, which run the same step.
-        self.on_step: (
-            Callable[[HostBatch, list[int], bool, PendingTokens | None], None] | None
-        ) = None
+        self.on_step: Callable[[HostBatch, list[int], bool, PendingTokens | None], None] | None = (
+            None
+        )
 
     def build_host_batch(
         self, chunks: Sequence[ScheduledChunk], pending: PendingTokens | None = None
