@@ -4,8 +4,8 @@ references.
 Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small, irregular shapes
 (started by test_interpreter.py in a subprocess, since the variable must be set before Triton is
 imported). The kernels mirror the eager form's roundings, so on the GPU the norm and SiLU results
-match the reference to the last bit but for the float32 exp/rsqrt; rotary is within one ulp (a few
-fp16/bf16 values differ from PyTorch's eager result by one ulp on the H200). The interpreter
+match the reference to the last bit but for the float32 exp/rsqrt; rotary is within two ulps of
+the inputs' scale (some fp16/bf16 values differ from PyTorch's eager result on the H200). The interpreter
 rounds float32 to bf16 by truncation (not to nearest), so its bf16 results may be off by an ulp
 or two.
 """
@@ -55,10 +55,13 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 def _close_rotary(out: torch.Tensor, ref: torch.Tensor) -> None:
-    """Within an ulp of the eager form. On the H200 a few fp16/bf16 values differ from PyTorch's
-    eager rounding by one ulp (measured), so unlike the norm no bit-identity share is asserted."""
-    atol, rtol = TOL[out.dtype]
-    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
+    """Within two ulps of the largest value. On the H200 some fp16/bf16 values differ from
+    PyTorch's eager result (measured): where ``x1 cos - x2 sin`` cancels, a different rounding of
+    the two products moves the small result by many of its own ulps but not by more than the
+    products' rounding, so the bound is absolute, at the scale of the inputs."""
+    assert out.dtype == ref.dtype
+    atol = 2 * torch.finfo(out.dtype).eps * ref.float().abs().max().item()
+    torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=0)
 
 
 def _check_norm(rows: int, hidden: int, dtype: torch.dtype, row_stride: int) -> None:

@@ -64,11 +64,14 @@ def num_kv_blocks(config: EngineConfig, model: DecoderModel) -> int:
     if device.type != "cuda":
         return -(-_CPU_DEFAULT_REQUESTS * config.limits.max_total_tokens // bs)
     free, total = torch.cuda.mem_get_info(device)
-    used_by_others = total - free
+    # Blocks our allocator caches but no tensor holds (freed load-time buffers, an engine built
+    # and dropped earlier in the process) are ours to reuse, not memory in use.
+    cached_free = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    in_use = total - free - cached_free
     reserve = activation_reserve_bytes(
         model.shard_cfg, config.max_batch_prefill_tokens, config.max_batch_size, config.torch_dtype
     )
-    budget = int(total * config.gpu_memory_fraction) - used_by_others - reserve
+    budget = int(total * config.gpu_memory_fraction) - in_use - reserve
     blocks = budget // kv_bytes_per_block(model.shard_cfg, bs, config.torch_dtype)
     needed = -(-config.limits.max_total_tokens // bs)
     if blocks < needed:
