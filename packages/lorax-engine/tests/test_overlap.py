@@ -32,7 +32,7 @@ def _engine(path: Path, overlap: bool, tiny_pool: bool) -> Any:
         }
     engine = make_engine(path, **kw)
     if not overlap:
-        engine.core._can_overlap = lambda chunks: False  # type: ignore[method-assign]
+        engine.core._samples_on_device = lambda chunks: False  # type: ignore[method-assign]
     return engine
 
 

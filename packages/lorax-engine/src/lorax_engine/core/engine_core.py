@@ -40,12 +40,13 @@ class EngineCore:
     Thread-safe entry points (``submit``, ``abort``) only enqueue; the loop thread applies them at
     the start of the next step, so the scheduler and the model are touched by one thread only.
 
-    Steps overlap with the host: when every sampling row of a step can be chosen on the device
-    (no penalties, no grammar, no alternatives, no prompt logprobs), the step is launched and left in
-    flight; the next ``step()`` schedules and launches the following one (its decode inputs
-    gathered on the device) before it reads the tokens back and emits their events. A request
-    that stops on a token is thus computed once more, and that row is dropped. Any other step
-    first completes the one in flight, since its sampler needs the tokens on the host.
+    Steps overlap with the host: each step launches its forward first, taking the tokens the
+    previous step sampled straight from the device; only then does the host read those tokens
+    back, emit them and fill the grammar masks of the new step's constrained rows, while the GPU
+    computes. When no sampling row needs its token history or a list of alternatives (penalties,
+    ``return_k_alternatives``), the new tokens are chosen on the device and left in flight for
+    the next step; otherwise they are sampled and emitted at once. A request that stops on a
+    token has by then been decoded once more; that row is dropped.
     """
 
     def __init__(
@@ -182,28 +183,26 @@ class EngineCore:
         sched = self.scheduler.schedule()
         chunks = sched.chunks
         prior, self._inflight = self._inflight, None
-        overlap = bool(chunks) and self._can_overlap(chunks)
+        self.stats.batch_size = len(chunks)
+        self.stats.num_tokens = sched.num_tokens
         masks: PendingMasks | None = None
         try:
-            if prior is not None and not overlap:
-                self._complete(prior)
-                prior = None
-                # Requests that finished on those tokens leave this step before it runs.
-                chunks = tuple(c for c in chunks if c.request.status is RequestStatus.RUNNING)
-            self.stats.batch_size = len(chunks)
-            self.stats.num_tokens = sum(c.num_tokens for c in chunks)
             if not chunks:
+                if prior is not None:
+                    self._complete(prior)
                 return
             now = time.monotonic()
             for c in chunks:
                 if c.request.first_scheduled_time is None:
                     c.request.first_scheduled_time = now
-            masks = self._start_masks(chunks)
+            # The forward first: it takes the tokens still in flight from the device, so the
+            # GPU computes while the host reads them back, emits them and fills grammar masks.
             result = self.runner.execute(chunks, prior.pending() if prior is not None else None)
-            if overlap:
-                self._inflight = self._launch(chunks, result)
-                if prior is not None:
-                    self._complete(prior)
+            if prior is not None:
+                self._complete(prior)
+            masks = self._start_masks(chunks)
+            if self._samples_on_device(chunks):
+                self._inflight = self._launch(chunks, result, masks)
             else:
                 self._process(chunks, result, masks)
         except Exception as exc:  # a failed step must not take the server down with it
@@ -222,21 +221,20 @@ class EngineCore:
         if prior is not None:
             self._complete(prior)
 
-    def _can_overlap(self, chunks: Sequence[ScheduledChunk]) -> bool:
-        """Whether the step's tokens can stay on the device until the next step is launched."""
-        for c in chunks:
-            req = c.request
-            if req.wants_prompt_logprobs:
-                return False
-            if c.samples and (req.constraint is not None or not Sampler.runs_on_device(req.params)):
-                return False
-        return True
+    def _samples_on_device(self, chunks: Sequence[ScheduledChunk]) -> bool:
+        """Whether the step's tokens can be chosen, and stay, on the device until the next step
+        is launched: no row needs its token history (penalties) or a list of alternatives."""
+        return all(Sampler.runs_on_device(c.request.params) for c in chunks if c.samples)
 
-    def _launch(self, chunks: Sequence[ScheduledChunk], result: RunnerOutput) -> InflightStep:
-        """Leave the step's sampled tokens on the device; they count as pending until read."""
+    def _launch(
+        self, chunks: Sequence[ScheduledChunk], result: RunnerOutput, masks: PendingMasks | None
+    ) -> InflightStep:
+        """Choose the step's tokens on the device and leave them there; they count as pending
+        until read. Rows of requests that just finished are chosen too, and dropped when read."""
+        self._record_prompt_logprobs(chunks, result)
         sampling = [c.request for c in chunks if c.samples]
         rows = [_sampling_row(req) for req in sampling]
-        ids, logprobs = self.sampler.on_device(result.sample_logits, rows, result.greedy)
+        ids, logprobs = self.sampler.on_device(result.sample_logits, rows, result.greedy, masks)
         for c in chunks:
             c.request.num_computed_tokens += c.num_tokens
         for req in sampling:
@@ -250,25 +248,36 @@ class EngineCore:
             if req.status is RequestStatus.FINISHED:
                 continue  # it stopped on an earlier token: this one was computed in vain
             req.num_pending -= 1
-            self._accept(req, token, logprob, [], complete=False)
+            self._accept(req, token, logprob, [])
 
     def _start_masks(self, chunks: Sequence[ScheduledChunk]) -> PendingMasks | None:
         """Start filling the token masks of the constrained sampling rows (rows of the runner's
         ``sample_logits``, which holds the sampling chunks in order). None when no row is
-        constrained, so a batch of free requests never reaches the filler."""
+        constrained, so a batch of free requests never reaches the filler. Requests that
+        finished on the previous step's tokens get no mask: their rows are dropped."""
         sampling = (c.request for c in chunks if c.samples)
-        rows = [(row, req.constraint) for row, req in enumerate(sampling) if req.constraint]
+        rows = [
+            (row, req.constraint)
+            for row, req in enumerate(sampling)
+            if req.constraint is not None and req.status is not RequestStatus.FINISHED
+        ]
         if not rows or self.mask_filler is None:
             return None
         return self.mask_filler.start(rows)
 
-    def _process(
-        self, chunks: Sequence[ScheduledChunk], result: RunnerOutput, masks: PendingMasks | None
+    def _record_prompt_logprobs(
+        self, chunks: Sequence[ScheduledChunk], result: RunnerOutput
     ) -> None:
         for i, lps in result.prompt_logprobs.items():
             plp = chunks[i].request.prompt_logprobs
             if plp is not None:
                 plp.extend(lps)
+
+    def _process(
+        self, chunks: Sequence[ScheduledChunk], result: RunnerOutput, masks: PendingMasks | None
+    ) -> None:
+        """Sample on the host's schedule (penalties, alternatives) and emit the tokens now."""
+        self._record_prompt_logprobs(chunks, result)
         rows: list[SamplingRow] = []
         sampling: list[Request] = []
         for c in chunks:
@@ -282,21 +291,20 @@ class EngineCore:
             return
         out = self.sampler(result.sample_logits, rows, result.greedy, masks)
         for j, req in enumerate(sampling):
-            complete = False
-            if req.constraint is not None:
-                complete = req.constraint.is_finished()
-                req.constraint.accept(out.token_ids[j])
-            self._accept(req, out.token_ids[j], out.logprobs[j], out.alternatives[j], complete)
+            if req.status is RequestStatus.FINISHED:
+                continue  # it finished on the previous step's token: this row is dropped
+            self._accept(req, out.token_ids[j], out.logprobs[j], out.alternatives[j])
 
     def _accept(
-        self,
-        req: Request,
-        token: int,
-        logprob: float,
-        alternatives: list[tuple[int, float]],
-        complete: bool,
+        self, req: Request, token: int, logprob: float, alternatives: list[tuple[int, float]]
     ) -> None:
-        """Append a sampled token to its request and emit it; finish the request if it ends."""
+        """Append a sampled token to its request (and its grammar) and emit it; finish the
+        request if it ends."""
+        # A complete document before this token: an EOS now ends it even with ignore_eos.
+        complete = False
+        if req.constraint is not None:
+            complete = req.constraint.is_finished()
+            req.constraint.accept(token)
         req.token_ids.append(token)
         req.output_logprobs.append(logprob)
         self.stats.generated_tokens += 1

@@ -93,12 +93,13 @@ class Sampler:
         logits: torch.Tensor,
         rows: list[SamplingRow],
         greedy: tuple[torch.Tensor, torch.Tensor] | None = None,
+        masks: LogitsMask | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[rows]`` ids and logprobs left on the device, with no host sync, for rows that
-        ``runs_on_device`` accepts."""
-        if all(plain_greedy(r.params) for r in rows):
+        ``runs_on_device`` accepts (``masks`` waits for the grammar fill threads, not the GPU)."""
+        if masks is None and all(plain_greedy(r.params) for r in rows):
             return greedy_on_device(logits, greedy)
-        ids, lps, _ = self._choose(logits, rows, None)
+        ids, lps, _ = self._choose(logits, rows, masks)
         return ids, lps
 
     @staticmethod
