@@ -28,10 +28,11 @@ pytestmark = pytest.mark.skipif(
     not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
 )
 BF16_ULPS = 2 if INTERPRET else 1
-# (atol, rtol) against the reference on the same inputs: about one ulp of each dtype.
+# (atol, rtol) against the reference on the same inputs: an ulp or two of each dtype (one fp16
+# value in 16.8M differed by two ulps on the H200: the GPU's rsqrt is not PyTorch's).
 TOL = {
     torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-3, 1e-3),
+    torch.float16: (1e-3, 2e-3),
     torch.bfloat16: (BF16_ULPS * 1e-2, BF16_ULPS * 8e-3),
 }
 DTYPES = list(TOL)
