@@ -16,12 +16,33 @@ import torch
 from lorax_kernels.sgmv.meta import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
 
-__all__ = ["DECODE_MAX_ROWS", "LoraBatchMeta", "lora_apply_", "lora_expand_", "lora_shrink"]
+__all__ = [
+    "DECODE_MAX_ROWS",
+    "LoraBatchMeta",
+    "lora_apply_",
+    "lora_expand_",
+    "lora_shrink",
+    "uses_fused_kernel",
+]
 
-# Up to this many rows ``lora_apply_`` runs the fused per-token kernel. It reads each token's
+# Up to this many rows ``lora_apply_`` may run the fused per-token kernel. It reads each token's
 # adapter separately (repeats of one adapter come from L2), which beats the three tile launches
-# until batches are prefill-sized.
+# until batches are prefill-sized, for small ranks.
 DECODE_MAX_ROWS = 256
+# Above this table rank the fused kernel only runs for a handful of rows. Measured on the H200
+# (docs/benchmarks.md, one 4096x4096 projection): at rank 8 and 16 it is within 40% of the tiles
+# or faster at every row count up to 256 (15.2 vs 16.4 us at 64 tokens on 64 adapters), but at
+# rank 64 it is 1.8x slower than the tiles at 16 rows and 2-3.6x slower from 64 rows on.
+FUSED_MAX_RANK = 16
+FUSED_MAX_ROWS_HIGH_RANK = 4
+
+
+def uses_fused_kernel(rows: int, table_rank: int) -> bool:
+    """Whether ``lora_apply_`` runs the fused one-launch kernel for ``rows`` tokens over slot
+    tables of max rank ``table_rank`` (else shrink then expand over the tiles)."""
+    if rows > DECODE_MAX_ROWS:
+        return False
+    return table_rank <= FUSED_MAX_RANK or rows <= FUSED_MAX_ROWS_HIGH_RANK
 
 
 @torch.library.custom_op("lorax_kernels::lora_decode_", mutates_args=("y", "sync"))
@@ -235,13 +256,15 @@ def lora_apply_(
 ) -> None:
     """Add every token's LoRA delta in place: ``y[t, slice s] += scale * (x[t] A^T) B^T``.
 
-    Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together. Batches of at most
-    ``DECODE_MAX_ROWS`` rows run the fused one-launch kernel, whose result for a token does not
-    depend on the other tokens of the batch; larger ones run shrink then expand over the tiles.
+    Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together. Decode-sized batches
+    (:func:`uses_fused_kernel`) run the fused one-launch kernel, whose result for a token does
+    not depend on the other tokens of the batch; others run shrink then expand over the tiles.
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same rows")
-    if x.shape[0] > DECODE_MAX_ROWS:
+    if lora_a.dim() != 4:
+        raise ValueError(f"lora_a must be [layers, slots, rank, in], got {tuple(lora_a.shape)}")
+    if not uses_fused_kernel(x.shape[0], lora_a.shape[2]):
         h = lora_shrink(x, lora_a, slot_ranks, meta)
         lora_expand_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, meta)
         return
