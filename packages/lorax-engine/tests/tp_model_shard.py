@@ -100,5 +100,8 @@ def shard_main(rank: int, world: int, port: int, cfg: ModelConfig, out: Path) ->
         model.load_hf_weights(hf_weights(cfg).items())
         with torch.inference_mode():
             torch.save(batch_logits(model), out / f"logits{rank}.pt")
+        # Rank 0 hosts the store: no rank may tear down while a peer still talks to it (gloo
+        # aborts the process when a connection drops mid-use).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
