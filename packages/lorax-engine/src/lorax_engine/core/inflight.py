@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from lorax_engine.core.request import Request
@@ -22,9 +21,18 @@ class PendingTokens:
     ids: torch.Tensor  # [rows] int64, on the model's device
     row_of: dict[int, int]  # id(request) -> row of ``ids``
 
-    def rows_for(self, requests: list[Request]) -> np.ndarray:
-        """``[len(requests)]`` int64: the row of each request's pending token."""
-        return np.array([self.row_of[id(r)] for r in requests], dtype=np.int64)
+    def row(self, request: Request) -> int:
+        """The row of ``request``'s pending token.
+
+        Raises:
+            RuntimeError: the request waits for a token this step does not sample.
+        """
+        row = self.row_of.get(id(request))
+        if row is None:
+            raise RuntimeError(
+                f"request {request.request_id} waits for a token no step is sampling"
+            )
+        return row
 
 
 class InflightStep:

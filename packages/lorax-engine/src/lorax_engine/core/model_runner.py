@@ -108,7 +108,7 @@ class ModelRunner:
             known = req.token_ids[c.start : end]
             if len(known) < c.num_tokens:  # the chunk ends with the request's pending token
                 pending_index.append(int(qsl[i]) + len(known))
-                pending_rows.append(_pending_row(pending, req))
+                pending_rows.append(_row_in(pending, req))
             ids.append(np.asarray(known + [-1] * (c.num_tokens - len(known)), dtype=np.int64))
             pos.append(p)
             slots.append(blocks[p // bs] * bs + p % bs)
@@ -158,9 +158,7 @@ class ModelRunner:
             token_slots=np.array([r.adapter_slot for r in reqs], dtype=np.int32),
             is_decode=True,
             pending_index=np.array(waiting, dtype=np.int64),
-            pending_rows=np.array(
-                [_pending_row(pending, reqs[i]) for i in waiting], dtype=np.int64
-            ),
+            pending_rows=np.array([_row_in(pending, reqs[i]) for i in waiting], dtype=np.int64),
         )
 
     def _lora_meta_for(self, token_slots: np.ndarray) -> LoraBatchMeta | None:
@@ -273,7 +271,10 @@ class ModelRunner:
         return self.model.compute_logits(hidden.index_select(0, index)), None
 
 
-def _pending_row(pending: PendingTokens | None, request: Request) -> int:
-    if pending is None or id(request) not in pending.row_of:
-        raise RuntimeError(f"request {request.request_id} waits for a token no step is sampling")
-    return pending.row_of[id(request)]
+def _row_in(pending: PendingTokens | None, request: Request) -> int:
+    """The in-flight row of ``request``'s pending token (there must be a step in flight)."""
+    if pending is None:
+        raise RuntimeError(
+            f"request {request.request_id} has a pending token but no step is in flight"
+        )
+    return pending.row(request)
