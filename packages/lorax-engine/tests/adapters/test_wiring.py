@@ -22,7 +22,6 @@ from lorax_engine.config import EngineConfig
 from lorax_engine.core.factory import (
     EngineStartupError,
     LoadedEngine,
-    lora_slot_bytes,
     num_lora_slots,
 )
 from lorax_engine.core.request import Request
@@ -113,7 +112,7 @@ def test_bad_adapter_settings_are_refused(bad: dict[str, Any]) -> None:
 def test_adapter_memory_fraction_bounds_the_slots(make_checkpoint: Callable[[str], Path]) -> None:
     engine = make_engine(make_checkpoint("llama"), lora_slots=4, lora_max_rank=8)
     spec = engine.core.runner.model.lora_spec()
-    per_slot = lora_slot_bytes(spec, 8, torch.float32)
+    per_slot = LoraSlots.bytes_per_slot(spec, 8, torch.float32)
     # The formula is the runner's real allocation: A and B tables (``nbytes``), plus each
     # slot's rank (int32) and scale (float32) in every one of the 4 projections' tables.
     tables = spec.num_layers * 4
@@ -275,7 +274,7 @@ def test_the_memory_fraction_lowers_the_slots_the_engine_allocates_and_reports(
     ckpt = make_checkpoint("llama")
     spec = make_engine(ckpt, lora_slots=1, lora_max_rank=8).core.runner.model.lora_spec()
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # the CPU's "device memory"
-    fraction = 2.5 * lora_slot_bytes(spec, 8, torch.float32) / ram
+    fraction = 2.5 * LoraSlots.bytes_per_slot(spec, 8, torch.float32) / ram
     config = EngineConfig(
         model_id=str(ckpt),
         device="cpu",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from lorax_engine.core.model_runner import ModelRunner
 from lorax_engine.core.request import Request
 from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
 from lorax_engine.lora import LoraSlots
-from lorax_engine.lora.spec import PROJECTIONS, ModelLoraSpec
+from lorax_engine.lora.spec import ModelLoraSpec
 from lorax_engine.models.decoder import DecoderModel
 from lorax_engine.models.loader import load_model, resolve_model_dir
 from lorax_engine.structured import ConstraintFactory
@@ -185,20 +184,6 @@ def build_engine(
     return LoadedEngine(core, tokenizer, model_dir, manager, shards)
 
 
-def lora_slot_bytes(spec: ModelLoraSpec, max_rank: int, dtype: torch.dtype) -> int:
-    """Device bytes one adapter slot takes in the runner's slot tables (``LoraSlotTable``)."""
-    item = torch.empty((), dtype=dtype).element_size()
-    total = 0
-    for proj, names in PROJECTIONS.items():
-        if not all(n in spec.targets for n in names):
-            continue
-        in_features, offsets = spec.projection_shape(proj)
-        widths = [b - a for a, b in itertools.pairwise(offsets)]
-        # A [slices, rank, in] and B [slices, max_out, rank], plus the slot's rank and scale.
-        total += len(widths) * max_rank * (in_features + max(widths)) * item + 8
-    return total * spec.num_layers
-
-
 def num_lora_slots(config: EngineConfig, spec: ModelLoraSpec, memory_bytes: int) -> int:
     """``--max-active-adapters``, lowered to what ``--adapter-memory-fraction`` of the device's
     memory holds at ``--max-lora-rank``.
@@ -206,7 +191,7 @@ def num_lora_slots(config: EngineConfig, spec: ModelLoraSpec, memory_bytes: int)
     Raises:
         EngineStartupError: not even one slot fits.
     """
-    per_slot = lora_slot_bytes(spec, config.lora_max_rank, config.torch_dtype)
+    per_slot = LoraSlots.bytes_per_slot(spec, config.lora_max_rank, config.torch_dtype)
     budget = int(memory_bytes * config.adapter_memory_fraction)
     fit = budget // per_slot
     if fit < 1:

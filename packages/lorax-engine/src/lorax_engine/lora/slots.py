@@ -55,31 +55,9 @@ class LoraSlots:
         self.num_slots = num_slots
         self.max_rank = max_rank
         dev = torch.device(device)
-        layers, rank = spec.num_layers, max_rank
-        self._projections = [
-            p for p, names in PROJECTIONS.items() if all(n in spec.targets for n in names)
-        ]
-        if not self._projections:
-            raise ValueError("the spec has no LoRA targets")
-        self._segments: dict[str, _Segment] = {}
-        offset = 0
-        for proj in self._projections:
-            fin, offsets = spec.projection_shape(proj)
-            max_out = max(b - a for a, b in itertools.pairwise(offsets))
-            names = PROJECTIONS[proj]
-            # A slices back to back, then B slices: equal strides between a projection's slices.
-            b_start = offset + len(names) * rank * layers * fin
-            for s, name in enumerate(names):
-                self._segments[name] = _Segment(
-                    a_offset=offset + s * rank * layers * fin,
-                    b_offset=b_start + s * layers * max_out * rank,
-                    in_features=fin,
-                    out_features=spec.targets[name][1],
-                    max_out=max_out,
-                )
-            offset = b_start + len(names) * layers * max_out * rank
-        self.slot_numel = offset
-        self._weights = torch.zeros(num_slots, offset, dtype=dtype, device=dev)
+        layers = spec.num_layers
+        self._projections, self._segments, self.slot_numel = _layout(spec, max_rank)
+        self._weights = torch.zeros(num_slots, self.slot_numel, dtype=dtype, device=dev)
         num_tables = layers * len(self._projections)
         # [num_tables, num_slots]: each table's ranks and scales stay contiguous for the kernels.
         self._ranks = torch.zeros(num_tables, num_slots, dtype=torch.int32, device=dev)
@@ -90,6 +68,14 @@ class LoraSlots:
                 self._tables[(layer, proj)] = self._view(
                     layer, proj, layer * len(self._projections) + p
                 )
+
+    @staticmethod
+    def bytes_per_slot(spec: ModelLoraSpec, max_rank: int, dtype: torch.dtype) -> int:
+        """Device bytes one slot takes: its region of the weights, plus its rank (int32) and
+        scale (float32) in every table."""
+        projections, _, slot_numel = _layout(spec, max_rank)
+        item = torch.empty((), dtype=dtype).element_size()
+        return slot_numel * item + 8 * spec.num_layers * len(projections)
 
     @classmethod
     def allocate(
@@ -204,3 +190,29 @@ class LoraSlots:
     @property
     def nbytes(self) -> int:
         return self._weights.nbytes
+
+
+def _layout(spec: ModelLoraSpec, max_rank: int) -> tuple[list[str], dict[str, _Segment], int]:
+    """The targeted projections, each target's segment, and the elements of one slot's region."""
+    layers, rank = spec.num_layers, max_rank
+    projections = [p for p, names in PROJECTIONS.items() if all(n in spec.targets for n in names)]
+    if not projections:
+        raise ValueError("the spec has no LoRA targets")
+    segments: dict[str, _Segment] = {}
+    offset = 0
+    for proj in projections:
+        fin, offsets = spec.projection_shape(proj)
+        max_out = max(b - a for a, b in itertools.pairwise(offsets))
+        names = PROJECTIONS[proj]
+        # A slices back to back, then B slices: equal strides between a projection's slices.
+        b_start = offset + len(names) * rank * layers * fin
+        for s, name in enumerate(names):
+            segments[name] = _Segment(
+                a_offset=offset + s * rank * layers * fin,
+                b_offset=b_start + s * layers * max_out * rank,
+                in_features=fin,
+                out_features=spec.targets[name][1],
+                max_out=max_out,
+            )
+        offset = b_start + len(names) * layers * max_out * rank
+    return projections, segments, offset
