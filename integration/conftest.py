@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,8 @@ import httpx
 import pytest
 
 from lorax_gateway.testing import free_port
+
+from .stack import engine_command, gateway_command
 
 
 class Process:
@@ -66,24 +67,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """``lorax-engine serve --model-id demo`` on CPU."""
     tmp = tmp_path_factory.mktemp("engine")
     proc = Process(
-        [
-            sys.executable,
-            "-m",
-            "lorax_engine.cli",
-            "serve",
-            "--model-id",
-            "demo",
-            "--device",
-            "cpu",
-            "--port",
-            "{port}",
-            "--cache-dir",
-            str(tmp / "cache"),
-            "--max-batch-total-tokens",
-            "8192",
-            "--max-active-adapters",
-            "4",
-        ],
+        engine_command(
+            tmp / "cache", "--max-batch-total-tokens", "8192", "--max-active-adapters", "4"
+        ),
         tmp / "engine.log",
     ).start()
     yield proc
@@ -95,22 +81,7 @@ def gateway(engine: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """``lorax-gateway serve`` in front of the engine, probing its health every 0.25 s."""
     tmp = tmp_path_factory.mktemp("gateway")
     proc = Process(
-        [
-            sys.executable,
-            "-m",
-            "lorax_gateway.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--engine-url",
-            engine.url,
-            "--backend-option",
-            "health_interval_s=0.25",
-            "--backend-option",
-            "health_timeout_s=0.25",
-        ],
+        gateway_command(engine.url, "--backend-option", "health_timeout_s=0.25"),
         tmp / "gateway.log",
     ).start()
     yield proc
