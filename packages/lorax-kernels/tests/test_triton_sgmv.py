@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from lora_tables import random_lora_tables
 
 from lorax_kernels import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
@@ -38,14 +39,8 @@ def _case(
     grouped: bool,
 ):
     gen = torch.Generator().manual_seed(seed)
-    num_slots, max_rank = len(ranks), max(ranks)
-    a = torch.randn(len(widths), num_slots, max_rank, in_features, generator=gen)
-    b = torch.randn(len(widths), num_slots, max(widths), max_rank, generator=gen)
-    a /= in_features**0.5
-    b /= max_rank**0.5
-    for slot, r in enumerate(ranks):  # rows past the rank are zero (the contract)
-        a[:, slot, r:] = 0
-        b[:, slot, :, r:] = 0
+    num_slots = len(ranks)
+    a, b = random_lora_tables(in_features, widths, ranks, gen)
     slots = torch.randint(-1, num_slots, (num_tokens,), generator=gen, dtype=torch.int32)
     if grouped:  # prefill-like: long runs per adapter, as the scheduler orders them
         slots = slots.sort().values

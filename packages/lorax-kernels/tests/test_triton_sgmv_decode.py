@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from lora_tables import random_lora_tables
 
 from lorax_kernels.sgmv.meta import sync_size
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
@@ -27,14 +28,8 @@ TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16:
 
 def _tables(in_features: int, widths: tuple[int, ...], ranks: list[int], dtype, seed: int):
     gen = torch.Generator().manual_seed(seed)
-    num_slots, max_rank = len(ranks), max(ranks)
-    a = torch.randn(len(widths), num_slots, max_rank, in_features, generator=gen)
-    b = torch.randn(len(widths), num_slots, max(widths), max_rank, generator=gen)
-    a /= in_features**0.5
-    b /= max_rank**0.5
-    for slot, r in enumerate(ranks):  # rows past the rank are zero (the contract)
-        a[:, slot, r:] = 0
-        b[:, slot, :, r:] = 0
+    num_slots = len(ranks)
+    a, b = random_lora_tables(in_features, widths, ranks, gen)
     ranks_t = torch.tensor(ranks, dtype=torch.int32, device=DEVICE)
     scales = (torch.rand(num_slots, generator=gen) + 0.5).to(DEVICE)
     offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
