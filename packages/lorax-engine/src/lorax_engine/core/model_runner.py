@@ -124,7 +124,7 @@ class ModelRunner:
             seq_lens=seq_lens,
             query_start_loc=qsl,
             token_slots=np.concatenate(lora),
-            is_decode=all(c.num_tokens == 1 for c in chunks),
+            is_decode=False,  # all-decode batches take _build_decode_batch
             pending_index=np.array(pending_index, dtype=np.int64),
             pending_rows=np.array(pending_rows, dtype=np.int64),
         )
