@@ -147,7 +147,7 @@ def run_one(args: argparse.Namespace) -> None:
     emit(event="loaded", shards=args.one, dtype=args.dtype, s=round(time.perf_counter() - t, 1))
     core = loaded.core
     core.tokenizer = NullTokenizer()  # random ids have no text: host text work is not counted
-    vocab = core.vocab_size
+    vocab = core.runner.model.cfg.vocab_size
     prompts = random_prompts(args.batch, args.input, vocab, seed=1)
     if args.warmup:
         run_batch(core, prompts[:1], 4)  # prefill shapes and the sampler, outside the timing

@@ -72,7 +72,6 @@ class EngineCore:
         self.sampler = Sampler()
         self.eos_ids = eos_token_ids
         self.special_ids = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", ()))
-        self.vocab_size = runner.model.cfg.vocab_size
         self.stats = StepStats()
         self._outputs: dict[str, RequestOutput] = {}
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
