@@ -268,7 +268,7 @@ def lora_apply_(
         h = lora_shrink(x, lora_a, slot_ranks, meta)
         lora_expand_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, meta)
         return
-    if lora_a.dim() != 4 or x.shape[1] != lora_a.shape[3]:
+    if x.shape[1] != lora_a.shape[3]:
         raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
     if (
         lora_b.dim() != 4
