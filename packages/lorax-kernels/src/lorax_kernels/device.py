@@ -13,3 +13,22 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 132
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# Arrival counters of split-K kernels, one per output tile. The last program of a tile to arrive
+# sets its counter back to 0, so the buffer is zeroed once per device and never again: no memset
+# launch per call, and a CUDA graph replays with the counters as it found them.
+SPLIT_COUNTERS = 1 << 16
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def split_counters(device: torch.device) -> torch.Tensor:
+    """The device's ``[SPLIT_COUNTERS]`` int32 arrival counters, all 0 between launches.
+
+    Kernels on one stream may share them (each launch leaves them at 0 when it ends). The first
+    call allocates them; make it before a CUDA graph capture (a warm-up run does).
+    """
+    buf = _counters.get(device)
+    if buf is None:
+        buf = _counters[device] = torch.zeros(SPLIT_COUNTERS, device=device, dtype=torch.int32)
+    return buf

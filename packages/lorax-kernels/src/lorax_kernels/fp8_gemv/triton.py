@@ -1,0 +1,203 @@
+"""Triton fp8 weight-only GEMV / skinny GEMM for decode (M <= 16): ``x @ (qweight * scale)^T``.
+
+Decode reads the whole weight for a handful of tokens, so the kernel is bound by weight bytes:
+each program streams a ``[BLOCK_N, BLOCK_K]`` tile of fp8 rows (K contiguous, 16-byte loads),
+converts it in registers and multiplies it with x (tiny, re-read from L2 by every program).
+Two inner products: ``DOT`` pads the rows to a 16-row ``tl.dot`` on the tensor cores; without it
+each row is a broadcast multiply and a sum over K on the CUDA cores (less work for 1-2 rows).
+
+Small N gives too few column tiles to fill the GPU, so K is split across programs until about
+``waves`` programs per SM stream the weight. Each program writes an fp32 partial; the last program
+of a column tile to arrive (an atomic counter) sums the partials in split order, applies the
+per-channel scale and bias, and writes y. The order is fixed, so the result does not depend on
+which program finishes last; that program re-arms the counter, so the op is CUDA-graph safe.
+"""
+
+# Triton's launch syntax (kernel[grid](..., num_warps=...)), constexpr parameters and
+# tl.static_range are not typed in a way pyright understands.
+# pyright: reportCallIssue=false, reportArgumentType=false, reportAttributeAccessIssue=false
+# pyright: reportGeneralTypeIssues=false
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
+from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
+
+
+@dataclass(slots=True, frozen=True)
+class Fp8GemvConfig:
+    """One tiling of the GEMV: ``[block_n, block_k]`` weight tiles, ``warps`` per program,
+    ``stages`` of software pipelining, K split until ``waves`` programs per SM, ``dot``: tensor
+    cores (16-row tiles) rather than CUDA-core reductions."""
+
+    block_n: int
+    block_k: int
+    warps: int
+    stages: int
+    waves: int
+    dot: bool
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "block_k", "warps"):
+            v = getattr(self, name)
+            if v <= 0 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        if self.dot and (self.block_n < 16 or self.block_k < 16):
+            raise ValueError("tl.dot tiles need block_n and block_k >= 16")
+        if self.stages < 1 or self.waves < 1:
+            raise ValueError("stages and waves must be >= 1")
+
+
+# Best guesses for the H200 (132 SMs, ~4.2 TB/s), to be replaced by benchmarks/bench_quant_gemv.py
+# --sweep. 1-2 rows: a 16 x 512 tile is one 512-byte row per warp-wide load (16 B per thread) and
+# 64 fp32 registers per thread for the converted weight. More rows: tensor cores on 64 x 256 tiles.
+DEFAULT_FEW_ROWS = Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=3, waves=4, dot=False)
+DEFAULT_MANY_ROWS = Fp8GemvConfig(block_n=64, block_k=256, warps=4, stages=3, waves=4, dot=True)
+FEW_ROWS_MAX = 2
+
+
+def default_config(m: int) -> Fp8GemvConfig:
+    """The tiling ``fp8_gemv`` uses for ``m`` rows."""
+    return DEFAULT_FEW_ROWS if m <= FEW_ROWS_MAX else DEFAULT_MANY_ROWS
+
+
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    b_ptr,
+    y_ptr,
+    part_ptr,
+    count_ptr,
+    M,
+    N,
+    K,
+    k_per_split,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    DOT: tl.constexpr,
+    IS_FP32: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    m_mask = rm < M
+    n_mask = rn < N
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_begin = split * k_per_split
+    for k0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        k_mask = rk < K
+        w = tl.load(w_rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+        if DOT:
+            x = tl.load(
+                x_ptr + rm[:, None] * stride_xm + rk[None, :],
+                mask=m_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            )  # [BLOCK_M, BLOCK_K]
+            if IS_FP32:
+                acc += tl.dot(x, tl.trans(w.to(tl.float32)), input_precision="ieee")
+            else:
+                # fp8 -> 16-bit is exact, so the tensor cores see the stored weight.
+                acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # [BLOCK_M, BLOCK_N]
+        else:
+            wf = w.to(tl.float32)  # [BLOCK_N, BLOCK_K]
+            for i in tl.static_range(BLOCK_M):
+                row_ok = tl.full((BLOCK_K,), i, tl.int32) < M  # rows past M (BLOCK_M pads)
+                xi = tl.load(x_ptr + i * stride_xm + rk, mask=k_mask & row_ok, other=0.0)
+                row = tl.sum(wf * xi.to(tl.float32)[None, :], axis=1)  # [BLOCK_N]
+                acc += tl.where(rm[:, None] == i, row[None, :], 0.0)
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT > 1:
+        # [SPLIT, M, N] fp32 partials; the last program of this column tile sums them.
+        part = part_ptr + rm[:, None] * N + rn[None, :]
+        tl.store(part + split * M * N, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is stored before the release below
+        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
+            tl.debug_barrier()
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for i in range(SPLIT):  # fixed order; .cg reads L2, where the other SMs wrote
+                acc += tl.load(part + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
+            _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_BIAS)
+    else:
+        _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_BIAS)
+
+
+@triton.jit
+def _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_BIAS):
+    y = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0)[None, :]  # per-channel weight scale
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty), out_mask)
+
+
+def fp8_gemv(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    config: Fp8GemvConfig | None = None,
+) -> torch.Tensor:
+    """Triton version of ``reference.fp8_linear_ref`` for ``M <= GEMV_MAX_ROWS`` (validated
+    arguments); ``config`` overrides ``default_config(M)`` (the benchmark's sweep)."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    if m == 0:
+        return y
+    if m > GEMV_MAX_ROWS:
+        raise ValueError(f"fp8_gemv serves up to {GEMV_MAX_ROWS} rows, got {m}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    cfg = config or default_config(m)
+    block_m = 16 if cfg.dot else triton.next_power_of_2(m)
+    tiles_n = triton.cdiv(n, cfg.block_n)
+    if tiles_n > SPLIT_COUNTERS:
+        raise ValueError(f"{n} output features need more than {SPLIT_COUNTERS} column tiles")
+    steps = triton.cdiv(k, cfg.block_k)
+    split = max(1, min(steps, cfg.waves * num_sms(x.device) // tiles_n))
+    k_per_split = triton.cdiv(steps, split) * cfg.block_k
+    split = triton.cdiv(k, k_per_split)  # no empty splits
+    parts = torch.empty(split * m * n if split > 1 else 0, device=x.device, dtype=torch.float32)
+    _fp8_gemv_kernel[(tiles_n, split)](
+        x,
+        qweight,
+        scale,
+        bias if bias is not None else scale,  # never read without HAS_BIAS
+        y,
+        parts,
+        split_counters(x.device),
+        m,
+        n,
+        k,
+        k_per_split,
+        x.stride(0),
+        qweight.stride(0),
+        y.stride(0),
+        HAS_BIAS=bias is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        SPLIT=split,
+        DOT=cfg.dot,
+        IS_FP32=x.dtype == torch.float32,
+        num_warps=cfg.warps,
+        num_stages=cfg.stages,
+    )
+    return y
