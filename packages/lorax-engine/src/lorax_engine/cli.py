@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=QUANTIZE_METHODS,
         default=None,
-        help="fp8: quantize the weights at load; gptq/awq: a 4-bit checkpoint "
-        "(detected from its config.json without the flag)",
+        help="fp8, bitsandbytes (8-bit), bitsandbytes-nf4/-fp4 (4-bit): quantize the weights "
+        "at load; gptq/awq: a 4-bit checkpoint (detected from its config.json without the flag)",
     )
     serve.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"

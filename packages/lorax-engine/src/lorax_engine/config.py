@@ -33,7 +33,8 @@ class EngineConfig:
     # Tensor parallelism: shard the model over this many GPUs of the host (processes on CPU).
     num_shard: int = 1
     allow_bin_weights: bool = False
-    # Base weights: None serves the checkpoint as it is (GPTQ/AWQ ones quantized), or fp8|gptq|awq.
+    # Base weights: None serves the checkpoint as it is (GPTQ/AWQ ones quantized), or one of
+    # quant.QUANTIZE_METHODS (fp8, gptq, awq, bitsandbytes, bitsandbytes-nf4, bitsandbytes-fp4).
     quantize: str | None = None
     cache_dir: Path | None = None
     # Multi-LoRA slot tables: 0 disables adapters (requests naming one get a generation error).

@@ -116,8 +116,9 @@ def load_model(
 ) -> DecoderModel:
     """Build the model described by ``path/config.json`` and load its weights.
 
-    ``quantize`` (fp8, gptq, awq) is checked against the checkpoint's ``quantization_config``; a
-    GPTQ/AWQ checkpoint is served quantized without it. ``tp``: load only that shard's part.
+    ``quantize`` (one of ``quant.QUANTIZE_METHODS``) is checked against the checkpoint's
+    ``quantization_config``; a GPTQ/AWQ checkpoint is served quantized without it. ``tp``: load
+    only that shard's part.
     """
     spec = resolve_quant_spec(quantize, json.loads((path / "config.json").read_text()))
     if spec is not None and tp is not None and tp.size > 1:

@@ -1,4 +1,5 @@
-"""Quantized base models: ``--quantize fp8|gptq|awq`` (LoRA adapters stay 16-bit on top)."""
+"""Quantized base models: ``--quantize fp8|gptq|awq|bitsandbytes|bitsandbytes-nf4|bitsandbytes-fp4``
+(LoRA adapters stay 16-bit on top)."""
 
 from lorax_engine.quant.spec import QUANTIZE_METHODS, QuantSpec, resolve_quant_spec
 

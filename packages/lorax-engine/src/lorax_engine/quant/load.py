@@ -1,11 +1,14 @@
-"""Load a model with a quantized base: GPTQ/AWQ checkpoints as 4-bit, or any checkpoint as fp8."""
+"""Load a model with a quantized base: GPTQ/AWQ checkpoints as 4-bit, or any checkpoint as fp8 or
+with bitsandbytes (LLM.int8, NF4, FP4)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lorax_engine.models.decoder import DecoderModel, LoraLinear
 from lorax_engine.models.loader import build_model, iter_checkpoint
@@ -18,7 +21,7 @@ from lorax_engine.quant.formats import (
     gptq_to_w4,
 )
 from lorax_engine.quant.linear import Fp8Linear, W4Linear
-from lorax_engine.quant.spec import QuantSpec
+from lorax_engine.quant.spec import AT_LOAD_METHODS, QuantSpec
 
 # Our fused projection -> the HF modules (slices) it concatenates, in order.
 FUSED = {
@@ -43,12 +46,13 @@ def load_quantized_model(
     Embeddings, norms and the LM head stay in ``dtype`` (as GPTQ/AWQ checkpoints keep them).
     """
     cfg = ModelConfig.from_dir(path)
-    if spec.method == "fp8":
+    if spec.method in AT_LOAD_METHODS:
+        quantize = _at_load_quantizer(spec.method)
         model = build_model(cfg, dtype, device, max_positions)
         model.load_hf_weights(iter_checkpoint(path, allow_bin=allow_bin))
         for module in _projections(model):
             assert module.weight is not None
-            module.quant = Fp8Linear(module.weight)
+            module.quant = quantize(module.weight)
             module.weight = None  # frees the 16-bit copy
         return model
     model = build_model(cfg, dtype, device, max_positions, quantized_projections=True)
@@ -90,6 +94,16 @@ def load_quantized_model(
     if packed:
         raise ValueError(f"unexpected quantized weights in checkpoint: {sorted(packed)[:4]}")
     return model
+
+
+def _at_load_quantizer(method: str) -> Callable[[torch.Tensor], nn.Module]:
+    """What turns a projection's 16-bit weight into its ``quant`` module for ``method``."""
+    if method == "fp8":
+        return Fp8Linear
+    # Imported only here: bitsandbytes is an optional extra, and this import says how to get it.
+    from lorax_engine.quant.bnb_linear import bnb_linear
+
+    return functools.partial(bnb_linear, method)
 
 
 def _projections(model: DecoderModel) -> list[LoraLinear]:

@@ -1,8 +1,8 @@
 """Which quantization a model is served with: the ``--quantize`` flag checked against the checkpoint.
 
-GPTQ and AWQ checkpoints say what they are in ``config.json``'s ``quantization_config``; fp8 is
-applied at load to an unquantized checkpoint. Every combination we cannot serve correctly fails
-here, at start-up, with a message naming the fix.
+GPTQ and AWQ checkpoints say what they are in ``config.json``'s ``quantization_config``; fp8 and
+the bitsandbytes methods are applied at load to an unquantized checkpoint. Every combination we
+cannot serve correctly fails here, at start-up, with a message naming the fix.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-QUANTIZE_METHODS = ("fp8", "gptq", "awq")
+# Applied at load to an unquantized checkpoint: bitsandbytes is LLM.int8 (8-bit), -nf4/-fp4 are
+# its 4-bit data types (the optional extra lorax-engine[bitsandbytes]).
+AT_LOAD_METHODS = ("fp8", "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4")
+QUANTIZE_METHODS = ("fp8", "gptq", "awq", "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4")
 
 
 @dataclass(slots=True, frozen=True)
@@ -57,8 +60,14 @@ def resolve_quant_spec(flag: str | None, hf_config: dict[str, Any]) -> QuantSpec
                 f"--quantize {flag} needs a {flag.upper()} checkpoint, but config.json has no "
                 "quantization_config (serve it unquantized, or with --quantize fp8)"
             )
-        return QuantSpec("fp8") if flag == "fp8" else None
+        return QuantSpec(flag) if flag in AT_LOAD_METHODS else None
     assert isinstance(qc, dict)
+    if ckpt == "bitsandbytes":
+        raise ValueError(
+            "checkpoint was saved already quantized by bitsandbytes, which this engine cannot "
+            "load: serve the unquantized checkpoint with --quantize bitsandbytes (8-bit) or "
+            "--quantize bitsandbytes-nf4 (4-bit), which quantize it at load"
+        )
     if ckpt not in ("gptq", "awq"):
         raise ValueError(
             f"checkpoint is quantized with {ckpt!r}, which this engine cannot load; "
