@@ -18,6 +18,7 @@ from lorax_kernels import (
     paged_prefill_attention,
     reshape_and_cache_,
 )
+from lorax_kernels.kv_cache import FP8_KV_DTYPE
 
 
 def _lora_case(num_tokens: int, seed: int):
@@ -195,18 +196,20 @@ def test_custom_ops_pass_opcheck() -> None:
         torch.ops.lorax_kernels.lora_decode_,
         (y, x, a, b, ranks, scales, offsets, meta.token_slots, meta.sync),
     )
-    cache = torch.zeros(2, 4, 1, 8)
     kv = torch.randn(3, 1, 8)
-    torch.library.opcheck(
-        torch.ops.lorax_kernels.reshape_and_cache_,
-        (kv, kv, cache, cache.clone(), torch.tensor([0, -1, 5])),
-    )
     tables = torch.tensor([[1, 0]], dtype=torch.int32)
     lens = torch.tensor([6], dtype=torch.int32)
     q = torch.randn(1, 2, 8)
+    # fp32 caches only: opcheck's schema test multiplies tensors, which CPU torch cannot in fp8.
+    kv_scales = (1.0, 1.0)
+    cache = torch.zeros(2, 4, 1, 8)
+    torch.library.opcheck(
+        torch.ops.lorax_kernels.reshape_and_cache_,
+        (kv, kv, cache, cache.clone(), torch.tensor([0, -1, 5]), *kv_scales),
+    )
     torch.library.opcheck(
         torch.ops.lorax_kernels.paged_decode_attention,
-        (q, cache, cache, tables, lens, 1 / math.sqrt(8), None),
+        (q, cache, cache, tables, lens, 1 / math.sqrt(8), None, *kv_scales),
     )
     torch.library.opcheck(
         torch.ops.lorax_kernels.paged_prefill_attention,
@@ -219,6 +222,7 @@ def test_custom_ops_pass_opcheck() -> None:
             lens,
             0.3,
             4,
+            *kv_scales,
         ),
     )
 
@@ -237,3 +241,46 @@ def test_rows_past_the_step_have_no_adapter() -> None:
     assert torch.equal(y[3:], y0[3:])
     assert not torch.equal(y[:2], y0[:2])
     assert int(meta.tile_end.count_nonzero()) <= 3  # no tile left over from the larger step
+
+
+def test_fp8_kv_cache_round_trip() -> None:
+    """Writing K/V to an fp8 cache and attending over it stays within e4m3's precision of the
+    fp32 cache (3 mantissa bits: ~6% per value, far less after the softmax's averaging), and
+    values past the range clamp to 448 * scale instead of becoming NaN."""
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(40, 2, 16, generator=gen)
+    v = torch.randn(40, 2, 16, generator=gen)
+    q = torch.randn(1, 4, 16, generator=gen)
+    slots = torch.arange(40)
+    tables = torch.arange(10, dtype=torch.int32)[None]
+    lens = torch.tensor([40], dtype=torch.int32)
+    caches = {}
+    for dtype, scales in [(torch.float32, (1.0, 1.0)), (FP8_KV_DTYPE, (0.05, 0.02))]:
+        kc = torch.zeros(10, 4, 2, 16, dtype=dtype)
+        vc = torch.zeros_like(kc)
+        reshape_and_cache_(k, v, kc, vc, slots, k_scale=scales[0], v_scale=scales[1])
+        caches[dtype] = (kc, vc, scales)
+    kc8, _, (k_scale, _) = caches[FP8_KV_DTYPE]
+    stored = kc8.float().view(40, 2, 16) * k_scale
+    assert (stored - k).abs().max() <= 0.0625 * k.abs().max()
+    outs = [
+        paged_decode_attention(q, kc, vc, tables, lens, 0.25, k_scale=ks, v_scale=vs)
+        for kc, vc, (ks, vs) in caches.values()
+    ]
+    torch.testing.assert_close(outs[1], outs[0], atol=0.05, rtol=0.05)
+    big = torch.full((1, 2, 16), 1e6)
+    kc, vc, _ = caches[FP8_KV_DTYPE]
+    reshape_and_cache_(big, -big, kc, vc, torch.tensor([0]), k_scale=0.5, v_scale=1.0)
+    assert kc[0, 0].float().unique().tolist() == [448.0]
+    assert vc[0, 0].float().unique().tolist() == [-448.0]
+
+
+def test_kv_scales_apply_to_fp8_caches_only() -> None:
+    cache = torch.zeros(2, 4, 1, 8)
+    kv = torch.randn(1, 1, 8)
+    with pytest.raises(ValueError, match="fp8 caches only"):
+        reshape_and_cache_(kv, kv, cache, cache, torch.tensor([0]), k_scale=0.5)
+    with pytest.raises(ValueError, match="positive"):
+        reshape_and_cache_(
+            kv, kv, cache.to(FP8_KV_DTYPE), cache.to(FP8_KV_DTYPE), torch.tensor([0]), v_scale=0.0
+        )

@@ -1,7 +1,8 @@
 """Paged decode attention: one query token per sequence over its paged KV (GQA, sliding window).
 
-Triton on CUDA (split-K "flash-decoding" for long contexts, registered as a torch custom op so it
-can be captured in a CUDA graph), the fp32 reference elsewhere.
+Triton on CUDA (split-K "flash-decoding" for long contexts, merged in the same launch; registered
+as a torch custom op so it can be captured in a CUDA graph), the fp32 reference elsewhere. The
+caches may be fp8 e4m3 with a K and a V scale (see ``lorax_kernels.kv_cache``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from lorax_kernels.decode_attention.reference import paged_decode_attention_ref
+from lorax_kernels.kv_cache import check_kv_scales
 
 __all__ = ["paged_decode_attention"]
 
@@ -22,9 +24,11 @@ def _decode_op(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None,
+    k_scale: float,
+    v_scale: float,
 ) -> torch.Tensor:
     return paged_decode_attention_ref(
-        q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window
+        q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, k_scale, v_scale
     )
 
 
@@ -37,11 +41,13 @@ def _decode_cuda(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None,
+    k_scale: float,
+    v_scale: float,
 ) -> torch.Tensor:
     from lorax_kernels.decode_attention.triton import paged_decode_attention
 
     return paged_decode_attention(
-        q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window
+        q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window, k_scale, v_scale
     )
 
 
@@ -54,6 +60,8 @@ def _decode_fake(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None,
+    k_scale: float,
+    v_scale: float,
 ) -> torch.Tensor:
     return torch.empty_like(q)
 
@@ -84,14 +92,18 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None = None,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Attention of one new query token per sequence over its whole paged context.
 
     q: ``[num_seqs, num_q_heads, head_dim]``; caches: ``[num_blocks, block_size, num_kv_heads,
     head_dim]``; block_tables: ``[num_seqs, max_blocks]`` int32; seq_lens: ``[num_seqs]`` int32,
     the KV length including the new token (``0`` = padding row, output zeros). With
-    ``sliding_window`` the query sees only the last ``sliding_window`` positions. Returns
-    ``[num_seqs, num_q_heads, head_dim]`` in q's dtype.
+    ``sliding_window`` the query sees only the last ``sliding_window`` positions. fp8 caches
+    (``lorax_kernels.kv_cache.FP8_KV_DTYPE``) are read as ``cached * k_scale`` (and ``v_scale``);
+    other caches take scales of 1.0. Returns ``[num_seqs, num_q_heads, head_dim]`` in q's dtype.
     """
     check_attention_shapes(q, k_cache, v_cache, block_tables)
     if seq_lens.shape != (q.shape[0],) or block_tables.shape[0] != q.shape[0]:
@@ -101,4 +113,15 @@ def paged_decode_attention(
         )
     if sliding_window is not None and sliding_window <= 0:
         raise ValueError(f"sliding_window must be positive, got {sliding_window}")
-    return _decode_op(q, k_cache, v_cache, block_tables, seq_lens, float(scale), sliding_window)
+    check_kv_scales(k_cache, k_scale, v_scale)
+    return _decode_op(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        float(scale),
+        sliding_window,
+        float(k_scale),
+        float(v_scale),
+    )

@@ -23,12 +23,15 @@ def paged_decode_attention_ref(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Attention of each sequence's single query over its whole cached context.
 
     q: ``[num_seqs, num_q_heads, head_dim]``; the query sits at position ``seq_len - 1`` and sees
     positions ``> seq_len - 1 - sliding_window`` when a window is given. ``seq_len == 0`` rows
-    are padding and come out as zeros. Returns ``[num_seqs, num_q_heads, head_dim]`` in q's dtype.
+    are padding and come out as zeros. The caches hold K / ``k_scale`` and V / ``v_scale`` (fp8
+    caches; 1.0 otherwise). Returns ``[num_seqs, num_q_heads, head_dim]`` in q's dtype.
     """
     num_seqs, num_q_heads, _ = q.shape
     group = num_q_heads // k_cache.shape[2]
@@ -38,8 +41,8 @@ def paged_decode_attention_ref(
         if length == 0:
             continue
         start = 0 if sliding_window is None else max(0, length - sliding_window)
-        k = gather_kv(k_cache, block_tables[i], length)[start:].float()  # [n, kv_heads, d]
-        v = gather_kv(v_cache, block_tables[i], length)[start:].float()
+        k = gather_kv(k_cache, block_tables[i], length)[start:].float() * k_scale  # [n, kvh, d]
+        v = gather_kv(v_cache, block_tables[i], length)[start:].float() * v_scale
         k = k.repeat_interleave(group, dim=1)  # [n, q_heads, d]
         v = v.repeat_interleave(group, dim=1)
         scores = torch.einsum("hd,nhd->hn", q[i].float(), k) * scale  # [q_heads, n]

@@ -1,16 +1,24 @@
-"""Triton paged decode attention with split-K ("flash-decoding") for long contexts.
+"""Triton paged decode attention with split-K ("flash-decoding") merged inside the one launch.
 
 One program handles one (sequence, kv head, context partition): it loads the group's query heads
 once (GQA: ``num_q_heads / num_kv_heads`` rows, padded to 16 for ``tl.dot``) and streams the
 partition's K/V pages, ``BLOCK_N`` tokens per step gathered through the block table, with an online
-softmax. When the static context bound (``max_blocks * block_size``) spans several partitions, each
-program writes an unnormalised partial (acc, max, sum) and a second kernel merges them. Partitions
-past a sequence's length exit at once, so the grid depends only on static shapes (CUDA-graph safe).
+softmax. A sequence that fits one partition writes its output directly. A longer one has each of
+its partitions write an unnormalised partial (acc, max, sum) and take a ticket from an arrival
+counter per (sequence, kv head); the program holding the last ticket merges the partials in
+partition order (so the result does not depend on which program finished last), writes the output
+and re-arms the counter to zero for the next launch. Partitions past a sequence's length exit at
+once, so the grid depends only on static shapes, and the counters need no reset between launches:
+the op is CUDA-graph safe in one kernel launch per call.
+
+fp8 caches are upcast right after the load; their K scale is folded into the softmax scale and
+their V scale into the final normalisation, so the fp32 math is that of 16-bit caches.
 """
 
-# Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
-# typed in a way pyright understands.
+# Triton's launch syntax (kernel[grid](..., num_warps=...)), constexpr parameters and
+# tl.static_range are not typed in a way pyright understands.
 # pyright: reportCallIssue=false, reportArgumentType=false, reportAttributeAccessIssue=false
+# pyright: reportGeneralTypeIssues=false
 
 from __future__ import annotations
 
@@ -23,6 +31,82 @@ from lorax_kernels.paged_attention_steps import load_kv_block, online_softmax_st
 
 LOG2E = 1.4426950408889634
 
+# Grids of at least this many programs per SM are not split: at batch 64, context 1k on the H200
+# the unsplit grid (512 programs) ran 8% faster than two partitions plus a merge pass.
+NO_SPLIT_PROGRAMS_PER_SM = 2
+# Smaller grids split their context bound until the grid has about this many programs per SM
+# (batch 16, context 16k: 101% of copy bandwidth instead of 84% at ~2 per SM).
+SPLIT_PROGRAMS_PER_SM = 4
+# Shortest partition. With the merge inside the launch a partition costs one more partial to read,
+# not a second kernel; shorter partitions mean fewer dependent K/V steps per program, which is
+# what a latency-bound small batch waits on. Chosen from a sweep (bench_decode_attention.py).
+MIN_PARTITION = 128
+# Partials the merging program folds per step (one [MERGE_BLOCK, head_dim] fp32 load per head).
+MERGE_BLOCK = 16
+
+
+@triton.jit
+def _merge_partials(
+    acc_ptr,
+    m_ptr,
+    l_ptr,
+    out_ptr,
+    seq,
+    kvh,
+    n_parts,
+    v_scale,
+    stride_as,
+    stride_ah,
+    stride_ap,
+    stride_ms,
+    stride_mh,
+    stride_os,
+    stride_oh,
+    GROUP: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Fold the ``n_parts`` partials of each query head of kv head ``kvh`` and store the output."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    for g in tl.static_range(GROUP):  # unrolled: the heads' loads are independent
+        head = kvh * GROUP + g
+        # Running (max, sum, acc) as [BLOCK_D] vectors (one copy per lane): loop-carried tensors.
+        m_run = tl.full((BLOCK_D,), float("-inf"), dtype=tl.float32)
+        l_run = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for p0 in range(0, n_parts, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            p_mask = offs_p < n_parts
+            ml = seq * stride_ms + head * stride_mh + offs_p  # [BLOCK_P]
+            # .cg: read L2, where the other SMs' partials landed, not a stale L1 line.
+            m_p = tl.load(m_ptr + ml, mask=p_mask, other=float("-inf"), cache_modifier=".cg")
+            l_p = tl.load(l_ptr + ml, mask=p_mask, other=0.0, cache_modifier=".cg")
+            a_p = tl.load(
+                acc_ptr
+                + seq * stride_as
+                + head * stride_ah
+                + offs_p[:, None] * stride_ap
+                + offs_d[None, :],
+                mask=p_mask[:, None] & d_mask[None, :],
+                other=0.0,
+                cache_modifier=".cg",
+            )  # [BLOCK_P, BLOCK_D]
+            m_new = tl.maximum(m_run, tl.max(m_p, 0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet
+            alpha = tl.exp2(m_run - m_safe)  # [BLOCK_D]
+            w = tl.exp2(m_p[:, None] - m_safe[None, :])  # [BLOCK_P, BLOCK_D]; 0 for empty parts
+            l_run = l_run * alpha + tl.sum(l_p[:, None] * w, 0)
+            acc = acc * alpha + tl.sum(a_p * w, 0)
+            m_run = m_new
+        out = acc * v_scale / tl.where(l_run > 0, l_run, 1.0)
+        tl.store(
+            out_ptr + seq * stride_os + head * stride_oh + offs_d,
+            out.to(out_ptr.dtype.element_ty),
+            mask=d_mask,
+        )
+
 
 @triton.jit
 def _decode_kernel(
@@ -32,10 +116,14 @@ def _decode_kernel(
     block_tables_ptr,
     seq_lens_ptr,
     out_ptr,
-    m_ptr,
-    l_ptr,
-    qk_scale,  # softmax scale * log2(e): the kernel works in base 2
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    count_ptr,
+    qk_scale,  # softmax scale * K scale * log2(e): the kernel works in base 2
+    v_scale,
     window,  # 0 = no sliding window
+    num_kv_heads,
     stride_qs,
     stride_qh,
     stride_kb,
@@ -44,7 +132,9 @@ def _decode_kernel(
     stride_bt,
     stride_os,
     stride_oh,
-    stride_op,
+    stride_as,
+    stride_ah,
+    stride_ap,
     stride_ms,
     stride_mh,
     GROUP: tl.constexpr,
@@ -55,6 +145,7 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr,
     PARTITION: tl.constexpr,
     SPLIT: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -63,8 +154,8 @@ def _decode_kernel(
     length = tl.load(seq_lens_ptr + seq)
     part_start = part * PARTITION
     if SPLIT:
-        if part_start >= length:
-            return  # the merge kernel reads only the partitions a sequence has
+        if (part > 0) & (part_start >= length):
+            return  # not one of this sequence's partitions (part 0 writes a padding row's zeros)
     lo = tl.where(window > 0, tl.maximum(part_start, length - window), part_start)
     hi = tl.minimum(part_start + PARTITION, length)
 
@@ -100,72 +191,54 @@ def _decode_kernel(
             stride_kt,
             PAGE,
         )  # [BLOCK_N, BLOCK_D] each
+        k = k.to(q.dtype)  # fp8 caches: upcast (exact); otherwise a no-op
+        v = v.to(q.dtype)
         s = scores(q, k, IEEE)
         s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, IEEE)
 
     out_mask = g_mask[:, None] & d_mask[None, :]
+    n_parts = 1
     if SPLIT:
-        o = out_ptr + seq * stride_os + heads[:, None] * stride_oh + part * stride_op
-        tl.store(o + offs_d[None, :], acc, mask=out_mask)
-        ml = seq * stride_ms + heads * stride_mh + part
-        tl.store(m_ptr + ml, m_i, mask=g_mask)
-        tl.store(l_ptr + ml, l_i, mask=g_mask)
+        n_parts = tl.cdiv(length, PARTITION)
+    if n_parts > 1:
+        ml = seq * stride_ms + heads * stride_mh + part  # [BLOCK_G]
+        partial = part_acc_ptr + seq * stride_as + heads[:, None] * stride_ah + part * stride_ap
+        tl.store(partial + offs_d[None, :], acc, mask=out_mask)
+        tl.store(part_m_ptr + ml, m_i, mask=g_mask)
+        tl.store(part_l_ptr + ml, l_i, mask=g_mask)
+        tl.debug_barrier()  # every thread's partial is stored before the release below
+        counter = count_ptr + seq * num_kv_heads + kvh
+        if tl.atomic_add(counter, 1, sem="acq_rel") == n_parts - 1:
+            # Every partition of this (sequence, kv head) has arrived: nobody else reads the
+            # counter in this launch, so re-arm it for the next.
+            tl.atomic_xchg(counter, 0)
+            tl.debug_barrier()
+            _merge_partials(
+                part_acc_ptr,
+                part_m_ptr,
+                part_l_ptr,
+                out_ptr,
+                seq,
+                kvh,
+                n_parts,
+                v_scale,
+                stride_as,
+                stride_ah,
+                stride_ap,
+                stride_ms,
+                stride_mh,
+                stride_os,
+                stride_oh,
+                GROUP,
+                BLOCK_D,
+                HEAD_DIM,
+                BLOCK_P,
+            )
     else:
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # length 0: zeros
+        out = acc * v_scale / tl.where(l_i > 0, l_i, 1.0)[:, None]  # length 0: zeros
         o = out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o, out.to(out_ptr.dtype.element_ty), mask=out_mask)
-
-
-@triton.jit
-def _merge_kernel(
-    acc_ptr,
-    m_ptr,
-    l_ptr,
-    seq_lens_ptr,
-    out_ptr,
-    stride_as,
-    stride_ah,
-    stride_ap,
-    stride_ms,
-    stride_mh,
-    stride_os,
-    stride_oh,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PARTITION: tl.constexpr,
-):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    length = tl.load(seq_lens_ptr + seq)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    # Running max and sum, kept as vectors (one copy per lane) to stay loop-carried tensors.
-    m_run = tl.full((BLOCK_D,), float("-inf"), dtype=tl.float32)
-    l_run = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for part in range(tl.cdiv(length, PARTITION)):
-        ml = seq * stride_ms + head * stride_mh + part
-        m_p = tl.load(m_ptr + ml)
-        l_p = tl.load(l_ptr + ml)
-        a_p = tl.load(
-            acc_ptr + seq * stride_as + head * stride_ah + part * stride_ap + offs_d,
-            mask=d_mask,
-            other=0.0,
-        )
-        m_new = tl.maximum(m_run, m_p)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        scale_run = tl.exp2(m_run - m_safe)
-        scale_p = tl.exp2(m_p - m_safe)
-        l_run = l_run * scale_run + l_p * scale_p
-        acc = acc * scale_run + a_p * scale_p
-        m_run = m_new
-    out = acc / tl.where(l_run > 0, l_run, 1.0)
-    tl.store(
-        out_ptr + seq * stride_os + head * stride_oh + offs_d,
-        out.to(out_ptr.dtype.element_ty),
-        mask=d_mask,
-    )
 
 
 def choose_partition(
@@ -173,17 +246,36 @@ def choose_partition(
 ) -> int:
     """Context tokens per program (split-K), from static shapes only.
 
-    A grid of one program per (sequence, kv head) that already has two programs per SM is not
-    split: on the H200 at batch 64, context 1k (512 programs) that ran 8% faster than two
-    partitions plus the merge. Smaller grids split their context bound until the grid has ~4
-    programs per SM (batch 16, context 16k: 101% of copy bandwidth instead of 84% at ~2 per SM).
+    Grids with ``NO_SPLIT_PROGRAMS_PER_SM`` programs per SM are not split. Smaller grids (small
+    batches) split their context bound ``max_context`` into partitions of a power of two tokens,
+    as many as give the grid ``SPLIT_PROGRAMS_PER_SM`` programs per SM, each at least
+    ``MIN_PARTITION`` tokens: so the partition grows with the context and shrinks with the batch.
+    A sequence shorter than the bound uses only its first partitions; the rest exit at once.
     """
     programs = num_seqs * num_kv_heads
-    if programs >= 2 * num_sms:
+    if programs >= NO_SPLIT_PROGRAMS_PER_SM * num_sms:
         return max(max_context, block_n)
-    parts = -(-4 * num_sms // programs)
+    parts = -(-SPLIT_PROGRAMS_PER_SM * num_sms // programs)
     partition = triton.next_power_of_2(max(1, -(-max_context // parts)))
-    return max(partition, 256, block_n)
+    return max(partition, MIN_PARTITION, block_n)
+
+
+# Arrival counters per device, all zero between launches (each launch re-arms the ones it used).
+# Shared by every call on the device: the calls of one stream run one after another.
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
+    """At least ``needed`` int32 zeros that stay allocated (CUDA graphs capture their address).
+
+    Allocated once with room for batch 512 x 16 kv heads, so the first call (an eager warm-up,
+    before any graph capture) sizes them for good.
+    """
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < needed:
+        counters = torch.zeros(max(needed, 8192), dtype=torch.int32, device=device)
+        _COUNTERS[device] = counters
+    return counters
 
 
 def paged_decode_attention(
@@ -194,6 +286,8 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     *,
     block_n: int = 64,
     partition: int | None = None,
@@ -220,65 +314,54 @@ def paged_decode_attention(
     num_parts = triton.cdiv(max_context, partition)
     split = num_parts > 1
     if split:
-        acc = torch.empty(
+        # [num_seqs, num_q_heads, num_parts, head_dim] partials; max and sum per row.
+        part_acc = torch.empty(
             num_seqs, num_q_heads, num_parts, head_dim, dtype=torch.float32, device=q.device
         )
-        m = torch.empty(num_seqs, num_q_heads, num_parts, dtype=torch.float32, device=q.device)
-        lse = torch.empty_like(m)
-        target, o_strides = acc, (acc.stride(0), acc.stride(1), acc.stride(2))
-        m_strides = (m.stride(0), m.stride(1))
+        part_m = torch.empty(num_seqs, num_q_heads, num_parts, dtype=torch.float32, device=q.device)
+        part_l = torch.empty_like(part_m)
+        counters = _arrival_counters(q.device, num_seqs * num_kv_heads)
+        a_strides = (part_acc.stride(0), part_acc.stride(1), part_acc.stride(2))
+        m_strides = (part_m.stride(0), part_m.stride(1))
     else:
-        acc = m = lse = out
-        target, o_strides, m_strides = out, (out.stride(0), out.stride(1), 0), (0, 0)
-    block_d = triton.next_power_of_2(head_dim)
+        part_acc = part_m = part_l = counters = out  # unused: no partition writes a partial
+        a_strides, m_strides = (0, 0, 0), (0, 0)
     _decode_kernel[(num_seqs, num_kv_heads, num_parts)](
         q,
         k_cache,
         v_cache,
         block_tables,
         seq_lens,
-        target,
-        m,
-        lse,
-        scale * LOG2E,
+        out,
+        part_acc,
+        part_m,
+        part_l,
+        counters,
+        scale * k_scale * LOG2E,
+        v_scale,
         sliding_window or 0,
+        num_kv_heads,
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
         block_tables.stride(0),
-        *o_strides,
+        out.stride(0),
+        out.stride(1),
+        *a_strides,
         *m_strides,
         GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
+        BLOCK_D=triton.next_power_of_2(head_dim),
         PAGE=page,
         BLOCK_N=block_n,
         PARTITION=partition,
         SPLIT=split,
+        BLOCK_P=MERGE_BLOCK,
         IEEE=q.dtype == torch.float32,
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if split:
-        _merge_kernel[(num_seqs, num_q_heads)](
-            acc,
-            m,
-            lse,
-            seq_lens,
-            out,
-            acc.stride(0),
-            acc.stride(1),
-            acc.stride(2),
-            m.stride(0),
-            m.stride(1),
-            out.stride(0),
-            out.stride(1),
-            HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
-            PARTITION=partition,
-            num_warps=1,
-        )
     return out

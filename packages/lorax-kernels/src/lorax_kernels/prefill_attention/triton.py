@@ -4,7 +4,9 @@ The grid is ``(num_tokens // BLOCK_M + num_seqs, num_q_heads)``: an upper bound 
 of all sequences that depends only on static shapes. Each program finds its sequence by binary
 search over ``query_start_loc[s] // BLOCK_M + s`` (the first tile of sequence ``s``), loads
 ``BLOCK_M`` queries of one head and streams the sequence's K/V pages from the window start up to
-its last query's position, gathered through the block table, with an online softmax.
+its last query's position, gathered through the block table, with an online softmax. fp8 caches
+are upcast after the load, their K scale folded into the softmax scale and their V scale into the
+final normalisation.
 """
 
 # Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
@@ -32,7 +34,8 @@ def _prefill_kernel(
     query_start_ptr,
     seq_lens_ptr,
     out_ptr,
-    qk_scale,  # softmax scale * log2(e)
+    qk_scale,  # softmax scale * K scale * log2(e)
+    v_scale,
     window,  # 0 = no sliding window
     num_seqs,
     stride_qt,
@@ -105,13 +108,15 @@ def _prefill_kernel(
             stride_kt,
             PAGE,
         )  # [BLOCK_N, BLOCK_D] each
+        k = k.to(q.dtype)  # fp8 caches: upcast (exact); otherwise a no-op
+        v = v.to(q.dtype)
         s = scores(q, k, IEEE)
         visible = (offs_n[None, :] <= pos[:, None]) & n_mask[None, :]
         visible &= (window <= 0) | (offs_n[None, :] > pos[:, None] - window)
         s = tl.where(visible, s * qk_scale, float("-inf"))  # [BLOCK_M, BLOCK_N]
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, IEEE)
 
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    out = acc * v_scale / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(
         out_ptr + rows_q[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
         out.to(out_ptr.dtype.element_ty),
@@ -128,6 +133,8 @@ def paged_prefill_attention(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     *,
     block_m: int = 64,
     block_n: int = 64,
@@ -156,7 +163,8 @@ def paged_prefill_attention(
         query_start_loc,
         seq_lens,
         out,
-        scale * LOG2E,
+        scale * k_scale * LOG2E,
+        v_scale,
         sliding_window or 0,
         num_seqs,
         q.stride(0),
