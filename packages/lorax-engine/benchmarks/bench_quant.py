@@ -1,6 +1,7 @@
 """Quantized base models (issue #10): decode tokens/s at batch 1 and 64 for bf16, fp8, GPTQ and AWQ
-(w4a16) on a random-weight Llama-3-8B shape, each with and without rank-16 LoRA adapters on top
-(one distinct adapter per request), plus the weight bytes. Prints JSON lines.
+(w4a16) and bitsandbytes (LLM.int8, NF4, FP4) on a random-weight Llama-3-8B shape, each with and
+without rank-16 LoRA adapters on top (one distinct adapter per request), plus the weight bytes.
+Prints JSON lines.
 
     PYTHONPATH=packages/lorax-kernels/src:packages/lorax-engine/src \
         python3 packages/lorax-engine/benchmarks/bench_quant.py [--methods bf16,fp8,gptq,awq] [--tiny]
@@ -10,7 +11,8 @@ the loader does for ``--quantize``: fp8 through ``Fp8Linear`` (quantized at load
 rounding the same bf16 weights to 4 bits (group 128, the grid of ``quant.quantizer.quantize_rtn``,
 vectorised on the GPU), packing them in the checkpoint format and converting them with the
 loader's own ``gptq_to_w4`` / ``awq_to_w4`` into ``W4Linear``. ``gptq-act`` adds act-order
-(a permuted ``g_idx``). Drift: the mean KL(bf16 || method) of the first output token's
+(a permuted ``g_idx``). The bitsandbytes methods go through ``quant.bnb_linear`` as the loader's
+(skipped, with a line saying so, when the package is not installed). Drift: the mean KL(bf16 || method) of the first output token's
 distribution over the same prompts, and how often the greedy first tokens agree with bf16's.
 ``--tiny`` runs a small model on the CPU (script check).
 """
@@ -18,6 +20,7 @@ distribution over the same prompts, and how often the greedy first tokens agree 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -47,7 +50,16 @@ from lorax_engine.quant.linear import Fp8Linear, W4Linear
 from lorax_engine.quant.spec import QuantSpec
 from lorax_kernels.w4a16 import pack_rows
 
-METHODS = ("bf16", "fp8", "gptq", "gptq-act", "awq")
+METHODS = (
+    "bf16",
+    "fp8",
+    "gptq",
+    "gptq-act",
+    "awq",
+    "bitsandbytes",
+    "bitsandbytes-nf4",
+    "bitsandbytes-fp4",
+)
 
 
 def rtn_w4(
@@ -123,6 +135,10 @@ def quantize_(
         module.weight = None
         if method == "fp8":
             module.quant = Fp8Linear(w)
+        elif method.startswith("bitsandbytes"):
+            from lorax_engine.quant.bnb_linear import bnb_linear
+
+            module.quant = bnb_linear(method, w)
         else:
             module.quant = W4Linear(to_w4(name, w, method, group, seed=i), dtype, w.device)
 
@@ -190,6 +206,10 @@ def main() -> None:
     unknown = set(methods) - set(METHODS)
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}: use {','.join(METHODS)}")
+    bnb = [m for m in methods if m.startswith("bitsandbytes")]
+    if bnb and importlib.util.find_spec("bitsandbytes") is None:
+        emit(event="skip", methods=bnb, reason="pip install 'lorax-engine[bitsandbytes]'")
+        methods = [m for m in methods if m not in bnb]
     batches = [int(b) for b in args.batches.split(",")]
     cfg = model_shape(args.tiny)
     dev, dtype = device_and_dtype(args.tiny)

@@ -254,3 +254,34 @@ def test_engine_with_adapters_matches_the_reference(
         assert tokens[rid] == _reference_greedy(ref_dir, method, prompt, path), rid
     assert tokens["pirate0"] != tokens["base0"]
     assert tokens["poet1"] != tokens["base1"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("out_features", "in_features"), [(40, 96), (1024, 4096), (4096, 14336)])
+def test_cuda_kernels_match_the_dequantized_weight_and_capture(
+    method: str, out_features: int, in_features: int
+) -> None:
+    """bitsandbytes' CUDA paths (int8 cuBLASLt; 4-bit GEMV at one row, GEMM or dequantize above)
+    in bf16, blocks straddling rows included (96 inputs), and replayed from a CUDA graph."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(out_features, in_features, device="cuda", generator=gen).bfloat16() * 0.02
+    bias = torch.randn(out_features, device="cuda", generator=gen).bfloat16()
+    layer = bnb_linear(method, w)
+    for rows in (1, 7, 64):
+        x = torch.randn(rows, in_features, device="cuda", generator=gen).bfloat16()
+        y = layer(x, bias)  # [rows, out]
+        assert y.dtype == torch.bfloat16
+        ref = _reference(method, layer, x.float(), bias.float())
+        # bf16 output and bf16 (4-bit) or fp16 (int8) operands: a few bf16 ulps of the row scale.
+        atol = 0.02 * float(ref.abs().amax())
+        torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=atol)
+        out = torch.empty_like(y)
+        layer(x, bias)  # warm up outside the graph (cuBLASLt handle)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out.copy_(layer(x, bias))
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.testing.assert_close(out, layer(x, bias))  # the new input, not the captured one
