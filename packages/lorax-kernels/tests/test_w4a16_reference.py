@@ -23,15 +23,14 @@ def test_pack_unpack_round_trip_uses_gptq_bit_order() -> None:
 
 def test_dequantize_matches_the_formula_elementwise() -> None:
     gen = torch.Generator().manual_seed(1)
-    k, n = 16, 3
+    k, n = 24, 3
     q = torch.randint(0, 16, (k, n), generator=gen, dtype=torch.int32)
-    g_idx = torch.tensor([1, 0] * 8, dtype=torch.int32)  # act-order style: interleaved groups
-    scales = torch.rand(2, n, generator=gen) + 0.1
-    zeros = torch.randint(0, 16, (2, n), generator=gen).float()
-    w = dequantize_w4(pack_rows(q), scales, zeros, g_idx)
+    scales = torch.rand(3, n, generator=gen) + 0.1
+    zeros = torch.randint(0, 16, (3, n), generator=gen).float()
+    w = dequantize_w4(pack_rows(q), scales, zeros, 8)
     for r in range(k):
         for c in range(n):
-            g = int(g_idx[r])
+            g = r // 8
             expect = (float(q[r, c]) - float(zeros[g, c])) * float(scales[g, c])
             assert w[r, c].item() == pytest.approx(expect, rel=1e-6)
 
@@ -42,11 +41,18 @@ def test_custom_op_on_cpu_is_the_reference_and_validates() -> None:
     q = torch.randint(0, 16, (k, n), generator=gen, dtype=torch.int32)
     scales = torch.rand(4, n, generator=gen)
     zeros = torch.full((4, n), 8.0)
-    g_idx = (torch.arange(k) // 8).to(torch.int32)
+    perm = torch.randperm(k, generator=gen).to(torch.int32)
     x = torch.randn(m, k, generator=gen)
-    y = w4a16_matmul(x, pack_rows(q), scales, zeros, g_idx)
-    torch.testing.assert_close(y, x @ dequantize_w4(pack_rows(q), scales, zeros, g_idx))
-    with pytest.raises(ValueError, match="g_idx"):
-        w4a16_matmul(x, pack_rows(q), scales, zeros, g_idx.long())
+    w = dequantize_w4(pack_rows(q), scales, zeros, 8)
+    torch.testing.assert_close(w4a16_matmul(x, pack_rows(q), scales, zeros, None, 8), x @ w)
+    # Row k of the weight multiplies x's column perm[k].
+    y = w4a16_matmul(x, pack_rows(q), scales, zeros, perm, 8)
+    torch.testing.assert_close(y, x[:, perm.long()] @ w)
+    with pytest.raises(ValueError, match="perm"):
+        w4a16_matmul(x, pack_rows(q), scales, zeros, perm.long(), 8)
     with pytest.raises(ValueError, match="does not match"):
-        w4a16_matmul(x[:, :16], pack_rows(q), scales, zeros, g_idx)
+        w4a16_matmul(x[:, :16], pack_rows(q), scales, zeros, None, 8)
+    with pytest.raises(ValueError, match="expected"):
+        w4a16_matmul(x, pack_rows(q), scales, zeros, None, 16)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        w4a16_matmul(x, pack_rows(q), scales, zeros, None, 12)

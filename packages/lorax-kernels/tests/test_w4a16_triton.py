@@ -31,9 +31,9 @@ def _case(m: int, k: int, n: int, group: int, act_order: bool, dtype: torch.dtyp
     gen = torch.Generator().manual_seed(seed)
     num_groups = -(-k // group)
     q = torch.randint(0, 16, (k, n), generator=gen, dtype=torch.int32)
-    g_idx = (torch.arange(k) // group).to(torch.int32)
-    if act_order:  # GPTQ's desc_act: groups follow a permutation of the input rows
-        g_idx = g_idx[torch.randperm(k, generator=gen)]
+    perm = None
+    if act_order:  # GPTQ's desc_act, sorted by group at load: x's columns in a permuted order
+        perm = torch.randperm(k, generator=gen).to(torch.int32).to(DEVICE)
     scales = (torch.rand(num_groups, n, generator=gen) + 0.5) / (8 * k**0.5)
     zeros = torch.randint(0, 16, (num_groups, n), generator=gen).float()
     x = torch.randn(m, k, generator=gen)
@@ -41,15 +41,17 @@ def _case(m: int, k: int, n: int, group: int, act_order: bool, dtype: torch.dtyp
     def dev(t: torch.Tensor) -> torch.Tensor:
         return t.to(DEVICE, dtype if t.is_floating_point() else t.dtype)
 
-    return dev(x), pack_rows(q).to(DEVICE), dev(scales), dev(zeros), g_idx.to(DEVICE)
+    return dev(x), pack_rows(q).to(DEVICE), dev(scales), dev(zeros), perm
 
 
-def _check(m: int, k: int, n: int, group: int, act_order: bool, dtype: torch.dtype) -> None:
+def _check(
+    m: int, k: int, n: int, group: int, act_order: bool, dtype: torch.dtype, config=None
+) -> None:
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
-    x, qweight, scales, zeros, g_idx = _case(m, k, n, group, act_order, dtype, m + k + n)
-    y = w4a16_matmul(x, qweight, scales, zeros, g_idx)
-    ref = w4a16_matmul_ref(x.float(), qweight, scales.float(), zeros.float(), g_idx)
+    x, qweight, scales, zeros, perm = _case(m, k, n, group, act_order, dtype, m + k + n)
+    y = w4a16_matmul(x, qweight, scales, zeros, perm, group, config)
+    ref = w4a16_matmul_ref(x.float(), qweight, scales.float(), zeros.float(), perm, group)
     assert y.dtype == dtype
     assert y.shape == (m, n)
     atol, rtol = TOL[dtype]
@@ -59,11 +61,14 @@ def _check(m: int, k: int, n: int, group: int, act_order: bool, dtype: torch.dty
 SMALL = [
     # (M, K, N, group size, act-order): M = 1 is decode; K, N not multiples of the tiles
     (1, 64, 40, 32, False),
-    (3, 72, 24, 8, True),
-    (17, 48, 72, 48, False),  # a group spanning tiles, K not a power of two
+    (3, 72, 24, 8, True),  # group 8: no 16-row step fits, one scale and zero per row
+    (17, 48, 72, 48, False),  # group 48: 16-row steps, K not a power of two
     (40, 96, 16, 96, True),  # one group (group_size -1), act-order permutation
-    (2, 1024, 40, 128, True),  # decode GEMV: K split in 16, the last program sums the partials
-    (16, 328, 24, 8, False),  # split in 6, the last range short; 16 rows, the GEMV limit
+    (2, 1024, 40, 128, True),  # decode GEMV: K split, the last program sums the partials
+    (16, 328, 24, 8, False),  # split, the last range short; 16 rows, the GEMV limit
+    (5, 200, 40, 64, True),  # the last group short (200 = 3 * 64 + 8)
+    (1, 240, 24, 24, False),  # group 24: per-row groups with 64-row steps
+    (33, 160, 24, 32, True),  # prefill tiles: two row tiles, one group per 32-row step
 ]
 LARGE = [
     (1, 4096, 4096, 128, False),
@@ -80,6 +85,14 @@ def test_w4a16_small(m: int, k: int, n: int, group: int, act_order: bool, dtype)
     _check(m, k, n, group, act_order, dtype)
 
 
+def test_w4a16_small_tiles_split_more() -> None:
+    """Small tiles and many waves: several column tiles, each K split many ways."""
+    from lorax_kernels.w4a16.triton import W4Config
+
+    cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8)
+    _check(3, 512, 40, 64, True, torch.float16, cfg)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), LARGE)
@@ -89,18 +102,54 @@ def test_w4a16_real_shapes(m: int, k: int, n: int, group: int, act_order: bool, 
 
 def test_w4a16_decode_split_is_deterministic() -> None:
     """The split-K partials are summed in a fixed order: repeated calls agree bit for bit."""
+    from lorax_kernels.device import split_counters
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
     dtype = torch.bfloat16 if CUDA else torch.float16
     k, n = (14336, 4096) if CUDA else (512, 24)
-    x, qweight, scales, zeros, g_idx = _case(4, k, n, 128, True, dtype, 1)
-    first = w4a16_matmul(x, qweight, scales, zeros, g_idx)
+    x, qweight, scales, zeros, perm = _case(4, k, n, 128, True, dtype, 1)
+    first = w4a16_matmul(x, qweight, scales, zeros, perm, 128)
     for _ in range(3):
-        assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, g_idx), first)
+        assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, perm, 128), first)
+    assert not split_counters(x.device).any()  # every launch re-armed its counters
 
 
 def test_w4a16_empty_batch() -> None:
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
-    x, qweight, scales, zeros, g_idx = _case(1, 16, 8, 8, False, torch.float32, 0)
-    assert w4a16_matmul(x[:0], qweight, scales, zeros, g_idx).shape == (0, 8)
+    x, qweight, scales, zeros, perm = _case(1, 16, 8, 8, False, torch.float32, 0)
+    assert w4a16_matmul(x[:0], qweight, scales, zeros, perm, 8).shape == (0, 8)
+
+
+@pytest.mark.gpu
+def test_w4a16_replays_in_a_cuda_graph() -> None:
+    """The public op captured (decode split twice: its counters re-arm in-graph; prefill once)
+    replays new inputs bit for bit as eager calls compute them."""
+    from lorax_kernels.w4a16 import w4a16_matmul
+
+    x, qweight, scales, zeros, perm = _case(4, 4096, 6144, 128, True, torch.bfloat16, 5)
+    x_big = torch.zeros(64, 4096, device=DEVICE, dtype=torch.bfloat16)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        w4a16_matmul(x, qweight, scales, zeros, perm, 128)
+        return (
+            w4a16_matmul(x, qweight, scales, zeros, perm, 128),
+            w4a16_matmul(x_big, qweight, scales, zeros, None, 128),
+        )
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles, allocates the counters) off the capture
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, y_big = step()
+    for seed in (1, 2, 3):
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        x.normal_(generator=g)
+        x_big.normal_(generator=g)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, w4a16_matmul(x, qweight, scales, zeros, perm, 128))
+        assert torch.equal(y_big, w4a16_matmul(x_big, qweight, scales, zeros, None, 128))

@@ -19,7 +19,7 @@ from lorax_engine.quant.formats import (
     unpack_cols,
 )
 from lorax_engine.quant.quantizer import quantize_rtn
-from lorax_kernels.w4a16 import pack_rows
+from lorax_kernels.w4a16 import pack_rows, w4a16_matmul
 
 GPTQ = QuantSpec("gptq", bits=4, group_size=128, zeros_minus_one=True)
 AWQ = QuantSpec("awq", bits=4, group_size=128)
@@ -43,7 +43,7 @@ def test_rtn_error_is_at_most_half_a_step() -> None:
     w = _weight()
     q, scales, zeros, g_idx = quantize_rtn(w, 128)
     assert scales.shape == (2, 24)  # group 128 over 256 inputs
-    deq = dequantize(W4Weight(pack_rows(q), scales, zeros.float(), g_idx))  # [N, K]
+    deq = dequantize(W4Weight(pack_rows(q), scales, zeros.float(), None, 128))  # [N, K]
     step = scales.float()[g_idx.long()].T  # [N, K]
     assert ((deq - w).abs() <= step / 2 + 1e-6).all()
 
@@ -51,7 +51,7 @@ def test_rtn_error_is_at_most_half_a_step() -> None:
 def test_gptq_and_awq_tensors_decode_to_the_same_weight() -> None:
     w = _weight()
     q, scales, zeros, g_idx = quantize_rtn(w, 128)
-    expect = dequantize(W4Weight(pack_rows(q), scales, zeros.float(), g_idx))
+    expect = dequantize(W4Weight(pack_rows(q), scales, zeros.float(), None, 128))
     gptq = {
         "qweight": pack_rows(q),
         "qzeros": pack_cols(zeros - 1),  # v1: stored minus one
@@ -83,6 +83,48 @@ def test_wrong_group_size_and_fused_act_order_mismatch_are_refused() -> None:
     with pytest.raises(ValueError, match="different g_idx"):
         fuse_w4("qkv", [a, b])
     assert fuse_w4("qkv", [a, a]).out_features == 48
+
+
+def test_act_order_rows_are_sorted_by_group_and_x_is_gathered() -> None:
+    """An act-order GPTQ weight is stored with its groups contiguous (the kernel reads one scale
+    row per group) and a permutation of x's columns; it computes the checkpoint's weight."""
+    w = _weight(k=256)
+    g_idx = torch.empty(256, dtype=torch.int32)
+    g_idx[torch.randperm(256, generator=torch.Generator().manual_seed(5))] = (
+        torch.arange(256, dtype=torch.int32) // 64
+    )
+    q, scales, zeros, g_idx = quantize_rtn(w, 64, g_idx)
+    tensors = {
+        "qweight": pack_rows(q),
+        "qzeros": pack_cols(zeros - 1),
+        "scales": scales,
+        "g_idx": g_idx,
+    }
+    spec = QuantSpec("gptq", bits=4, group_size=64, desc_act=True, zeros_minus_one=True)
+    w4 = gptq_to_w4("l", tensors, spec)
+    assert w4.perm is not None
+    assert w4.group_size == 64
+    assert torch.equal(g_idx[w4.perm.long()], torch.arange(256, dtype=torch.int32) // 64)
+    # The checkpoint's weight, by GPTQ's own formula on the unsorted rows.
+    g = g_idx.long()
+    expect = ((q.float() - zeros.float()[g]) * scales.float()[g]).T  # [N, K]
+    torch.testing.assert_close(dequantize(w4), expect)
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(6))
+    y = w4a16_matmul(x, w4.qweight, w4.scales.float(), w4.zeros, w4.perm, w4.group_size)
+    torch.testing.assert_close(y, x @ expect.T, rtol=1e-4, atol=1e-4)
+    # Without act-order nothing moves.
+    plain = gptq_to_w4("l", {**tensors, "g_idx": torch.arange(256, dtype=torch.int32) // 64}, spec)
+    assert plain.perm is None
+    assert torch.equal(plain.qweight, tensors["qweight"])
+
+
+def test_g_idx_with_uneven_groups_is_refused() -> None:
+    q, scales, zeros, _ = quantize_rtn(_weight(), 128)
+    g_idx = torch.zeros(256, dtype=torch.int32)
+    g_idx[:100] = 1  # group 1 gets 100 rows, group 0 gets 156
+    tensors = {"qweight": pack_rows(q), "qzeros": pack_cols(zeros - 1), "scales": scales}
+    with pytest.raises(ValueError, match="each group 128 input rows"):
+        gptq_to_w4("l", {**tensors, "g_idx": g_idx}, GPTQ)
 
 
 def _qc(**kw: Any) -> dict[str, Any]:

@@ -9,8 +9,10 @@ GPTQ (AutoGPTQ / transformers' GPTQ quantizer) per linear layer, K inputs, N out
 AWQ (AutoAWQ, GEMM version): ``qweight`` ``[K, N // 8]`` int32 packed along N, with column
   ``AWQ_ORDER[s]`` of each block of 8 in nibble slot ``s``; ``qzeros`` ``[G, N // 8]`` in the same
   order, zeros stored as they are; ``scales`` ``[G, N]``; no g_idx (groups are ``k // group``).
-The kernel layout (``lorax_kernels.w4a16``) is GPTQ's qweight and g_idx with zeros unpacked to
-floats, so a GPTQ weight loads without repacking and an AWQ one is repacked once at load.
+The kernel layout (``lorax_kernels.w4a16``) is GPTQ's qweight with zeros unpacked to floats and
+groups contiguous along K (row k in group ``k // group_size``): a GPTQ weight without act-order
+loads without repacking, an AWQ one is repacked once at load, and an act-order one has its rows
+sorted by group once at load, keeping the permutation for the kernel to gather x's columns with.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from lorax_engine.quant.spec import QuantSpec
-from lorax_kernels.w4a16 import dequantize_w4, pack_rows
+from lorax_kernels.w4a16 import dequantize_w4, pack_rows, unpack_rows
 
 # Nibble slot s of an AWQ word holds column AWQ_ORDER[s] of its block of 8 columns.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -30,15 +32,18 @@ AWQ_TENSORS = ("qweight", "qzeros", "scales")
 
 @dataclass(slots=True)
 class W4Weight:
-    """One 4-bit weight in the kernel layout: ``W[k, n] = (q - zeros[g]) * scales[g]``, ``g = g_idx[k]``.
+    """One 4-bit weight in the kernel layout: ``W[k, n] = (q - zeros[g]) * scales[g]`` with
+    ``g = k // group_size``, and row k multiplying input ``perm[k]`` (act-order; None: input k).
 
-    qweight ``[K // 8, N]`` int32; scales, zeros ``[G, N]`` floats; g_idx ``[K]`` int32.
+    qweight ``[K // 8, N]`` int32; scales, zeros ``[G, N]`` floats; perm ``[K]`` int32 or None;
+    ``group_size`` rows per group (K for one group).
     """
 
     qweight: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
-    g_idx: torch.Tensor
+    perm: torch.Tensor | None
+    group_size: int
 
     @property
     def in_features(self) -> int:
@@ -79,17 +84,43 @@ def default_g_idx(in_features: int, group_size: int) -> torch.Tensor:
     return (torch.arange(in_features) // group).to(torch.int32)
 
 
+def _group_rows(in_features: int, spec: QuantSpec) -> int:
+    return in_features if spec.group_size == -1 else spec.group_size
+
+
 def _check_groups(name: str, w: W4Weight, spec: QuantSpec) -> W4Weight:
     k, n = w.in_features, w.out_features
-    groups = 1 if spec.group_size == -1 else -(-k // spec.group_size)
+    groups = -(-k // w.group_size)
     if w.scales.shape != (groups, n) or w.zeros.shape != (groups, n):
         raise ValueError(
             f"{name}: scales {tuple(w.scales.shape)} do not match group_size {spec.group_size} "
             f"for a [{k} -> {n}] layer (expected {(groups, n)}); is quantization_config right?"
         )
-    if w.g_idx.shape != (k,) or int(w.g_idx.min()) < 0 or int(w.g_idx.max()) >= groups:
-        raise ValueError(f"{name}: g_idx does not index the {groups} groups of {k} input rows")
     return w
+
+
+def sort_groups(
+    name: str, qweight: torch.Tensor, g_idx: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Make an act-order weight's groups contiguous: ``(qweight with rows sorted by group, perm)``.
+
+    Row k of the sorted weight is input row ``perm[k]``; perm is None when g_idx is already
+    ``k // group_size`` (no act-order: nothing moves). GPTQ gives group i // group_size to the
+    i-th row it quantizes, so after a stable sort every group holds group_size rows.
+    """
+    k = qweight.shape[0] * 8
+    expect = default_g_idx(k, group_size)
+    if g_idx.shape != (k,):
+        raise ValueError(f"{name}: g_idx has shape {tuple(g_idx.shape)}, expected ({k},)")
+    if torch.equal(g_idx.cpu(), expect):
+        return qweight, None
+    perm = torch.argsort(g_idx.long(), stable=True)  # [K]
+    if not torch.equal(g_idx[perm].cpu(), expect):
+        raise ValueError(
+            f"{name}: g_idx does not give each group {group_size} input rows (as GPTQ's "
+            "act-order does); this checkpoint's grouping cannot be served"
+        )
+    return pack_rows(unpack_rows(qweight)[perm]), perm.to(torch.int32)
 
 
 def gptq_to_w4(name: str, tensors: dict[str, torch.Tensor], spec: QuantSpec) -> W4Weight:
@@ -99,10 +130,12 @@ def gptq_to_w4(name: str, tensors: dict[str, torch.Tensor], spec: QuantSpec) -> 
     zeros = unpack_cols(tensors["qzeros"].to(torch.int32)).float()
     if spec.zeros_minus_one:
         zeros += 1
-    g_idx = tensors.get("g_idx")
-    g_idx = default_g_idx(k, spec.group_size) if g_idx is None else g_idx.to(torch.int32)
+    group = _group_rows(k, spec)
+    perm = None
+    if "g_idx" in tensors:
+        qweight, perm = sort_groups(name, qweight, tensors["g_idx"].to(torch.int32), group)
     scales = tensors["scales"]
-    w = W4Weight(qweight.contiguous(), scales, zeros[:, : scales.shape[1]], g_idx)
+    w = W4Weight(qweight.contiguous(), scales, zeros[:, : scales.shape[1]], perm, group)
     return _check_groups(name, w, spec)
 
 
@@ -112,7 +145,7 @@ def awq_to_w4(name: str, tensors: dict[str, torch.Tensor], spec: QuantSpec) -> W
     if q.shape[0] % 8:
         raise ValueError(f"{name}: in_features {q.shape[0]} is not a multiple of 8")
     zeros = unpack_cols(tensors["qzeros"].to(torch.int32), AWQ_ORDER).float()
-    w = W4Weight(pack_rows(q), tensors["scales"], zeros, default_g_idx(q.shape[0], spec.group_size))
+    w = W4Weight(pack_rows(q), tensors["scales"], zeros, None, _group_rows(q.shape[0], spec))
     return _check_groups(name, w, spec)
 
 
@@ -120,11 +153,14 @@ def fuse_w4(name: str, parts: list[W4Weight]) -> W4Weight:
     """Concatenate the slices of a fused projection (q|k|v, gate|up) along the output features.
 
     Slices share their input, so GPTQ's act-order gives them one permutation (it sorts inputs by
-    the same activation statistics); a checkpoint where they differ cannot share one g_idx.
+    the same activation statistics); a checkpoint where they differ cannot share one perm.
     """
-    g_idx = parts[0].g_idx
+    perm = parts[0].perm
     for p in parts[1:]:
-        if not torch.equal(p.g_idx, g_idx):
+        same = (p.perm is None and perm is None) or (
+            p.perm is not None and perm is not None and torch.equal(p.perm, perm)
+        )
+        if not same:
             raise ValueError(
                 f"{name}: the fused slices have different g_idx (act-order permutations); "
                 "this engine fuses q/k/v and gate/up and needs them equal"
@@ -135,10 +171,16 @@ def fuse_w4(name: str, parts: list[W4Weight]) -> W4Weight:
         torch.cat([p.qweight for p in parts], dim=1),
         torch.cat([p.scales for p in parts], dim=1),
         torch.cat([p.zeros for p in parts], dim=1),
-        g_idx,
+        perm,
+        parts[0].group_size,
     )
 
 
 def dequantize(w: W4Weight) -> torch.Tensor:
-    """The float32 weight in ``nn.Linear`` layout ``[N, K]``."""
-    return dequantize_w4(w.qweight, w.scales, w.zeros, w.g_idx).T.contiguous()
+    """The float32 weight in ``nn.Linear`` layout ``[N, K]`` (input rows in checkpoint order)."""
+    sorted_rows = dequantize_w4(w.qweight, w.scales, w.zeros, w.group_size)  # [K, N]
+    if w.perm is None:
+        return sorted_rows.T.contiguous()
+    rows = torch.empty_like(sorted_rows)
+    rows[w.perm.long()] = sorted_rows
+    return rows.T.contiguous()

@@ -11,10 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorax_engine.quant.formats import W4Weight
+from lorax_kernels.fp8_gemv import FP8, FP8_MAX, GEMV_MAX_ROWS, fp8_gemv, quantize_rows
 from lorax_kernels.w4a16 import w4a16_matmul
-
-FP8 = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8).max)  # 448
 
 
 class W4Linear(nn.Module):
@@ -23,28 +21,33 @@ class W4Linear(nn.Module):
     qweight: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
-    g_idx: torch.Tensor
+    perm: torch.Tensor | None
 
     def __init__(self, w: W4Weight, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         self.in_features, self.out_features = w.in_features, w.out_features
+        self.group_size = w.group_size
         self.register_buffer("qweight", w.qweight.to(device, torch.int32).contiguous())
         # Zero points are small integers (0..16), exact in every float dtype.
         self.register_buffer("scales", w.scales.to(device, dtype).contiguous())
         self.register_buffer("zeros", w.zeros.to(device, dtype).contiguous())
-        self.register_buffer("g_idx", w.g_idx.to(device, torch.int32).contiguous())
+        # Act-order: the input column each (group-sorted) weight row multiplies.
+        perm = None if w.perm is None else w.perm.to(device, torch.int32).contiguous()
+        self.register_buffer("perm", perm)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.g_idx)  # [T, out]
-        return y if bias is None else y + bias
+        y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.perm, self.group_size)
+        return y if bias is None else y + bias  # [T, out]
 
 
 class Fp8Linear(nn.Module):
     """A weight quantized at load to float8 e4m3 with one float32 scale per output channel.
 
-    On CUDA with bf16 activations and 16-aligned shapes the matmul runs on fp8 tensor cores
-    (``torch._scaled_mm``, row-wise scales) with activations quantized per token; elsewhere the
-    weight is dequantized to the activation dtype (the CPU path the tests check).
+    On CUDA, decode batches (up to ``GEMV_MAX_ROWS`` tokens) read the fp8 weight through a Triton
+    GEMV (weight-only: activations stay 16-bit; one launch). Larger batches with bf16 activations
+    and 16-aligned shapes run on fp8 tensor cores (``torch._scaled_mm``, row-wise scales) after
+    one fused launch quantizes the activations per token. Elsewhere the weight is dequantized to
+    the activation dtype (the CPU path the tests check).
     """
 
     qweight: torch.Tensor
@@ -63,14 +66,15 @@ class Fp8Linear(nn.Module):
         return (self.qweight.float() * self.scale[:, None]).to(dtype)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if x.is_cuda and x.shape[0] <= GEMV_MAX_ROWS:
+            return fp8_gemv(x, self.qweight, self.scale, bias)  # [T, out]
         if self._tensor_core_ok(x):
             # Per-token scales keep one outlier token from crushing the others' precision.
-            x_scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-            xq = (x.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)  # [T, in]
+            xq, x_scale = quantize_rows(x)  # [T, in] e4m3, [T, 1] float32
             return torch._scaled_mm(  # pyright: ignore[reportPrivateImportUsage]
                 xq,
                 self.qweight.t(),  # column-major [in, out], as _scaled_mm wants
-                scale_a=x_scale,  # [T, 1]
+                scale_a=x_scale,
                 scale_b=self.scale.view(1, -1),  # [1, out]
                 bias=bias,
                 out_dtype=x.dtype,

@@ -20,9 +20,10 @@ def _w4a16_op(
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor,
-    g_idx: torch.Tensor,
+    perm: torch.Tensor | None,
+    group_size: int,
 ) -> torch.Tensor:
-    return w4a16_matmul_ref(x, qweight, scales, zeros, g_idx)
+    return w4a16_matmul_ref(x, qweight, scales, zeros, perm, group_size)
 
 
 @_w4a16_op.register_kernel("cuda")
@@ -31,11 +32,12 @@ def _w4a16_cuda(
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor,
-    g_idx: torch.Tensor,
+    perm: torch.Tensor | None,
+    group_size: int,
 ) -> torch.Tensor:
     from lorax_kernels.w4a16.triton import w4a16_matmul as triton_matmul
 
-    return triton_matmul(x, qweight, scales, zeros, g_idx)
+    return triton_matmul(x, qweight, scales, zeros, perm, group_size)
 
 
 @_w4a16_op.register_fake
@@ -44,7 +46,8 @@ def _w4a16_fake(
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor,
-    g_idx: torch.Tensor,
+    perm: torch.Tensor | None,
+    group_size: int,
 ) -> torch.Tensor:
     return x.new_empty(x.shape[0], qweight.shape[1])
 
@@ -54,24 +57,29 @@ def w4a16_matmul(
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor,
-    g_idx: torch.Tensor,
+    perm: torch.Tensor | None,
+    group_size: int,
 ) -> torch.Tensor:
-    """``x @ W`` for a 4-bit weight W in GPTQ layout (see ``reference``): ``[M, K] -> [M, N]``.
+    """``x[:, perm] @ W`` for a 4-bit weight W in the layout of ``reference``: ``[M, K] -> [M, N]``.
 
-    qweight: ``[K // 8, N]`` int32; scales, zeros: ``[num_groups, N]`` (same layout, floats);
-    g_idx: ``[K]`` int32. The result has x's dtype.
+    qweight: ``[K // 8, N]`` int32; scales, zeros: ``[ceil(K / group_size), N]`` (same layout,
+    floats), row k in group ``k // group_size``; perm: ``[K]`` int32 (act-order) or None. The
+    result has x's dtype.
     """
     if x.dim() != 2 or qweight.dim() != 2 or x.shape[1] != qweight.shape[0] * 8:
         raise ValueError(f"x {tuple(x.shape)} does not match qweight {tuple(qweight.shape)}")
-    n = qweight.shape[1]
-    if scales.dim() != 2 or scales.shape[1] != n or zeros.shape != scales.shape:
-        raise ValueError(f"scales {tuple(scales.shape)} / zeros {tuple(zeros.shape)} for N={n}")
+    k, n = x.shape[1], qweight.shape[1]
+    if group_size <= 0 or group_size % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    groups = -(-k // group_size)
+    if scales.shape != (groups, n) or zeros.shape != scales.shape:
+        raise ValueError(
+            f"scales {tuple(scales.shape)} / zeros {tuple(zeros.shape)}: expected {(groups, n)}"
+        )
     if scales.stride() != zeros.stride() or scales.stride(1) != 1 or qweight.stride(1) != 1:
         raise ValueError("scales and zeros must share one row-major layout; qweight row-major")
-    if g_idx.shape != (x.shape[1],) or g_idx.dtype != torch.int32:
-        raise ValueError(
-            f"g_idx must be int32 [{x.shape[1]}], got {g_idx.dtype} {tuple(g_idx.shape)}"
-        )
+    if perm is not None and (perm.shape != (k,) or perm.dtype != torch.int32):
+        raise ValueError(f"perm must be int32 [{k}], got {perm.dtype} {tuple(perm.shape)}")
     if qweight.dtype != torch.int32:
         raise ValueError(f"qweight must be int32, got {qweight.dtype}")
-    return _w4a16_op(x, qweight, scales, zeros, g_idx)
+    return _w4a16_op(x, qweight, scales, zeros, perm, group_size)

@@ -1,11 +1,15 @@
 """Plain-PyTorch dequantize + matmul for 4-bit weights with 16-bit activations (w4a16).
 
-The layout is GPTQ's: ``qweight`` ``[in_features // 8, out_features]`` int32 holds eight 4-bit
-values per word, input row ``k = 8 * i + j`` in bits ``4 * j .. 4 * j + 3`` of word ``i``. Each
-input row belongs to a quantization group ``g_idx[k]`` (``k // group_size``, or any assignment
-under GPTQ's act-order), and ``w[k, n] = (q[k, n] - zeros[g, n]) * scales[g, n]``. Zeros are kept
-unpacked, as floats: loaders turn GPTQ's packed ``qzeros`` (stored minus one) and AWQ's
-(interleaved) into this one form, so one kernel serves both formats.
+The layout is GPTQ's packing with groups made contiguous: ``qweight`` ``[K // 8, N]`` int32 holds
+eight 4-bit values per word, weight row ``k = 8 * i + j`` in bits ``4 * j .. 4 * j + 3`` of word
+``i``; row k belongs to group ``k // group_size`` and ``w[k, n] = (q[k, n] - zeros[g, n]) *
+scales[g, n]``. GPTQ's act-order (``desc_act``) scatters a group's rows over K; loaders sort the
+rows by group once (``lorax_engine.quant.formats``) and keep the permutation ``perm``: row k of
+the weight multiplies input column ``perm[k]``, so ``y = x[:, perm] @ w``. Contiguous groups let
+the kernel read one scale row and one zero row per group instead of one per weight element.
+
+Zeros are kept unpacked, as floats: loaders turn GPTQ's packed ``qzeros`` (stored minus one) and
+AWQ's (interleaved) into this one form, so one kernel serves both formats.
 """
 
 from __future__ import annotations
@@ -33,14 +37,14 @@ def pack_rows(q: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_w4(
-    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
 ) -> torch.Tensor:
     """The float32 weight ``[K, N]`` (input-major, as GPTQ stores it; ``F.linear`` wants ``.T``).
 
-    scales, zeros: ``[num_groups, N]``; g_idx: ``[K]`` int32 group of each input row.
+    scales, zeros: ``[ceil(K / group_size), N]``; row k is in group ``k // group_size``.
     """
     q = unpack_rows(qweight).float()  # [K, N]
-    g = g_idx.long()
+    g = torch.arange(q.shape[0], device=q.device) // group_size  # [K]
     return (q - zeros.float()[g]) * scales.float()[g]
 
 
@@ -49,8 +53,10 @@ def w4a16_matmul_ref(
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor,
-    g_idx: torch.Tensor,
+    perm: torch.Tensor | None,
+    group_size: int,
 ) -> torch.Tensor:
-    """``x @ W``: x ``[M, K]`` -> ``[M, N]`` in x's dtype, computed in float32."""
-    w = dequantize_w4(qweight, scales, zeros, g_idx)  # [K, N]
-    return (x.float() @ w).to(x.dtype)
+    """``x[:, perm] @ W``: x ``[M, K]`` -> ``[M, N]`` in x's dtype, computed in float32."""
+    w = dequantize_w4(qweight, scales, zeros, group_size)  # [K, N]
+    xf = x.float() if perm is None else x.float()[:, perm.long()]
+    return (xf @ w).to(x.dtype)

@@ -1,16 +1,22 @@
-"""Triton w4a16 GEMM: ``x @ W`` with W dequantized from 4-bit in registers, tile by tile.
+"""Triton w4a16 GEMM: ``x[:, perm] @ W`` with W dequantized from 4-bit in registers, tile by tile.
 
 One program computes a ``[BLOCK_M, BLOCK_N]`` tile of the output. Per ``BLOCK_K`` step it loads
-the packed words of those input rows (each word is read by the 8 rows it holds; they hit the same
-cache line), shifts out each row's nibble, looks up the row's group through ``g_idx`` (so GPTQ's
-act-order costs nothing extra), and dequantizes before ``tl.dot``. The weight thus crosses memory
-once at 4 bits, which is what makes decode (small M, memory bound) faster than 16-bit weights.
-The same kernel serves decode (M = 1, the tile rows past M are masked) and prefill.
+each packed int32 word of those input rows once (``[BLOCK_K / 8, BLOCK_N]``), unpacks the eight
+nibbles in registers (a broadcast shift, then a reshape to ``[BLOCK_K, BLOCK_N]``), and multiplies
+them with x on the tensor cores. The weight thus crosses memory once at 4 bits, which is what
+makes decode (small M, memory bound) faster than 16-bit weights.
+
+Groups are contiguous along K (act-order weights are sorted at load; x's columns are gathered
+through ``perm``, a tiny vector), and ``BLOCK_K`` divides the group size, so a step lies in one
+group: it loads one scale row and one zero row, dots x with the integer ``q - zero`` (exact in
+16 bits) and scales the ``[BLOCK_M, BLOCK_N]`` product. A group size no power-of-two tile
+divides (8, 24, 40, ...) falls back to one scale and zero per row of the tile.
 
 Small batches (M <= 16, decode) have too few output tiles to keep the GPU busy, so they also split
 K (GEMV-style): each program reduces one range of input rows into an fp32 partial, and the last
-program of a column tile to arrive (an atomic counter) sums the partials in split order and writes
-the output. The sum order is fixed, so results do not depend on which program finishes last.
+program of a column tile to arrive (an atomic counter) sums the partials in split order, writes
+the output and re-arms the counter (CUDA-graph safe, no memset per call). The sum order is fixed,
+so results do not depend on which program finishes last.
 """
 
 # Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
@@ -19,14 +25,46 @@ the output. The sum order is fixed, so results do not depend on which program fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-from lorax_kernels.device import num_sms
+from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
 
 # Up to this many rows (decode batches) the K dimension is split across programs.
 GEMV_MAX_ROWS = 16
+
+
+@dataclass(slots=True, frozen=True)
+class W4Config:
+    """One tiling: ``[block_n]`` output columns per program, K steps of up to ``block_k`` rows (the
+    largest power of two <= block_k that divides the group size), ``warps`` per program,
+    ``stages`` of software pipelining; decode splits K until ``waves`` programs per SM."""
+
+    block_n: int
+    block_k: int
+    warps: int
+    stages: int
+    waves: int
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "block_k", "warps"):
+            v = getattr(self, name)
+            if v <= 0 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        if self.block_n < 16 or self.block_k < 16:
+            raise ValueError("tl.dot tiles need block_n and block_k >= 16")
+        if self.stages < 1 or self.waves < 1:
+            raise ValueError("stages and waves must be >= 1")
+
+
+# Best guesses for the H200, to be replaced by benchmarks/bench_quant_gemv.py --sweep. Decode: a
+# 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at 4 warps, and one
+# 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K per program.
+DEFAULT_DECODE = W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4)
+DEFAULT_PREFILL = W4Config(block_n=64, block_k=64, warps=4, stages=2, waves=1)
 
 
 @triton.jit
@@ -35,7 +73,7 @@ def _w4a16_kernel(
     qw_ptr,
     s_ptr,
     z_ptr,
-    g_ptr,
+    perm_ptr,
     y_ptr,
     part_ptr,
     count_ptr,
@@ -43,6 +81,7 @@ def _w4a16_kernel(
     N,
     K,
     k_per_split,
+    group_size,
     stride_xm,
     stride_qk,
     stride_sg,
@@ -51,6 +90,8 @@ def _w4a16_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr,
+    HAS_PERM: tl.constexpr,
+    GROUP_PER_STEP: tl.constexpr,
     IS_FP32: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
@@ -59,45 +100,81 @@ def _w4a16_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = rm < M
     n_mask = rn < N
+    shifts = tl.arange(0, 8) * 4  # [8] nibble j of a word: bits 4j .. 4j + 3
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_begin = split * k_per_split
     for k0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), BLOCK_K):
+        rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8] word rows
+        words = tl.load(
+            qw_ptr + rw[:, None] * stride_qk + rn[None, :],
+            mask=(rw < K // 8)[:, None] & n_mask[None, :],
+            other=0,
+        )  # [BLOCK_K / 8, BLOCK_N]
+        q = (words[:, None, :] >> shifts[None, :, None]) & 0xF  # [BLOCK_K / 8, 8, BLOCK_N]
+        q = tl.reshape(q, (BLOCK_K, BLOCK_N))  # row 8i + j = nibble j of word row i
         rk = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         k_mask = rk < K
+        if HAS_PERM:
+            cols = tl.load(perm_ptr + rk, mask=k_mask, other=0)  # act-order: x's columns
+        else:
+            cols = rk
         x = tl.load(
-            x_ptr + rm[:, None] * stride_xm + rk[None, :],
+            x_ptr + rm[:, None] * stride_xm + cols[None, :],
             mask=m_mask[:, None] & k_mask[None, :],
             other=0.0,
         )  # [BLOCK_M, BLOCK_K]
-        kn_mask = k_mask[:, None] & n_mask[None, :]
-        words = tl.load(
-            qw_ptr + (rk // 8)[:, None] * stride_qk + rn[None, :], mask=kn_mask, other=0
-        )
-        q = (words >> ((rk % 8) * 4)[:, None]) & 0xF  # [BLOCK_K, BLOCK_N]
-        g = tl.load(g_ptr + rk, mask=k_mask, other=0)  # [BLOCK_K]
-        s = tl.load(s_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
-        z = tl.load(z_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
-        w = (q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)  # [BLOCK_K, BLOCK_N]
-        if IS_FP32:
-            acc += tl.dot(x, w, input_precision="ieee")
+        if GROUP_PER_STEP:
+            g = k0 // group_size
+            s = tl.load(s_ptr + g * stride_sg + rn, mask=n_mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + g * stride_sg + rn, mask=n_mask, other=0.0)  # [BLOCK_N]
+            if IS_FP32:
+                w = q.to(tl.float32) - z[None, :]
+                part = tl.dot(x, w, input_precision="ieee")
+            else:
+                # q - zero is a small integer, exact in x's 16-bit dtype: the tensor cores see
+                # the exact weight up to its scale, applied to the fp32 product.
+                w = q.to(x.dtype) - z.to(x.dtype)[None, :]  # [BLOCK_K, BLOCK_N]
+                part = tl.dot(x, w)
+            acc += part * s[None, :]
         else:
-            # 16-bit activations: round the weight to their dtype and use the tensor cores.
-            acc += tl.dot(x, w.to(x.dtype))
+            g = rk // group_size  # [BLOCK_K]
+            kn_mask = k_mask[:, None] & n_mask[None, :]
+            s = tl.load(s_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
+            z = tl.load(z_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
+            w = (q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)  # [BLOCK_K, BLOCK_N]
+            if IS_FP32:
+                acc += tl.dot(x, w, input_precision="ieee")
+            else:
+                acc += tl.dot(x, w.to(x.dtype))
     out_mask = m_mask[:, None] & n_mask[None, :]
     y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :]
     if SPLIT == 1:
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
     else:
         # [SPLIT, M, N] fp32 partials (this path runs with one row tile, so rm < M indexes them).
-        part = part_ptr + rm[:, None] * N + rn[None, :]
-        tl.store(part + split * M * N, acc, mask=out_mask)
+        part_ptrs = part_ptr + rm[:, None] * N + rn[None, :]
+        tl.store(part_ptrs + split * M * N, acc, mask=out_mask)
         tl.debug_barrier()  # every thread's partial is stored before the release below
         if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
             tl.debug_barrier()
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for i in range(SPLIT):  # fixed order; .cg reads L2, where the other SMs wrote
-                total += tl.load(part + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
+                total += tl.load(
+                    part_ptrs + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg"
+                )
+            tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+def step_rows(group_size: int, block_k: int) -> int:
+    """The K step: the largest power of two <= block_k dividing group_size (one group per step),
+    or block_k when none of at least 16 does (per-row groups)."""
+    step = block_k
+    while step >= 16:
+        if group_size % step == 0:
+            return step
+        step //= 2
+    return block_k
 
 
 def w4a16_matmul(
@@ -105,9 +182,12 @@ def w4a16_matmul(
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor,
-    g_idx: torch.Tensor,
+    perm: torch.Tensor | None,
+    group_size: int,
+    config: W4Config | None = None,
 ) -> torch.Tensor:
-    """Triton version of ``reference.w4a16_matmul_ref`` (same arguments, already validated)."""
+    """Triton version of ``reference.w4a16_matmul_ref`` (same arguments, already validated);
+    ``config`` overrides the default tiling (the benchmark's sweep)."""
     m, k = x.shape
     n = qweight.shape[1]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -115,48 +195,49 @@ def w4a16_matmul(
         return y
     if x.stride(1) != 1:
         x = x.contiguous()
-    if m <= GEMV_MAX_ROWS:
-        # Decode: one 16-row tile (tl.dot's minimum); K split until ~4 programs per SM stream the
-        # weight, each over whole BLOCK_K steps. 64 x 64 weight tiles over 8 warps compile to 128
-        # registers (sm_90) without spills; 128-row K tiles spill.
-        block_m, block_n, block_k, warps = 16, 64, 64, 8
-        tiles_n = triton.cdiv(n, block_n)
+    decode = m <= GEMV_MAX_ROWS
+    cfg = config or (DEFAULT_DECODE if decode else DEFAULT_PREFILL)
+    block_k = step_rows(group_size, cfg.block_k)
+    tiles_n = triton.cdiv(n, cfg.block_n)
+    if decode:
+        # One 16-row tile (tl.dot's minimum); K split until ~waves programs per SM stream the
+        # weight, each over whole BLOCK_K steps.
+        block_m = 16
         steps = triton.cdiv(k, block_k)
-        split = max(1, min(steps, 4 * num_sms(x.device) // tiles_n))
+        split = max(1, min(steps, cfg.waves * num_sms(x.device) // tiles_n))
         k_per_split = triton.cdiv(steps, split) * block_k
-        split = triton.cdiv(k, k_per_split)
+        split = triton.cdiv(k, k_per_split)  # no empty splits
     else:
-        # Prefill: square-ish tiles, whole K per program.
-        block_m, block_n, block_k, warps = (32 if m <= 32 else 64), 64, 32, 4
-        split, k_per_split = 1, k
-    # [split, M, N] fp32 partials and one arrival counter per column tile (split > 1 only).
+        block_m, split, k_per_split = (32 if m <= 32 else 64), 1, k
+    if split > 1 and tiles_n > SPLIT_COUNTERS:
+        raise ValueError(f"{n} output features need more than {SPLIT_COUNTERS} column tiles")
     parts = torch.empty(split * m * n if split > 1 else 0, device=x.device, dtype=torch.float32)
-    counts = torch.zeros(
-        triton.cdiv(n, block_n) if split > 1 else 0, device=x.device, dtype=torch.int32
-    )
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split)
-    _w4a16_kernel[grid](
+    _w4a16_kernel[(triton.cdiv(m, block_m), tiles_n, split)](
         x,
         qweight,
         scales,
         zeros,
-        g_idx,
+        perm if perm is not None else qweight,  # never read without HAS_PERM
         y,
         parts,
-        counts,
+        split_counters(x.device),
         m,
         n,
         k,
         k_per_split,
+        group_size,
         x.stride(0),
         qweight.stride(0),
         scales.stride(0),
         y.stride(0),
         BLOCK_M=block_m,
-        BLOCK_N=block_n,
+        BLOCK_N=cfg.block_n,
         BLOCK_K=block_k,
         SPLIT=split,
+        HAS_PERM=perm is not None,
+        GROUP_PER_STEP=group_size % block_k == 0,
         IS_FP32=x.dtype == torch.float32,
-        num_warps=warps,
+        num_warps=cfg.warps,
+        num_stages=cfg.stages,
     )
     return y
