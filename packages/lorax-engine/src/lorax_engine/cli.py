@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lorax_engine.config import DTYPES, EngineConfig
+from lorax_engine.config import DTYPES, KV_CACHE_DTYPES, EngineConfig
 from lorax_engine.params import Limits
 from lorax_engine.quant.spec import QUANTIZE_METHODS
 from lorax_engine.structured.config import StructuredOutputConfig
@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fp8, bitsandbytes (8-bit), bitsandbytes-nf4/-fp4 (4-bit): quantize the weights "
         "at load; gptq/awq: a 4-bit checkpoint (detected from its config.json without the flag)",
+    )
+    serve.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="auto: the model's dtype; fp8: float8 e4m3 (scale 1.0), twice the KV blocks",
     )
     serve.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
@@ -174,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_batch_total_tokens=args.max_batch_total_tokens,
         max_batch_size=args.max_batch_size,
         block_size=args.block_size,
+        kv_cache_dtype=args.kv_cache_dtype,
         gpu_memory_fraction=args.gpu_memory_fraction,
         eager=args.eager,
         num_shard=args.num_shard,

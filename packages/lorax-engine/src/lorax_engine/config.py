@@ -13,6 +13,10 @@ from lorax_engine.quant.spec import QUANTIZE_METHODS
 from lorax_engine.structured.config import StructuredOutputConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# KV cache formats: "auto" stores K/V in the model's dtype; "fp8" in float8 e4m3 with a scale of 1.0
+# (no calibration, as vLLM-style engines do without a scales file): half the bytes per block, so
+# the pool holds twice the tokens from the same memory. Values past ±448 are clamped.
+KV_CACHE_DTYPES = ("auto", "fp8")
 
 
 @dataclass(slots=True)
@@ -28,6 +32,7 @@ class EngineConfig:
     max_batch_total_tokens: int | None = None  # KV pool size in tokens; None: sized from memory
     max_batch_size: int = 256
     block_size: int = 16
+    kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES
     gpu_memory_fraction: float = 0.9
     eager: bool = False  # no CUDA graphs
     # Tensor parallelism: shard the model over this many GPUs of the host (processes on CPU).
@@ -66,6 +71,8 @@ class EngineConfig:
             raise ValueError("num_shard must be >= 1")
         if self.num_shard > 1 and self.device not in (None, "cuda", "cpu"):
             raise ValueError("with num_shard > 1 the device is cuda or cpu: shard r uses GPU r")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
         if self.max_batch_prefill_tokens <= 0:
@@ -113,3 +120,10 @@ class EngineConfig:
         if self.dtype is not None:
             return DTYPES[self.dtype]
         return torch.float32 if self.torch_device.type == "cpu" else torch.bfloat16
+
+    @property
+    def torch_kv_dtype(self) -> torch.dtype:
+        """The KV cache's element type: the model's dtype, or float8 e4m3 for ``fp8``."""
+        if self.kv_cache_dtype == "fp8":
+            return torch.float8_e4m3fn
+        return self.torch_dtype

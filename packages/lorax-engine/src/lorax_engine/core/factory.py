@@ -71,7 +71,7 @@ def num_kv_blocks(config: EngineConfig, model: DecoderModel) -> int:
         model.shard_cfg, config.max_batch_prefill_tokens, config.max_batch_size, config.torch_dtype
     )
     budget = int(total * config.gpu_memory_fraction) - in_use - reserve
-    blocks = budget // kv_bytes_per_block(model.shard_cfg, bs, config.torch_dtype)
+    blocks = budget // kv_bytes_per_block(model.shard_cfg, bs, config.torch_kv_dtype)
     needed = -(-config.limits.max_total_tokens // bs)
     if blocks < needed:
         raise RuntimeError(
@@ -158,7 +158,7 @@ def build_engine(
     if blocks * bs < config.limits.max_total_tokens:
         raise ValueError("the KV pool must hold at least one request of max_total_tokens")
     log.info("KV cache: %d blocks of %d tokens (%d tokens)", blocks, bs, blocks * bs)
-    kv = allocate_kv_cache(model.shard_cfg, blocks, bs, dtype, device)
+    kv = allocate_kv_cache(model.shard_cfg, blocks, bs, config.torch_kv_dtype, device)
     runner = make_runner(config, model, kv, slots)
     if shards is not None:
         shards.start_runners(runner)

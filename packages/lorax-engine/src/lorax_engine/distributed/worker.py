@@ -63,7 +63,9 @@ def worker_main(rank: int, launch: ShardLaunch) -> None:
         slots = LoraSlots.allocate(
             model.shard_lora_spec(), num_slots, config.lora_max_rank, dtype, device
         )
-    kv = allocate_kv_cache(model.shard_cfg, num_blocks, config.block_size, dtype, device)
+    kv = allocate_kv_cache(
+        model.shard_cfg, num_blocks, config.block_size, config.torch_kv_dtype, device
+    )
     runner = make_runner(config, model, kv, slots)
     if runner.graphs is not None:
         runner.graphs.capture_all()  # rank 0 captures the same graphs at the same time
