@@ -138,12 +138,15 @@ def test_launcher_maps_lorax_flags_to_engine_options() -> None:
             "fp8",
             "--num-shard",
             "2",
+            "--kv-cache-dtype",
+            "fp8",
         ]
     )
     assert engine_options(args) == {
         "model_id": "demo",
         "dtype": "float32",
         "quantize": "fp8",
+        "kv_cache_dtype": "fp8",
         "num_shard": 2,
         "max_input_length": 100,
         "max_total_tokens": 200,

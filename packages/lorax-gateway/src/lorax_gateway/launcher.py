@@ -44,6 +44,7 @@ _ENGINE_FLAGS = {
     "adapter_memory_fraction": "adapter_memory_fraction",
     "max_adapter_bytes": "adapter_max_bytes",
     "quantize": "quantize",
+    "kv_cache_dtype": "kv_cache_dtype",
     "eager": "eager",
     "num_shard": "num_shard",
 }
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=["fp8", "gptq", "awq"],
         help="quantized base weights (gptq/awq checkpoints are also detected)",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8"],
+        help="KV cache in the model's dtype (auto) or float8 e4m3 (fp8: twice the KV blocks)",
     )
     parser.add_argument("--eager", action="store_true", default=None, help="no CUDA graphs")
     add_gateway_flags(parser)
