@@ -2,7 +2,8 @@
 roofline and HF transformers ``generate`` on the same weights, all in one run. Prints JSON lines.
 
     PYTHONPATH=packages/lorax-kernels/src:packages/lorax-engine/src \
-        python3 packages/lorax-engine/benchmarks/bench_engine.py [--batches 1,16,64,256] [--hf]
+        python3 packages/lorax-engine/benchmarks/bench_engine.py [--batches 1,16,64,256] [--hf] \
+        [--kv-cache-dtype fp8]
 
 Requests: random 512-token prompts, 256 new tokens, greedy, ignore_eos. Detokenization uses a
 null tokenizer (the random model's ids have no text), so host-side text work is not counted.
@@ -106,7 +107,8 @@ def run_batch(
     decode_times.sort()
     med = decode_times[len(decode_times) // 2] if decode_times else float("nan")
     ctx = sum(decode_ctx) / max(1, len(decode_ctx))
-    kv_bytes = batch * ctx * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 2
+    itemsize = core.runner.kv_caches[0][0].element_size()  # 2 (bf16) or 1 (fp8)
+    kv_bytes = batch * ctx * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * itemsize
     roof = (wbytes + kv_bytes) / bw
     emit(
         event="engine",
@@ -224,6 +226,12 @@ def main() -> None:
     ap.add_argument("--prefill-tokens", type=int, default=8192)
     ap.add_argument("--eager", action="store_true")
     ap.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8"],
+        default="auto",
+        help="auto: bf16 KV cache; fp8: float8 e4m3 (scale 1.0), as lorax-engine serve's flag",
+    )
+    ap.add_argument(
         "--hf",
         default="",
         help="comma-separated batch sizes for HF generate (input/output as above)",
@@ -248,7 +256,9 @@ def main() -> None:
     total = args.input + args.output
     bs = args.block_size
     blocks = max_b * (-(-total // bs)) + 16
-    kv = allocate_kv_cache(LLAMA3_8B, blocks, bs, torch.bfloat16, dev)
+    kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else torch.bfloat16
+    emit(event="kv_cache", dtype=str(kv_dtype))
+    kv = allocate_kv_cache(LLAMA3_8B, blocks, bs, kv_dtype, dev)
     t = time.perf_counter()
     runner = ModelRunner(
         model,
