@@ -80,6 +80,7 @@ def _fp8_gemv_kernel(
     N,
     K,
     k_per_split,
+    num_splits,
     stride_xm,
     stride_wn,
     stride_ym,
@@ -87,7 +88,7 @@ def _fp8_gemv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    SPLIT: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     DOT: tl.constexpr,
     IS_FP32: tl.constexpr,
 ):
@@ -123,15 +124,15 @@ def _fp8_gemv_kernel(
                 row = tl.sum(wf * xi.to(tl.float32)[None, :], axis=1)  # [BLOCK_N]
                 acc += tl.where(rm[:, None] == i, row[None, :], 0.0)
     out_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT > 1:
-        # [SPLIT, M, N] fp32 partials; the last program of this column tile sums them.
+    if SPLIT_K:
+        # [num_splits, M, N] fp32 partials; the last program of this column tile sums them.
         part = part_ptr + rm[:, None] * N + rn[None, :]
         tl.store(part + split * M * N, acc, mask=out_mask)
         tl.debug_barrier()  # every thread's partial is stored before the release below
-        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
+        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == num_splits - 1:
             tl.debug_barrier()
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for i in range(SPLIT):  # fixed order; .cg reads L2, where the other SMs wrote
+            for i in range(num_splits):  # fixed order; .cg reads L2, where the other SMs wrote
                 acc += tl.load(part + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
             _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_BIAS)
@@ -187,6 +188,7 @@ def fp8_gemv(
         n,
         k,
         k_per_split,
+        split,
         x.stride(0),
         qweight.stride(0),
         y.stride(0),
@@ -194,7 +196,7 @@ def fp8_gemv(
         BLOCK_M=block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
-        SPLIT=split,
+        SPLIT_K=split > 1,
         DOT=cfg.dot,
         IS_FP32=x.dtype == torch.float32,
         num_warps=cfg.warps,

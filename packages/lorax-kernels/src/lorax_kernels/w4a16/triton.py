@@ -81,6 +81,7 @@ def _w4a16_kernel(
     N,
     K,
     k_per_split,
+    num_splits,
     group_size,
     stride_xm,
     stride_qk,
@@ -89,7 +90,7 @@ def _w4a16_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    SPLIT: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     HAS_PERM: tl.constexpr,
     GROUP_PER_STEP: tl.constexpr,
     IS_FP32: tl.constexpr,
@@ -148,17 +149,17 @@ def _w4a16_kernel(
                 acc += tl.dot(x, w.to(x.dtype))
     out_mask = m_mask[:, None] & n_mask[None, :]
     y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :]
-    if SPLIT == 1:
+    if not SPLIT_K:
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # [SPLIT, M, N] fp32 partials (this path runs with one row tile, so rm < M indexes them).
+        # [num_splits, M, N] fp32 partials (this path runs with one row tile, so rm < M indexes them).
         part_ptrs = part_ptr + rm[:, None] * N + rn[None, :]
         tl.store(part_ptrs + split * M * N, acc, mask=out_mask)
         tl.debug_barrier()  # every thread's partial is stored before the release below
-        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
+        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == num_splits - 1:
             tl.debug_barrier()
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for i in range(SPLIT):  # fixed order; .cg reads L2, where the other SMs wrote
+            for i in range(num_splits):  # fixed order; .cg reads L2, where the other SMs wrote
                 total += tl.load(
                     part_ptrs + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg"
                 )
@@ -225,6 +226,7 @@ def w4a16_matmul(
         n,
         k,
         k_per_split,
+        split,
         group_size,
         x.stride(0),
         qweight.stride(0),
@@ -233,7 +235,7 @@ def w4a16_matmul(
         BLOCK_M=block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=block_k,
-        SPLIT=split,
+        SPLIT_K=split > 1,
         HAS_PERM=perm is not None,
         GROUP_PER_STEP=group_size % block_k == 0,
         IS_FP32=x.dtype == torch.float32,
