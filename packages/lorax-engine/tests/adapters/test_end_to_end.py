@@ -159,6 +159,30 @@ def test_mixed_batches_match_peft_alone_across_eviction(
         assert engine.adapter_manager.stats["evictions"] >= 1
 
 
+def test_ids_linked_to_one_directory_share_its_weights_and_match_peft(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]],
+) -> None:
+    """Four ids over two directories (the e2e benchmark's layout): two reads from disk, every
+    id's tokens are its directory's, across an eviction to the CPU tier and back."""
+    ckpt, root, refs = setup
+    links = {"link-r4a": "r4", "link-r4b": "r4", "link-r16a": "r16", "link-r16b": "r16"}
+    for link, target in links.items():
+        if not (root / link).is_symlink():
+            (root / link).symlink_to(target)
+    waves = [["link-r4a", "link-r16a"], ["link-r4b", "link-r16b"], ["link-r4a", "base"]]
+    with _running_engine(ckpt, root, num_slots=1) as engine:
+        for wave_no, wave in enumerate(waves):
+            jobs = [
+                (f"w{wave_no}|{n}|{i}", _ref(n), p) for n in wave for i, p in enumerate(PROMPTS)
+            ]
+            for rid, tokens in _generate(engine, jobs).items():
+                _, name, i = rid.split("|")
+                assert tokens == refs[links.get(name, name)][int(i)], rid
+        assert engine.adapter_manager is not None
+        assert engine.adapter_manager.loader.disk_loads == 2
+        assert engine.adapter_manager.stats["evictions"] >= 1
+
+
 def test_merged_adapter_matches_peft_add_weighted_adapter(
     setup: tuple[Path, Path, dict[str, list[list[int]]]],
 ) -> None:

@@ -2,7 +2,8 @@
 
 Runs on the manager's loader threads, never on the step loop. Every fetch is bounded in wall-clock
 time (:mod:`lorax_engine.adapters.deadline`), so a stalled source fails its adapter instead of
-holding a loader thread for ever.
+holding a loader thread for ever. Ids whose files are the same unchanged weights (many ids linked
+to one directory) are read from disk once: the others share that copy in the CPU tier.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lorax_engine.adapters.peft_loader import (
     LoadLimits,
     ModelSpecLike,
     load_peft_lora,
+    peft_origin,
     read_chat_template,
 )
 from lorax_engine.adapters.ref import AdapterRef
@@ -27,6 +29,10 @@ from lorax_engine.adapters.sources.base import SourceRegistry
 from lorax_engine.adapters.weights import LoraWeights
 
 log = logging.getLogger(__name__)
+
+# Loads of one origin take turns (so the second finds the first's copy instead of reading the
+# file again); a few dozen stripes keep unrelated loads from waiting on each other.
+_ORIGIN_STRIPES = 64
 
 
 class AdapterLoader:
@@ -58,6 +64,10 @@ class AdapterLoader:
         self.timeout_s = timeout_s
         self._templates: dict[str, str | None] = {}
         self._templates_lock = threading.Lock()
+        self._origin_locks = [threading.Lock() for _ in range(_ORIGIN_STRIPES)]
+        # Adapters read from disk (or merged) since start-up; ids served from another id's copy
+        # are not counted.
+        self.disk_loads = 0
 
     def chat_template(self, ref: AdapterRef) -> str | None:
         """The adapter's own chat template (None: use the base model's). Blocking, cached.
@@ -110,26 +120,44 @@ class AdapterLoader:
             # changes per process), so one request merges to one result across restarts.
             public_key = AdapterRef(merged=ref.merged, source=ref.source).cache_key()
             weights = merge_adapters(key, components, ref.merged, seed=merge_seed(public_key))
+            stored = attempt.commit(lambda: self.host_cache.put(weights))
+            self._count_disk_load()
         else:
-            fetched = self.sources.fetch(ref)
-            weights = load_peft_lora(
-                fetched.directory,
-                key,
-                self.spec,
-                self.limits,
-                self.dtype,
-                display_name=ref.adapter_id,
-            )
-        stored = attempt.commit(lambda: self.host_cache.put(weights))
+            directory = self.sources.fetch(ref).directory
+            label = ref.adapter_id or key
+            origin = peft_origin(directory, self.limits, self.dtype, display_name=label)
+            with self._origin_locks[hash(origin) % _ORIGIN_STRIPES]:
+                weights = self.host_cache.shared(origin, key)
+                if weights is not None:
+                    log.debug("adapter %s shares the host copy of %s", key, origin.file.path)
+                    return attempt.commit(lambda: self.host_cache.put(weights)) or weights
+                weights = load_peft_lora(
+                    directory,
+                    key,
+                    self.spec,
+                    self.limits,
+                    self.dtype,
+                    display_name=ref.adapter_id,
+                    pin=self.host_cache.pins,
+                )
+                # Published under the stripe lock, so a load of the same origin waiting on it
+                # finds this copy.
+                stored = attempt.commit(lambda: self.host_cache.put(weights))
+                self._count_disk_load()
         if stored is None:  # too late: a newer attempt may have published this adapter already
             return weights
         # The key carries no credential (only an HMAC of it), so it is safe to log.
         log.info(
-            "loaded adapter %s: rank %d, %d modules, %.1f MiB in %.2fs",
+            "loaded adapter %s: rank %d, %d modules, %.1f MiB in %.2fs (%d read so far)",
             key,
             stored.rank,
             len(stored.modules),
             stored.nbytes / 2**20,
             time.perf_counter() - started,
+            self.disk_loads,
         )
         return stored
+
+    def _count_disk_load(self) -> None:
+        with self._templates_lock:
+            self.disk_loads += 1

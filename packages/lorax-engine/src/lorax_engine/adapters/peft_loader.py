@@ -7,8 +7,10 @@ Every problem raises its own :class:`AdapterError` with a stable ``code``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,10 +18,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
 
 from lorax_engine.adapters.errors import AdapterIncompatibleError, AdapterLoadError
-from lorax_engine.adapters.weights import TARGET_ORDER, LoraWeights, ModuleKey
+from lorax_engine.adapters.peft_pack import pack_uniform
+from lorax_engine.adapters.safetensors_file import (
+    DTYPES,
+    FileStat,
+    SafetensorsFile,
+    SafetensorsFormatError,
+    TensorEntry,
+)
+from lorax_engine.adapters.weights import TARGET_ORDER, LoraWeights, ModuleKey, WeightsOrigin
+from lorax_engine.lora.packed import pack_lora
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -33,7 +43,6 @@ _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 _LLAMA_MODULE = re.compile(
     r"^(?:base_model\.model\.)?(?:model\.)?layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<target>\w+)$"
 )
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class ModelSpecLike(Protocol):
@@ -61,6 +70,21 @@ class LoadLimits:
             raise ValueError("max_bytes must be positive")
 
 
+def peft_origin(
+    directory: Path, limits: LoadLimits, dtype: torch.dtype, *, display_name: str
+) -> WeightsOrigin:
+    """What the packed weights of the adapter in ``directory`` depend on, without reading them.
+
+    Two ids whose origins are equal (the same weights file, unchanged, under the same config)
+    would load to the same tensors, so the CPU tier may serve both from one copy. Raises what
+    :func:`load_peft_lora` raises for the config and the file's presence and size.
+    """
+    config = _read_config(directory / CONFIG_NAME, display_name)
+    _check_config(config, display_name, limits)
+    path = _weights_path(directory, display_name, limits)
+    return WeightsOrigin(FileStat.of(path, os.stat(path)), _digest(config), dtype)
+
+
 def load_peft_lora(
     directory: Path,
     adapter_key: str,
@@ -69,31 +93,33 @@ def load_peft_lora(
     dtype: torch.dtype = torch.float32,
     *,
     display_name: str | None = None,
+    pin: bool = False,
 ) -> LoraWeights:
     """Load and validate the adapter in ``directory`` for the model ``spec`` describes.
+
+    The result is packed (one buffer, page-locked with ``pin``) and carries its
+    :class:`WeightsOrigin`. Names, dtypes and shapes are checked from the file's header before
+    any data is read; the data is read in one call and packed with a few whole-buffer operations
+    when every module shares one rank, scale and dtype (the usual adapter), module by module
+    otherwise (PEFT's ``rank_pattern``/``alpha_pattern``, mixed dtypes).
 
     ``display_name`` names the adapter in error messages (its id, never a local cache path).
     """
     name = display_name or adapter_key
     config = _read_config(directory / CONFIG_NAME, name)
     default_rank, default_alpha, rslora = _check_config(config, name, limits)
-    weights_path = directory / WEIGHTS_NAME
-    if not weights_path.is_file():
-        if any((directory / p).exists() for p in PICKLE_NAMES):
+    path = _weights_path(directory, name, limits)
+    try:
+        file = SafetensorsFile.open(path)
+    except (SafetensorsFormatError, OSError) as exc:
+        raise _unreadable(name, exc) from None
+    for key, entry in file.entries.items():
+        if entry.dtype not in DTYPES:
             raise AdapterLoadError(
-                f"adapter {name!r} ships only pickled weights; pickles are refused, save it with "
-                "safetensors (PEFT save_pretrained(safe_serialization=True))",
-                code="pickle_refused",
+                f"adapter {name!r}: tensor {key} has dtype {entry.dtype}, expected floating point",
+                code="corrupt_weights",
             )
-        raise AdapterLoadError(f"adapter {name!r} has no {WEIGHTS_NAME}", code="missing_weights")
-    size = weights_path.stat().st_size
-    if size > limits.max_bytes:
-        raise AdapterIncompatibleError(
-            f"adapter {name!r} is {size} bytes, above the server's limit of {limits.max_bytes}",
-            code="too_large",
-        )
-    raw = _read_tensors(weights_path, name)
-    pairs = _group_modules(raw, spec, name)
+    pairs = _group_modules(file.entries, spec, name)
 
     rank_pattern: Mapping[str, Any] = config.get("rank_pattern") or {}
     alpha_pattern: Mapping[str, Any] = config.get("alpha_pattern") or {}
@@ -104,13 +130,10 @@ def load_peft_lora(
         want_rank = int(_pattern_value(rank_pattern, module_name, default_rank))
         alpha = float(_pattern_value(alpha_pattern, module_name, default_alpha))
         in_features, out_features = spec.targets[key[1]]
-        if tuple(a.shape) != (want_rank, in_features) or tuple(b.shape) != (
-            out_features,
-            want_rank,
-        ):
+        if a.shape != (want_rank, in_features) or b.shape != (out_features, want_rank):
             raise AdapterIncompatibleError(
-                f"adapter {name!r} layer {key[0]} {key[1]}: A {tuple(a.shape)} and B "
-                f"{tuple(b.shape)} do not fit the base model ({spec.architecture}: in_features "
+                f"adapter {name!r} layer {key[0]} {key[1]}: A {a.shape} and B "
+                f"{b.shape} do not fit the base model ({spec.architecture}: in_features "
                 f"{in_features}, out_features {out_features}, rank {want_rank})",
                 code="shape_mismatch",
             )
@@ -127,9 +150,23 @@ def load_peft_lora(
     base_scale = default_alpha / math.sqrt(default_rank) if rslora else default_alpha / default_rank
     if len(set(scales.values())) == 1:
         base_scale = next(iter(scales.values()))
+    try:
+        data = file.read_data()  # [data section bytes] uint8
+    except (SafetensorsFormatError, OSError) as exc:
+        raise _unreadable(name, exc) from None
+    _check_finite(data, file, name)
+    origin = WeightsOrigin(file.stat, _digest(config), dtype)
+    src_dtypes = {entry.dtype for pair in pairs.values() for entry in pair}
+    uniform = set(ranks.values()) == {rank} and set(scales.values()) == {base_scale}
+    if uniform and len(src_dtypes) == 1:
+        src_dtype = DTYPES[src_dtypes.pop()]
+        packed = pack_uniform(data, src_dtype, pairs, rank, base_scale, dtype, pin=pin)
+        if packed is not None:
+            return LoraWeights.from_packed(adapter_key, packed, origin)
     modules: dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]] = {}
-    for key, (a, b) in pairs.items():
-        a32, b32 = a.to(torch.float32), b.to(torch.float32)
+    for key, (a_entry, b_entry) in pairs.items():
+        a32 = _tensor(data, a_entry).to(torch.float32)
+        b32 = _tensor(data, b_entry).to(torch.float32)
         if scales[key] != base_scale:
             # A per-module alpha/rank (PEFT patterns): fold the ratio into B so one scale serves all.
             b32 = b32 * (scales[key] / base_scale)
@@ -138,7 +175,8 @@ def load_peft_lora(
             a32 = torch.cat([a32, a32.new_zeros(pad, a32.shape[1])], dim=0)  # [rank, in]
             b32 = torch.cat([b32, b32.new_zeros(b32.shape[0], pad)], dim=1)  # [out, rank]
         modules[key] = (a32.to(dtype).contiguous(), b32.to(dtype).contiguous())
-    return LoraWeights(adapter_key, rank, base_scale, modules)
+    packed = pack_lora(LoraWeights(adapter_key, rank, base_scale, modules), pin=pin)
+    return LoraWeights.from_packed(adapter_key, packed, origin)
 
 
 def _read_config(path: Path, name: str) -> dict[str, Any]:
@@ -212,34 +250,68 @@ def _check_config(
     return r, float(alpha), bool(config.get("use_rslora", False))
 
 
-def _read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
-    except Exception as exc:  # safetensors raises its own error types and OSError for bad headers
-        raise AdapterLoadError(
-            f"adapter {name!r}: {WEIGHTS_NAME} is not a readable safetensors file "
-            f"({exc.__class__.__name__})",
-            code="corrupt_weights",
-        ) from None
-    for key, t in tensors.items():
-        if t.dtype not in _FLOAT_DTYPES:
+def _weights_path(directory: Path, name: str, limits: LoadLimits) -> Path:
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        if any((directory / p).exists() for p in PICKLE_NAMES):
             raise AdapterLoadError(
-                f"adapter {name!r}: tensor {key} has dtype {t.dtype}, expected floating point",
-                code="corrupt_weights",
+                f"adapter {name!r} ships only pickled weights; pickles are refused, save it with "
+                "safetensors (PEFT save_pretrained(safe_serialization=True))",
+                code="pickle_refused",
             )
-        if not bool(torch.isfinite(t).all()):
+        raise AdapterLoadError(f"adapter {name!r} has no {WEIGHTS_NAME}", code="missing_weights")
+    size = weights_path.stat().st_size
+    if size > limits.max_bytes:
+        raise AdapterIncompatibleError(
+            f"adapter {name!r} is {size} bytes, above the server's limit of {limits.max_bytes}",
+            code="too_large",
+        )
+    return weights_path
+
+
+def _digest(config: Mapping[str, Any]) -> str:
+    """The config's content, for :class:`WeightsOrigin` (rank, alpha and patterns shape the
+    packed weights; hashing all of it is simpler than listing which keys do)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _unreadable(name: str, exc: Exception) -> AdapterLoadError:
+    return AdapterLoadError(
+        f"adapter {name!r}: {WEIGHTS_NAME} is not a readable safetensors file "
+        f"({exc.__class__.__name__}: {exc})",
+        code="corrupt_weights",
+    )
+
+
+def _tensor(data: torch.Tensor, entry: TensorEntry) -> torch.Tensor:
+    """A view of one tensor in the data section."""
+    return data[entry.start : entry.end].view(DTYPES[entry.dtype]).view(entry.shape)
+
+
+def _check_finite(data: torch.Tensor, file: SafetensorsFile, name: str) -> None:
+    """Refuse NaN and infinity: one check over the whole data section when it holds one dtype;
+    tensor by tensor otherwise, or to name the culprit once that check failed."""
+    dtypes = {e.dtype for e in file.entries.values()}
+    if len(dtypes) == 1:
+        dtype = DTYPES[dtypes.pop()]
+        whole = data[: data.numel() // dtype.itemsize * dtype.itemsize].view(dtype)  # [elements]
+        # min and max propagate NaN and are infinite when an element is; one aminmax pass is
+        # an order of magnitude faster than an isfinite mask on the CPU (bf16 especially).
+        low, high = torch.aminmax(whole)
+        if math.isfinite(float(low)) and math.isfinite(float(high)):
+            return
+    for key, entry in file.entries.items():
+        if not bool(torch.isfinite(_tensor(data, entry)).all()):
             raise AdapterLoadError(
                 f"adapter {name!r}: tensor {key} contains NaN or infinity", code="corrupt_weights"
             )
-    return tensors
 
 
 def _group_modules(
-    raw: Mapping[str, torch.Tensor], spec: ModelSpecLike, name: str
-) -> dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]]:
-    halves: dict[ModuleKey, dict[str, torch.Tensor]] = {}
-    for key, tensor in raw.items():
+    entries: Mapping[str, TensorEntry], spec: ModelSpecLike, name: str
+) -> dict[ModuleKey, tuple[TensorEntry, TensorEntry]]:
+    halves: dict[ModuleKey, dict[str, TensorEntry]] = {}
+    for key, entry in entries.items():
         m = _KEY.match(key)
         if m is None:
             raise AdapterIncompatibleError(
@@ -274,15 +346,15 @@ def _group_modules(
                 f"{spec.num_layers} layers",
                 code="architecture_mismatch",
             )
-        if tensor.dim() != 2:
+        if len(entry.shape) != 2:
             raise AdapterLoadError(
-                f"adapter {name!r}: tensor {key} must be 2-D, got {tuple(tensor.shape)}",
+                f"adapter {name!r}: tensor {key} must be 2-D, got {entry.shape}",
                 code="corrupt_weights",
             )
-        halves.setdefault((layer, target), {})[m["ab"]] = tensor
+        halves.setdefault((layer, target), {})[m["ab"]] = entry
     if not halves:
         raise AdapterLoadError(f"adapter {name!r} contains no LoRA weights", code="corrupt_weights")
-    pairs: dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]] = {}
+    pairs: dict[ModuleKey, tuple[TensorEntry, TensorEntry]] = {}
     for key, ab in halves.items():
         if set(ab) != {"A", "B"}:
             missing = "B" if "A" in ab else "A"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lorax_engine.adapters.safetensors_file import FileStat
 from lorax_engine.lora.packed import PackedLora, pack_lora
 
 # PEFT target names the runner can apply, in the order a Llama-style decoder layer runs them (and
@@ -21,6 +22,20 @@ TARGET_ORDER: tuple[str, ...] = (
 )
 
 ModuleKey = tuple[int, str]  # (layer index, PEFT target name)
+
+
+@dataclass(slots=True, frozen=True)
+class WeightsOrigin:
+    """The file host weights were read from, and everything else their packed form depends on.
+
+    Equal origins give equal weights, so the CPU tier keeps one packed copy for every adapter id
+    that resolves to the same unchanged file under the same config (e.g. many ids linked to one
+    directory). A rewritten file has a new mtime (or inode, or size): a new origin.
+    """
+
+    file: FileStat
+    config_digest: str  # sha256 of adapter_config.json's content
+    dtype: torch.dtype
 
 
 @dataclass(slots=True)
@@ -41,6 +56,8 @@ class LoraWeights:
     scale: float
     modules: dict[ModuleKey, tuple[torch.Tensor, torch.Tensor]]
     packed: PackedLora | None = None
+    # Where the weights were read from (None: made in memory, e.g. a merge); see WeightsOrigin.
+    origin: WeightsOrigin | None = None
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +84,13 @@ class LoraWeights:
             else sum(a.nbytes + b.nbytes for a, b in self.modules.values())
         )
 
+    @classmethod
+    def from_packed(
+        cls, adapter_key: str, packed: PackedLora, origin: WeightsOrigin | None = None
+    ) -> LoraWeights:
+        """An adapter whose modules are views of ``packed`` (no copy)."""
+        return cls(adapter_key, packed.rank, packed.scale, packed.module_views(), packed, origin)
+
     @property
     def dtype(self) -> torch.dtype:
         a, _ = next(iter(self.modules.values()))
@@ -88,14 +112,13 @@ class LoraWeights:
         """
         if not torch.cuda.is_available() or (self.packed is not None and self.packed.is_pinned):
             return self
-        packed = pack_lora(self, pin=True)
-        return LoraWeights(
-            self.adapter_key, self.rank, self.scale, packed.module_views(), packed=packed
-        )
+        return LoraWeights.from_packed(self.adapter_key, pack_lora(self, pin=True), self.origin)
 
     def renamed(self, adapter_key: str) -> LoraWeights:
         """The same tensors (and packed buffer) under another cache key."""
-        return LoraWeights(adapter_key, self.rank, self.scale, self.modules, packed=self.packed)
+        return LoraWeights(
+            adapter_key, self.rank, self.scale, self.modules, self.packed, self.origin
+        )
 
     def equal(self, other: LoraWeights) -> bool:
         """Bit-for-bit equality of rank, scale and every tensor (used to prove lossless moves)."""

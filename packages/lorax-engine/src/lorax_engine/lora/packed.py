@@ -16,7 +16,7 @@ import torch
 from lorax_engine.lora.spec import PEFT_TARGETS
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, weakref_slot=True)
 class PackedLora:
     """An adapter as per-target stacks, all views of one flat (optionally pinned) host buffer.
 
@@ -24,6 +24,9 @@ class PackedLora:
     rows of every layer are one contiguous block on the device too. ``b[target]``:
     ``[num_layers, out_features, rank]``. Layers the adapter does not target are zero and are left
     out of ``layers[target]``, so the slots give them rank 0.
+
+    Weak references are allowed so that the CPU tier can find a copy that is still alive (in a
+    GPU slot's entry, say) and share it with another adapter id of the same origin.
     """
 
     rank: int
@@ -43,12 +46,18 @@ class PackedLora:
         return self.buffer.is_pinned()
 
     def module_views(self) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
-        """``(layer, target) -> (A [rank, in], B [out, rank])`` views of the packed tensors."""
-        return {
-            (layer, target): (self.a[target][:, layer], self.b[target][layer])
-            for target, layers in self.layers.items()
-            for layer in sorted(layers)
-        }
+        """``(layer, target) -> (A [rank, in], B [out, rank])`` views of the packed tensors.
+
+        Two ``unbind`` calls per target rather than two indexing calls per module: each torch
+        call may wait for the GIL behind a busy engine thread.
+        """
+        views: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        for target, layers in self.layers.items():
+            a_layers = self.a[target].unbind(1)  # num_layers x [rank, in]
+            b_layers = self.b[target].unbind(0)  # num_layers x [out, rank]
+            for layer in sorted(layers):
+                views[(layer, target)] = (a_layers[layer], b_layers[layer])
+        return views
 
 
 class LoraWeightsLike(Protocol):
