@@ -6,6 +6,7 @@ Each test runs one driver as its own process on a small model and checks what it
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import subprocess
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lorax.bench.cli import parser
+from lorax.bench.session import configs_from_args
 from lorax_gateway.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,5 +90,24 @@ def test_e2e_driver_sweeps_the_gateway_in_front_of_a_random_engine(tmp_path: Pat
         assert summary["requests"]["completed"] == 8
         assert summary["errors"] == {}
         assert summary["tokens"]["output_len_mismatch"] == 0
-    assert (out / "engine.log").exists()
     assert (out / "gateway.log").exists()
+    # 64 ids over 2 directories, all preloaded: two reads from disk, the rest share them.
+    engine_log = (out / "engine.log").read_text()
+    assert "(2 read so far)" in engine_log
+    assert "(3 read so far)" not in engine_log
+
+
+def test_e2e_phases_are_valid_lorax_bench_sweeps() -> None:
+    """The GPU phases are only run on the H200: a bad argument must fail here."""
+    spec = importlib.util.spec_from_file_location("e2e", ROOT / "benchmarks/gpu/e2e.py")
+    assert spec is not None
+    assert spec.loader is not None
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    counts = {}
+    for phase, sweep in e2e.PHASES.items():
+        configs = configs_from_args(parser().parse_args([*sweep, "--url", "http://x"]))
+        counts[phase] = configs.sweep.adapter_counts
+        rates = [r.label for r in configs.sweep.rates]
+        assert rates == (["inf"] if phase == "saturation" else ["inf", "0.5x", "0.8x"])
+    assert counts == {"saturation": (0, 1, 8, 64, 512, 2000), "latency": (64, 2000)}

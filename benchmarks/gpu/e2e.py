@@ -1,20 +1,35 @@
 """The end-to-end serving benchmark (issue #9): engine process + gateway process + lorax-bench.
 
-    python3 benchmarks/gpu/e2e.py --out DIR [--tiny] [-- LORAX_BENCH_ARGS...]
+    python3 benchmarks/gpu/e2e.py --out DIR [--phase saturation|latency] [--tiny]
+        [-- LORAX_BENCH_ARGS...]
 
 Starts ``serve_random.py`` (``lorax-engine serve`` on a random-weight Llama-3-8B shape made on the
-GPU, with adapter ids ``bench/a{i}``), then ``lorax-gateway serve`` with the ``http`` backend in
-front of it, waits for both ``/health``, runs the lorax-bench sweep against the gateway, and
-stops both servers. Everything lands in ``--out``: ``sweep.json`` (results), ``sweep.png`` (the
-plot), ``engine.log``, ``gateway.log``, ``bench.log``. Arguments after ``--`` replace the default
-sweep (``DEFAULT_SWEEP``); ``--url``, ``--output`` and ``--plot`` are always set here. Exit
-status: lorax-bench's, or 1 when a server did not come up.
+GPU, with adapter ids ``bench/a{i}`` linked to 16 weight directories, all preloaded into the CPU
+tier), then ``lorax-gateway serve`` with the ``http`` backend in front of it, waits for both
+``/health``, runs the phase's lorax-bench sweep against the gateway, and stops both servers.
+
+The issue's sweep is two phases, each one call that fits the GPU machine's 10-minute limit with
+the engine's start-up (``PHASES``): ``saturation`` (rate inf for the base model and N = 1, 8, 64,
+512, 2000) and ``latency`` (N = 64 and 2000: rate inf, then 50 % and 80 % of the request rate
+that point reached, through lorax-bench's ``0.5x``/``0.8x`` rates).
+
+What a timed window contains: every id is in the CPU tier before the first request (one packed
+copy per distinct file; ``--preload``), and ``--warmup`` requests ran before the sweep (CUDA
+graphs, allocator, the gateway's connections); so each point measures steady state, where every
+GPU slot miss is a real host-to-GPU copy and no request waits for a disk read.
+
+Everything lands in ``--out``: ``sweep.json`` (results), ``sweep.png`` (the plot),
+``engine.log``, ``gateway.log``, ``bench.log``. Arguments after ``--`` replace the phase's sweep;
+``--url``, ``--output`` and ``--plot`` are always set here. At the end the servers' warnings and
+errors are counted and the first few printed (a failed request's cause is there, not in
+lorax-bench's error class). Exit status: lorax-bench's, or 1 when a server did not come up.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,18 +42,24 @@ from typing import IO
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_RANDOM = ROOT / "packages/lorax-engine/benchmarks/serve_random.py"
 
-# Saturation throughput for the base model, 64 and 2000 adapter ids over one trace of
-# S-LoRA's uniform [8, 512] lengths (a few minutes on an H200; see docs/benchmarks.md).
-DEFAULT_SWEEP = [
-    "--num-adapters", "base,64,2000",
+# Every point: one trace of S-LoRA's uniform [8, 512] lengths, 256 requests, at most 128 in
+# flight, sending for at most 40 s (a 50 % point would otherwise take twice the saturation time).
+COMMON = [
     "--adapter-template", "bench/a{i}",
-    "--rate", "inf",
     "--num-requests", "256",
     "--max-concurrency", "128",
     "--warmup", "32",
-    "--duration", "45",
+    "--duration", "40",
     "--request-timeout", "90",
 ]  # fmt: skip
+PHASES = {
+    # Saturation throughput per N, the base model as the ceiling (about 5 minutes on an H200).
+    "saturation": ["--num-adapters", "base,1,8,64,512,2000", "--rate", "inf", *COMMON],
+    # TTFT/TPOT at 50 % and 80 % of each N's measured saturation (about 6 minutes).
+    "latency": ["--num-adapters", "64,2000", "--rate", "inf,0.5x,0.8x", *COMMON],
+}
+# The server log lines worth reading after a run.
+TROUBLE = re.compile(rb" (WARNING|ERROR|CRITICAL) |Traceback")
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
@@ -74,13 +95,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def report_trouble(log: Path, show: int = 5) -> None:
+    """Count the warning/error lines of a server log and print the first ``show``."""
+    lines = [line for line in log.read_bytes().splitlines() if TROUBLE.search(line)]
+    print(f"e2e: {log.name}: {len(lines)} warning/error lines", flush=True)
+    for line in lines[:show]:
+        print("   ", line.decode(errors="replace")[:300], flush=True)
+
+
 def main() -> int:
     argv = sys.argv[1:]
-    sweep = DEFAULT_SWEEP
+    sweep: list[str] | None = None
     if "--" in argv:
         cut = argv.index("--")
         argv, sweep = argv[:cut], argv[cut + 1 :]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--phase", choices=sorted(PHASES), default="saturation")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/lorax-e2e")))
     ap.add_argument("--engine-port", type=int, default=8081)
     ap.add_argument("--gateway-port", type=int, default=8080)
@@ -90,6 +120,7 @@ def main() -> int:
     )
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     args = ap.parse_args(argv)
+    sweep = PHASES[args.phase] if sweep is None else sweep
     args.out.mkdir(parents=True, exist_ok=True)
     engine_url = f"http://127.0.0.1:{args.engine_port}"
     gateway_url = f"http://127.0.0.1:{args.gateway_port}"
@@ -101,7 +132,7 @@ def main() -> int:
     ):
         try:
             t = time.monotonic()
-            engine_cmd = [py, str(SERVE_RANDOM), "--port", str(args.engine_port)]
+            engine_cmd = [py, str(SERVE_RANDOM), "--port", str(args.engine_port), "--preload"]
             engine_cmd += ["--tiny", "--ids", "64", "--distinct", "2"] if args.tiny else []
             engine_cmd += ["--dir", str(args.model_dir)] if args.model_dir else []
             procs.append(start(engine_cmd, engine_log))
@@ -140,6 +171,8 @@ def main() -> int:
         finally:
             for proc in reversed(procs):
                 stop(proc)
+            for log in (args.out / "engine.log", args.out / "gateway.log"):
+                report_trouble(log)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,19 @@
 # The GPU benchmark drivers in one call: structured output (#7), quantized bases (#10) and the
 # end-to-end lorax-bench sweep (#9). From the repository root, on the H200 machine:
 #
-#     bash benchmarks/gpu/run.sh [structured] [quant] [e2e]      (none: all three)
+#     bash benchmarks/gpu/run.sh [structured] [quant] [e2e-saturation] [e2e-latency] [e2e]
+#
+# (none: structured, quant, e2e). The e2e sweep is two phases, each one engine start-up and at
+# most E2E_TIMEOUT seconds, so that each fits one 10-minute GPU command: e2e-saturation (rate inf
+# for base, N = 1, 8, 64, 512, 2000) and e2e-latency (N = 64, 2000 at 50 % and 80 % of their
+# saturation); e2e runs both in turn.
 #
 # Installs the carried wheels (.whl/structured: llguidance and jsonschema; .whl-bench: the
 # gateway's and client's litestar, uvicorn, pydantic, opentelemetry...) into /tmp/site, runs each
 # driver under its own time limit and writes its JSON lines / results under $OUT:
-# structured.jsonl, quant.jsonl, e2e/{sweep.json,sweep.png,engine.log,gateway.log,bench.log}.
-# Limits (seconds): STRUCTURED_TIMEOUT (120), QUANT_TIMEOUT (180), E2E_TIMEOUT (200); E2E_SWEEP
-# replaces the default lorax-bench sweep of e2e.py.
+# structured.jsonl, quant.jsonl, e2e-<phase>/{sweep.json,sweep.png,engine.log,gateway.log,bench.log}.
+# Limits (seconds): STRUCTURED_TIMEOUT (120), QUANT_TIMEOUT (180), E2E_TIMEOUT (500 per phase);
+# E2E_SWEEP replaces the phase's lorax-bench sweep (e2e.py's PHASES).
 set -u -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -17,7 +22,7 @@ which=("$@")
 [ ${#which[@]} -eq 0 ] && which=(structured quant e2e)
 
 wheels=(.whl/structured/*.whl)
-[[ " ${which[*]} " == *" e2e "* ]] && wheels+=(.whl-bench/*.whl)
+[[ " ${which[*]} " == *" e2e"* ]] && wheels+=(.whl-bench/*.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "${wheels[@]}" || exit 1
 export PYTHONPATH=/tmp/site:packages/lorax-kernels/src:packages/lorax-engine/src:packages/lorax-gateway/src:packages/lorax-client/src
@@ -34,14 +39,19 @@ for w in "${which[@]}"; do
     quant)
         timeout "${QUANT_TIMEOUT:-180}" python3 packages/lorax-engine/benchmarks/bench_quant.py \
             2>&1 | tee "$OUT/quant.jsonl" ;;
-    e2e)
-        # SIGINT first: lorax-bench then writes what it measured and the driver stops the servers.
-        # E2E_SWEEP: lorax-bench arguments replacing e2e.py's default sweep (split on blanks).
-        # shellcheck disable=SC2086
-        timeout -s INT -k 20 "${E2E_TIMEOUT:-200}" python3 benchmarks/gpu/e2e.py --out "$OUT/e2e" \
-            ${E2E_SWEEP:+-- $E2E_SWEEP} ;;
+    e2e|e2e-saturation|e2e-latency)
+        phases=(saturation latency)
+        [ "$w" != e2e ] && phases=("${w#e2e-}")
+        for phase in "${phases[@]}"; do
+            # SIGINT first: lorax-bench then writes what it measured and the driver stops the
+            # servers. E2E_SWEEP: lorax-bench arguments replacing the phase's sweep (split on
+            # blanks).
+            # shellcheck disable=SC2086
+            timeout -s INT -k 20 "${E2E_TIMEOUT:-500}" python3 benchmarks/gpu/e2e.py \
+                --phase "$phase" --out "$OUT/e2e-$phase" ${E2E_SWEEP:+-- $E2E_SWEEP} || status=1
+        done ;;
     *)
-        echo "unknown driver $w (structured, quant, e2e)"; false ;;
+        echo "unknown driver $w (structured, quant, e2e-saturation, e2e-latency, e2e)"; false ;;
     esac || status=1
 done
 echo "=== done $(date -u +%T) status $status"
