@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import random_lora
 from bench_engine import LLAMA3_8B
-from serve_random import write_peft_adapter
+from safetensors.torch import save_file
 
 from lorax_engine.adapters.host_cache import HostAdapterCache
 from lorax_engine.adapters.loader import AdapterLoader
@@ -52,6 +51,22 @@ def llama3_8b_spec() -> ModelLoraSpec:
             "down_proj": (inter, hidden),
         },
     )
+
+
+def write_adapter(out: Path, spec: ModelLoraSpec, rank: int, dtype: torch.dtype) -> None:
+    """A PEFT LoRA directory: rank ``rank`` on every target of every layer, nonzero A and B."""
+    gen = torch.Generator().manual_seed(0)
+    tensors: dict[str, torch.Tensor] = {}
+    for layer in range(spec.num_layers):
+        for target, (fin, fout) in spec.targets.items():
+            block = "self_attn" if target in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            base = f"base_model.model.model.layers.{layer}.{block}.{target}"
+            tensors[f"{base}.lora_A.weight"] = torch.randn(rank, fin, generator=gen).to(dtype)
+            tensors[f"{base}.lora_B.weight"] = torch.randn(fout, rank, generator=gen).to(dtype)
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none"}
+    (out / "adapter_config.json").write_text(json.dumps(config))
 
 
 class Spinner:
@@ -114,12 +129,8 @@ def main() -> None:
     dtype = torch.bfloat16
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        weights = random_lora(
-            llama3_8b_spec(), args.rank, seed=0, dtype=dtype, device=torch.device("cpu")
-        )
-        write_peft_adapter(root / "adapter", weights)
+        write_adapter(root / "adapter", llama3_8b_spec(), args.rank, dtype)
         size = (root / "adapter/adapter_model.safetensors").stat().st_size
-        del weights
         time_loads(root, 2, dtype)  # first-touch costs (page cache, allocator) out of the way
         results = [summary("idle", time_loads(root, args.loads, dtype), mib=size >> 20)]
         with Spinner() as spinner:
