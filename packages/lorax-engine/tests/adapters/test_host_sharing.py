@@ -76,6 +76,7 @@ def test_linked_ids_read_the_file_once_and_share_one_copy(
     assert a0.adapter_key != a1.adapter_key
     assert a0.packed is not None
     assert a0.packed is a1.packed
+    assert a0.modules is a1.modules  # one set of views too, not one per id
     assert _holds(a0, real)
     assert _holds(a1, real)
     cache = loader.host_cache

@@ -8,7 +8,7 @@ layers) instead of one per layer, projection and slice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -36,6 +36,13 @@ class PackedLora:
     b: dict[str, torch.Tensor]
     layers: dict[str, frozenset[int]]
     buffer: torch.Tensor  # [total elements] what a and b view
+    # module_views' result, made once: every adapter id sharing this copy shares one dict of views
+    # (thousands of ids would otherwise hold hundreds of tensor objects each).
+    _views: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]],
+        compare=False,
+        repr=False,
+    )
 
     @property
     def nbytes(self) -> int:
@@ -48,16 +55,20 @@ class PackedLora:
     def module_views(self) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
         """``(layer, target) -> (A [rank, in], B [out, rank])`` views of the packed tensors.
 
-        Two ``unbind`` calls per target rather than two indexing calls per module: each torch
-        call may wait for the GIL behind a busy engine thread.
+        Made on the first call and returned again after (callers must not change the dict). Two
+        ``unbind`` calls per target rather than two indexing calls per module: each torch call
+        may wait for the GIL behind a busy engine thread.
         """
-        views: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-        for target, layers in self.layers.items():
-            a_layers = self.a[target].unbind(1)  # num_layers x [rank, in]
-            b_layers = self.b[target].unbind(0)  # num_layers x [out, rank]
-            for layer in sorted(layers):
-                views[(layer, target)] = (a_layers[layer], b_layers[layer])
-        return views
+        if not self._views:
+            views: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+            for target, layers in self.layers.items():
+                a_layers = self.a[target].unbind(1)  # num_layers x [rank, in]
+                b_layers = self.b[target].unbind(0)  # num_layers x [out, rank]
+                for layer in sorted(layers):
+                    views[(layer, target)] = (a_layers[layer], b_layers[layer])
+            # Two threads may both get here; either result is the same views.
+            self._views.update(views)
+        return self._views
 
 
 class LoraWeightsLike(Protocol):
