@@ -34,7 +34,24 @@ from lorax.bench.workload import (
     save_trace,
 )
 
-__all__ = ["Configs", "configs_from_args", "run_benchmark"]
+__all__ = ["Configs", "configs_from_args", "pool_limits", "run_benchmark"]
+
+# Idle connections are dropped well before servers close theirs (uvicorn: 5 s, which is also
+# httpx's default expiry): a request sent on a connection that the server closes at that moment
+# is reset (a ReadError), the likely cause of the one failed request in run 2 of #9, whose point
+# started on connections left idle by the previous point's tail.
+KEEPALIVE_EXPIRY_S = 1.0
+
+
+def pool_limits(max_concurrency: int | None) -> httpx.Limits:
+    """The client's connection pool: one connection per request in flight (latency is measured
+    per request, so the pool must never be what makes a request wait), idle ones dropped after
+    ``KEEPALIVE_EXPIRY_S``."""
+    return httpx.Limits(
+        max_connections=max_concurrency,
+        max_keepalive_connections=None,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,9 +158,7 @@ async def run_benchmark(
         return document
 
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    # Latency is measured per request, so the connection pool must never be what makes a request
-    # wait: one connection per request in flight.
-    limits = httpx.Limits(max_connections=args.max_concurrency, max_keepalive_connections=None)
+    limits = pool_limits(args.max_concurrency)
     timeout = httpx.Timeout(args.request_timeout, connect=min(30.0, args.request_timeout))
     async with httpx.AsyncClient(
         base_url=args.url, headers=headers, limits=limits, timeout=timeout
