@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lorax_kernels.decode_attention.reference import paged_decode_attention_ref
+from lorax_kernels.device import split_counters
 from lorax_kernels.kv_cache.reference import FP8_KV_DTYPE, reshape_and_cache_ref_, to_cache_dtype
 from lorax_kernels.prefill_attention.reference import paged_prefill_attention_ref
 
@@ -139,7 +140,7 @@ def test_split_decode_is_repeatable_and_rearms_its_counters() -> None:
     first = decode_triton.paged_decode_attention(*args, block_n=16, partition=16)
     second = decode_triton.paged_decode_attention(*args, block_n=16, partition=16)
     assert torch.equal(first, second)
-    assert not decode_triton._COUNTERS[q.device].any()  # pyright: ignore[reportPrivateUsage]
+    assert not split_counters(q.device).any()
 
 
 @pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)

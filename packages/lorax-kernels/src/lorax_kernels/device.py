@@ -15,9 +15,10 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# Arrival counters of split-K kernels, one per output tile. The last program of a tile to arrive
-# sets its counter back to 0, so the buffer is zeroed once per device and never again: no memset
-# launch per call, and a CUDA graph replays with the counters as it found them.
+# Arrival counters of split kernels (split-K GEMVs: one per output tile; decode attention: one per
+# sequence and kv head). The last program of a tile to arrive sets its counter back to 0, so the
+# buffer is zeroed once per device and never again: no memset launch per call, and a CUDA graph
+# replays with the counters as it found them.
 SPLIT_COUNTERS = 1 << 16
 _counters: dict[torch.device, torch.Tensor] = {}
 

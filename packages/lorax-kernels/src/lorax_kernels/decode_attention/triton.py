@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lorax_kernels.device import num_sms
+from lorax_kernels.device import num_sms, split_counters
 from lorax_kernels.paged_attention_steps import load_kv_block, online_softmax_step, scores
 
 LOG2E = 1.4426950408889634
@@ -260,24 +260,6 @@ def choose_partition(
     return max(partition, MIN_PARTITION, block_n)
 
 
-# Arrival counters per device, all zero between launches (each launch re-arms the ones it used).
-# Shared by every call on the device: the calls of one stream run one after another.
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
-    """At least ``needed`` int32 zeros that stay allocated (CUDA graphs capture their address).
-
-    Allocated once with room for batch 512 x 16 kv heads, so the first call (an eager warm-up,
-    before any graph capture) sizes them for good.
-    """
-    counters = _COUNTERS.get(device)
-    if counters is None or counters.numel() < needed:
-        counters = torch.zeros(max(needed, 8192), dtype=torch.int32, device=device)
-        _COUNTERS[device] = counters
-    return counters
-
-
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -313,6 +295,10 @@ def paged_decode_attention(
         )
     num_parts = triton.cdiv(max_context, partition)
     split = num_parts > 1
+    # Passed even when nothing splits: Triton compiles the merge branch for the pointer's dtype.
+    counters = split_counters(q.device)
+    if num_seqs * num_kv_heads > counters.numel():
+        raise ValueError(f"{num_seqs} sequences x {num_kv_heads} kv heads exceed the counters")
     if split:
         # [num_seqs, num_q_heads, num_parts, head_dim] partials; max and sum per row.
         part_acc = torch.empty(
@@ -320,11 +306,10 @@ def paged_decode_attention(
         )
         part_m = torch.empty(num_seqs, num_q_heads, num_parts, dtype=torch.float32, device=q.device)
         part_l = torch.empty_like(part_m)
-        counters = _arrival_counters(q.device, num_seqs * num_kv_heads)
         a_strides = (part_acc.stride(0), part_acc.stride(1), part_acc.stride(2))
         m_strides = (part_m.stride(0), part_m.stride(1))
     else:
-        part_acc = part_m = part_l = counters = out  # unused: no partition writes a partial
+        part_acc = part_m = part_l = out  # unused: no partition writes a partial
         a_strides, m_strides = (0, 0, 0), (0, 0)
     _decode_kernel[(num_seqs, num_kv_heads, num_parts)](
         q,
