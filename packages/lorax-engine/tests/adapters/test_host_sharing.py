@@ -173,14 +173,16 @@ def test_concurrent_loads_of_one_file_read_it_once(
 
 @pytest.mark.parametrize("src_dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layers", [None, [1]])  # [1]: layer 0 skipped, the per-module path
 def test_one_gather_packs_like_pack_lora(
     tmp_path: Path,
     spec: Spec,
     make_adapter: Callable[..., Path],
     src_dtype: torch.dtype,
     dtype: torch.dtype,
+    layers: list[int] | None,
 ) -> None:
-    directory = make_adapter("w0", r=4)
+    directory = make_adapter("w0", r=4, layers_to_transform=layers)
     path = directory / WEIGHTS_NAME
     save_file({k: v.to(src_dtype) for k, v in load_file(str(path)).items()}, str(path))
     weights = load_peft_lora(directory, "k", spec, LoadLimits(), dtype)

@@ -100,8 +100,9 @@ def load_peft_lora(
     The result is packed (one buffer, page-locked with ``pin``) and carries its
     :class:`WeightsOrigin`. Names, dtypes and shapes are checked from the file's header before
     any data is read; the data is read in one call and packed with a few whole-buffer operations
-    when every module shares one rank, scale and dtype (the usual adapter), module by module
-    otherwise (PEFT's ``rank_pattern``/``alpha_pattern``, mixed dtypes).
+    when every module shares one rank, scale and dtype and every target covers every layer (the
+    usual adapter), module by module otherwise (PEFT's ``rank_pattern``/``alpha_pattern``,
+    ``layers_to_transform``, mixed dtypes).
 
     ``display_name`` names the adapter in error messages (its id, never a local cache path).
     """
