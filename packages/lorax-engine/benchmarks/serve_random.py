@@ -86,7 +86,11 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=16, help="distinct adapter weight sets")
     ap.add_argument("--ids", type=int, default=2000, help="adapter ids bench/a0 .. a{ids-1}")
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--max-active-adapters", type=int, default=64)
+    # More GPU slots than the benchmark keeps requests in flight (lorax-bench --max-concurrency
+    # 128), so distinct adapters never queue for a slot. With 64, the H200 run of 2026-12-01
+    # (session 3) held N >= 512 near 64 running requests: TTFT p50 4.4-4.8 s, waiting for slots.
+    # 160 rank-16 slots take ~12.5 GiB, within --adapter-memory-fraction 0.1 of an H200.
+    ap.add_argument("--max-active-adapters", type=int, default=160)
     ap.add_argument("--max-batch-size", type=int, default=256)
     ap.add_argument("--max-batch-prefill-tokens", type=int, default=8192)
     ap.add_argument("--max-input-length", type=int, default=1024)
