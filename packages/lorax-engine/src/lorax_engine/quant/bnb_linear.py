@@ -3,8 +3,9 @@
 Like ``Fp8Linear``, each module is built at load from a projection's 16-bit weight, replaces it
 as ``LoraLinear.quant(x, bias)``, and keeps what it computes with as buffers; LoRA stays 16-bit on
 top. Quantization and matmuls are bitsandbytes' own: its CUDA kernels on the GPU, its CPU backend
-elsewhere (for 4-bit, its dequantize and a plain matmul). The package is the optional extra ``lorax-engine[bitsandbytes]``; importing this
-module without it raises an ImportError that says how to install it.
+elsewhere (for 4-bit, its dequantize and a plain matmul). The package is the optional extra
+``lorax-engine[bitsandbytes]``; importing this module without it raises an ImportError that says
+how to install it.
 """
 
 from __future__ import annotations
