@@ -37,10 +37,11 @@ NO_SPLIT_PROGRAMS_PER_SM = 2
 # Smaller grids split their context bound until the grid has about this many programs per SM
 # (batch 16, context 16k: 101% of copy bandwidth instead of 84% at ~2 per SM).
 SPLIT_PROGRAMS_PER_SM = 4
-# Shortest partition. With the merge inside the launch a partition costs one more partial to read,
-# not a second kernel; shorter partitions mean fewer dependent K/V steps per program, which is
-# what a latency-bound small batch waits on. Chosen from a sweep (bench_decode_attention.py).
-MIN_PARTITION = 128
+# Shortest partition: the value of runs 1-2 on the H200. Run 3 tried 128 together with the
+# in-launch merge, and the engine's batch-1 step at context 576 got slower (4.89 ms graph against
+# 4.81 ms at context 640 before); the partition sweep of bench_decode_attention.py has not been
+# run yet to separate the two changes.
+MIN_PARTITION = 256
 # Partials the merging program folds per step (one [MERGE_BLOCK, head_dim] fp32 load per head).
 MERGE_BLOCK = 16
 
