@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The GPU benchmark drivers in one call: structured output (#7), quantized bases (#10) and the
-# end-to-end lorax-bench sweep (#9). From the repository root, on the H200 machine:
+# The GPU test suite and benchmark drivers in one call: the `gpu`-marked tests, the engine (#4),
+# structured output (#7), quantized bases (#10) and the end-to-end lorax-bench sweep (#9). From
+# the repository root, on the H200 machine:
 #
-#     bash benchmarks/gpu/run.sh [structured] [quant] [e2e-saturation] [e2e-latency] [e2e]
+#     bash benchmarks/gpu/run.sh [gpu-tests] [engine] [structured] [quant] [e2e-saturation] [e2e-latency] [e2e]
 #
-# (none: structured, quant). The e2e sweep is two phases, each one engine start-up and at most
-# E2E_TIMEOUT seconds, so that each fits one 10-minute GPU command on its own: e2e-saturation
-# (rate inf for base, N = 1, 8, 64, 512, 2000) and e2e-latency (N = 64, 2000 at 50 % and 80 % of
-# their saturation); e2e runs both in turn (where no such limit applies).
+# (none: structured, quant). gpu-tests runs every `gpu`-marked test of lorax-kernels and
+# lorax-engine (the interpreter tests, which CI runs, are left out); engine runs bench_engine.py
+# (batch 1, 16, 64, 256) and profile_step.py. The e2e sweep is two phases, each one engine
+# start-up and at most E2E_TIMEOUT seconds, so that each fits one 10-minute GPU command on its
+# own: e2e-saturation (rate inf for base, N = 1, 8, 64, 512, 2000) and e2e-latency (N = 64, 2000
+# at 50 % and 80 % of their saturation); e2e runs both in turn (where no such limit applies).
 #
 # Installs the carried wheels (.whl/structured: llguidance and jsonschema; .whl-bench: the
-# gateway's and client's litestar, uvicorn, pydantic, opentelemetry...) into /tmp/site, runs each
-# driver under its own time limit and writes its JSON lines / results under $OUT:
-# structured.jsonl, quant.jsonl, e2e-<phase>/{sweep.json,sweep.png,engine.log,gateway.log,bench.log}.
-# Limits (seconds): STRUCTURED_TIMEOUT (120), QUANT_TIMEOUT (180), E2E_TIMEOUT (500 per phase);
-# E2E_SWEEP replaces the phase's lorax-bench sweep (e2e.py's PHASES).
+# gateway's and client's litestar, uvicorn, pydantic, opentelemetry...; .whl-bnb: bitsandbytes,
+# when carried) into /tmp/site, runs each driver under its own time limit and writes its output
+# under $OUT: gpu-tests.txt, engine.jsonl, profile.jsonl, structured.jsonl, quant.jsonl,
+# e2e-<phase>/{sweep.json,sweep.png,engine.log,gateway.log,bench.log}.
+# Limits (seconds): GPU_TESTS_TIMEOUT (400), ENGINE_TIMEOUT (240), STRUCTURED_TIMEOUT (120),
+# QUANT_TIMEOUT (180), E2E_TIMEOUT (500 per phase); E2E_SWEEP replaces the phase's lorax-bench
+# sweep (e2e.py's PHASES).
 set -u -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -23,6 +28,7 @@ which=("$@")
 
 wheels=(.whl/structured/*.whl)
 [[ " ${which[*]} " == *" e2e"* ]] && wheels+=(.whl-bench/*.whl)
+[ -d .whl-bnb ] && wheels+=(.whl-bnb/*.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "${wheels[@]}" || exit 1
 export PYTHONPATH=/tmp/site:packages/lorax-kernels/src:packages/lorax-engine/src:packages/lorax-gateway/src:packages/lorax-client/src
@@ -33,6 +39,19 @@ status=0
 for w in "${which[@]}"; do
     echo "=== $w $(date -u +%T)"
     case $w in
+    gpu-tests)
+        # -c /dev/null: the GPU machine's pytest lacks the dev plugins pyproject.toml configures;
+        # --confcutdir keeps the root conftest.py from being imported twice.
+        timeout "${GPU_TESTS_TIMEOUT:-400}" python3 -m pytest -p no:cacheprovider -c /dev/null \
+            --rootdir . --confcutdir packages --import-mode=importlib -q -rfEs -m gpu \
+            -W ignore::pytest.PytestUnknownMarkWarning packages/lorax-kernels/tests \
+            packages/lorax-engine/tests 2>&1 | tee "$OUT/gpu-tests.txt" | tail -40 ;;
+    engine)
+        timeout "${ENGINE_TIMEOUT:-240}" bash -c "
+            python3 packages/lorax-engine/benchmarks/bench_engine.py --batches 1,16,64,256 \
+                | tee '$OUT/engine.jsonl' &&
+            cd packages/lorax-engine/benchmarks &&
+            python3 profile_step.py --batches 1,64,256 | tee '$OUT/profile.jsonl'" ;;
     structured)
         timeout "${STRUCTURED_TIMEOUT:-120}" python3 packages/lorax-engine/benchmarks/bench_structured.py \
             2>&1 | tee "$OUT/structured.jsonl" ;;
@@ -51,7 +70,7 @@ for w in "${which[@]}"; do
                 --phase "$phase" --out "$OUT/e2e-$phase" ${E2E_SWEEP:+-- $E2E_SWEEP} || status=1
         done ;;
     *)
-        echo "unknown driver $w (structured, quant, e2e-saturation, e2e-latency, e2e)"; false ;;
+        echo "unknown driver $w (gpu-tests, engine, structured, quant, e2e-saturation, e2e-latency, e2e)"; false ;;
     esac || status=1
 done
 echo "=== done $(date -u +%T) status $status"
