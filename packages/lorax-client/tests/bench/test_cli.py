@@ -195,7 +195,9 @@ def test_bad_arguments_are_usage_errors(bad: list[str]) -> None:
 def test_stub_command_serves_until_interrupted() -> None:
     port = _free_port()
     command = [sys.executable, "-m", "lorax.bench.stub", "--port", str(port), "--token-delay", "0"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, preexec_fn=_interruptible
+    ) as proc:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == f"stub server on http://127.0.0.1:{port}"
@@ -207,6 +209,12 @@ def test_stub_command_serves_until_interrupted() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def _interruptible() -> None:
+    """Ctrl-C reaches the child even when the test run itself was started in the background,
+    where the shell leaves SIGINT ignored and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _free_port() -> int:
@@ -224,7 +232,9 @@ def test_results_are_written_after_every_point(stub: StubServer, tmp_path: Path)
         "--num-requests", "6", "--rate", "inf", "--num-adapters", "1,2",
         "--adapter-ids", "ok,slow", "--words-per-token", "1",
     ]  # fmt: skip
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible
+    ) as proc:
         try:
             deadline = time.monotonic() + 60
             while not (out.exists() and json.loads(out.read_text() or "{}").get("points")):
