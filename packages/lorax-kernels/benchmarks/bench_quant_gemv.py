@@ -48,6 +48,11 @@ W4_CANDIDATES = [
     W4Config(block_n=32, block_k=128, warps=4, stages=4, waves=8),
     W4Config(block_n=128, block_k=128, warps=8, stages=3, waves=2),
     W4Config(block_n=128, block_k=64, warps=4, stages=3, waves=4),
+    # CUDA-core inner products (M <= 4): one 128-row group per step, 64 weight values per thread
+    # at 64 columns and 4 warps, 128 at 128 columns.
+    W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4, dot=False),
+    W4Config(block_n=64, block_k=128, warps=4, stages=2, waves=8, dot=False),
+    W4Config(block_n=128, block_k=128, warps=4, stages=2, waves=4, dot=False),
 ]
 
 
@@ -127,13 +132,13 @@ def sweep(copy_gbs: float) -> str:
     """Every candidate tiling at a few M on every shape; totals over the shapes."""
     weights = {name: Weights(k, n) for name, (k, n) in SHAPES.items()}
     out = []
-    # The w4a16 decode tile is 16 rows whatever M: two points of M show its spread.
-    kernels = (("fp8 GEMV", FP8_CANDIDATES, (1, 4, 16)), ("w4a16", W4_CANDIDATES, (1, 16)))
+    # Both kernels' tl.dot tiles are 16 rows whatever M; their CUDA-core modes run at M <= 4.
+    kernels = (("fp8 GEMV", FP8_CANDIDATES, (1, 4, 16)), ("w4a16", W4_CANDIDATES, (1, 4, 16)))
     for kernel, candidates, ms in kernels:
         for m in ms:
             rows = []
             for cfg in candidates:
-                if isinstance(cfg, Fp8GemvConfig) and not cfg.dot and m > 4:
+                if not cfg.dot and m > 4:
                     continue  # CUDA-core rows: one unrolled reduction per row, not for 16
                 row: list[object] = [str(cfg).split("(", 1)[1].rstrip(")")]
                 total = 0.0

@@ -7,6 +7,7 @@ Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small irr
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -79,18 +80,57 @@ LARGE = [
 ]
 
 
+def _cuda_cores():
+    """The decode default on CUDA cores (``dot=False``); imported here, as Triton must follow
+    TRITON_INTERPRET."""
+    from lorax_kernels.w4a16.triton import DEFAULT_DECODE
+
+    return replace(DEFAULT_DECODE, dot=False)
+
+
+def _decode(cases: list[tuple[int, int, int, int, bool]]) -> list[tuple[int, int, int, int, bool]]:
+    """The cases the CUDA-core inner product serves: M <= GEMV_MAX_ROWS (16)."""
+    return [c for c in cases if c[0] <= 16]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), SMALL)
 def test_w4a16_small(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
     _check(m, k, n, group, act_order, dtype)
 
 
-def test_w4a16_small_tiles_split_more() -> None:
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), _decode(SMALL))
+def test_w4a16_small_cuda_cores(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
+    _check(m, k, n, group, act_order, dtype, _cuda_cores())
+
+
+@pytest.mark.parametrize("dot", [True, False])
+def test_w4a16_small_tiles_split_more(dot: bool) -> None:
     """Small tiles and many waves: several column tiles, each K split many ways."""
     from lorax_kernels.w4a16.triton import W4Config
 
-    cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8)
+    cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8, dot=dot)
     _check(3, 512, 40, 64, True, torch.float16, cfg)
+
+
+def test_w4a16_cuda_cores_reject_prefill() -> None:
+    """dot=False is a decode kernel: more rows than GEMV_MAX_ROWS are refused, not rerouted."""
+    from lorax_kernels.w4a16.triton import GEMV_MAX_ROWS, w4a16_matmul
+
+    x, qweight, scales, zeros, perm = _case(GEMV_MAX_ROWS + 1, 64, 24, 32, False, torch.float32, 0)
+    with pytest.raises(ValueError, match="dot=False"):
+        w4a16_matmul(x, qweight, scales, zeros, perm, 32, _cuda_cores())
+
+
+def test_w4a16_config_validates_dot() -> None:
+    from lorax_kernels.w4a16.triton import W4Config
+
+    with pytest.raises(ValueError, match="dot must be a bool"):
+        W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4, dot=0)  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ValueError, match="need block_n >= 16"):
+        W4Config(block_n=8, block_k=128, warps=4, stages=3, waves=4)
+    assert W4Config(block_n=8, block_k=128, warps=4, stages=3, waves=4, dot=False).block_n == 8
 
 
 @pytest.mark.gpu
@@ -100,17 +140,28 @@ def test_w4a16_real_shapes(m: int, k: int, n: int, group: int, act_order: bool, 
     _check(m, k, n, group, act_order, dtype)
 
 
-def test_w4a16_decode_split_is_deterministic() -> None:
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), _decode(LARGE))
+def test_w4a16_real_shapes_cuda_cores(
+    m: int, k: int, n: int, group: int, act_order: bool, dtype
+) -> None:
+    _check(m, k, n, group, act_order, dtype, _cuda_cores())
+
+
+@pytest.mark.parametrize("dot", [True, False])
+def test_w4a16_decode_split_is_deterministic(dot: bool) -> None:
     """The split-K partials are summed in a fixed order: repeated calls agree bit for bit."""
     from lorax_kernels.device import split_counters
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
+    config = None if dot else _cuda_cores()
     dtype = torch.bfloat16 if CUDA else torch.float16
     k, n = (14336, 4096) if CUDA else (512, 24)
     x, qweight, scales, zeros, perm = _case(4, k, n, 128, True, dtype, 1)
-    first = w4a16_matmul(x, qweight, scales, zeros, perm, 128)
+    first = w4a16_matmul(x, qweight, scales, zeros, perm, 128, config)
     for _ in range(3):
-        assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, perm, 128), first)
+        assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, perm, 128, config), first)
     assert not split_counters(x.device).any()  # every launch re-armed its counters
 
 

@@ -12,6 +12,11 @@ group: it loads one scale row and one zero row, dots x with the integer ``q - ze
 16 bits) and scales the ``[BLOCK_M, BLOCK_N]`` product. A group size no power-of-two tile
 divides (8, 24, 40, ...) falls back to one scale and zero per row of the tile.
 
+Decode has a second inner product, ``W4Config.dot=False``: no 16-row padding; each of the M rows
+is a broadcast multiply of x's row with the unpacked weight and a sum over K on the CUDA cores.
+Per one-group step the scale and zero are folded in after the sum,
+``s * (sum_k q[k] x[k] - z * sum_k x[k])``, so a weight element costs its unpack and one FMA.
+
 Small batches (M <= 16, decode) have too few output tiles to keep the GPU busy, so they also split
 K (GEMV-style): each program reduces one range of input rows into an fp32 partial, and the last
 program of a column tile to arrive (an atomic counter) sums the partials in split order, writes
@@ -19,9 +24,10 @@ the output and re-arms the counter (CUDA-graph safe, no memset per call). The su
 so results do not depend on which program finishes last.
 """
 
-# Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
-# typed in a way pyright understands.
+# Triton's launch syntax (kernel[grid](..., num_warps=...)), constexpr parameters and
+# tl.static_range are not typed in a way pyright understands.
 # pyright: reportCallIssue=false, reportArgumentType=false, reportAttributeAccessIssue=false
+# pyright: reportGeneralTypeIssues=false
 
 from __future__ import annotations
 
@@ -41,21 +47,32 @@ GEMV_MAX_ROWS = 16
 class W4Config:
     """One tiling: ``[block_n]`` output columns per program, K steps of up to ``block_k`` rows (the
     largest power of two <= block_k that divides the group size), ``warps`` per program,
-    ``stages`` of software pipelining; decode splits K until ``waves`` programs per SM."""
+    ``stages`` of software pipelining; decode splits K until ``waves`` programs per SM.
+
+    ``dot``: tensor cores on rows padded to a 16-row ``tl.dot`` tile; False computes each row's
+    inner product on the CUDA cores (less work for a few rows). False is for decode only
+    (M <= ``GEMV_MAX_ROWS``): ``w4a16_matmul`` rejects it on more rows rather than silently
+    running a different kernel than the one asked for."""
 
     block_n: int
     block_k: int
     warps: int
     stages: int
     waves: int
+    dot: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_n", "block_k", "warps"):
             v = getattr(self, name)
             if v <= 0 or v & (v - 1):
                 raise ValueError(f"{name} must be a power of two, got {v}")
-        if self.block_n < 16 or self.block_k < 16:
-            raise ValueError("tl.dot tiles need block_n and block_k >= 16")
+        if not isinstance(self.dot, bool):
+            raise ValueError(f"dot must be a bool, got {self.dot!r}")
+        # K steps of whole packed words, searched down to 16 rows by step_rows; N only for tl.dot.
+        if self.block_k < 16:
+            raise ValueError(f"block_k must be >= 16, got {self.block_k}")
+        if self.dot and self.block_n < 16:
+            raise ValueError("tl.dot tiles need block_n >= 16")
         if self.stages < 1 or self.waves < 1:
             raise ValueError("stages and waves must be >= 1")
 
@@ -93,6 +110,7 @@ def _w4a16_kernel(
     SPLIT_K: tl.constexpr,
     HAS_PERM: tl.constexpr,
     GROUP_PER_STEP: tl.constexpr,
+    DOT: tl.constexpr,
     IS_FP32: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
@@ -119,31 +137,48 @@ def _w4a16_kernel(
             cols = tl.load(perm_ptr + rk, mask=k_mask, other=0)  # act-order: x's columns
         else:
             cols = rk
-        x = tl.load(
-            x_ptr + rm[:, None] * stride_xm + cols[None, :],
-            mask=m_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        )  # [BLOCK_M, BLOCK_K]
+        if DOT:
+            x = tl.load(
+                x_ptr + rm[:, None] * stride_xm + cols[None, :],
+                mask=m_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            )  # [BLOCK_M, BLOCK_K]
         if GROUP_PER_STEP:
             g = k0 // group_size
             s = tl.load(s_ptr + g * stride_sg + rn, mask=n_mask, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + g * stride_sg + rn, mask=n_mask, other=0.0)  # [BLOCK_N]
-            if IS_FP32:
-                w = q.to(tl.float32) - z[None, :]
-                part = tl.dot(x, w, input_precision="ieee")
+            if not DOT:
+                # int -> float conversion runs at 1/8 of the FMA rate: instead OR the nibble
+                # into the mantissa of 2^23 (exactly 2^23 + q) and subtract 2^23.
+                qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                zf = z.to(tl.float32)
+                for i in tl.static_range(BLOCK_M):
+                    xi = _x_row(x_ptr, i, cols, k_mask, M, stride_xm)  # [BLOCK_K] fp32
+                    qx = tl.sum(qf * xi[:, None], axis=0)  # [BLOCK_N]
+                    row = s * (qx - zf * tl.sum(xi, axis=0))
+                    acc += tl.where(rm[:, None] == i, row[None, :], 0.0)
             else:
-                # q - zero is a small integer, exact in x's 16-bit dtype: the tensor cores see
-                # the exact weight up to its scale, applied to the fp32 product.
-                w = q.to(x.dtype) - z.to(x.dtype)[None, :]  # [BLOCK_K, BLOCK_N]
-                part = tl.dot(x, w)
-            acc += part * s[None, :]
+                if IS_FP32:
+                    w = q.to(tl.float32) - z[None, :]
+                    part = tl.dot(x, w, input_precision="ieee")
+                else:
+                    # q - zero is a small integer, exact in x's 16-bit dtype: the tensor cores
+                    # see the exact weight up to its scale, applied to the fp32 product.
+                    w = q.to(x.dtype) - z.to(x.dtype)[None, :]  # [BLOCK_K, BLOCK_N]
+                    part = tl.dot(x, w)
+                acc += part * s[None, :]
         else:
             g = rk // group_size  # [BLOCK_K]
             kn_mask = k_mask[:, None] & n_mask[None, :]
             s = tl.load(s_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
             z = tl.load(z_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
             w = (q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)  # [BLOCK_K, BLOCK_N]
-            if IS_FP32:
+            if not DOT:  # scales vary along K within the step: fold them per element
+                for i in tl.static_range(BLOCK_M):
+                    xi = _x_row(x_ptr, i, cols, k_mask, M, stride_xm)  # [BLOCK_K] fp32
+                    row = tl.sum(w * xi[:, None], axis=0)  # [BLOCK_N]
+                    acc += tl.where(rm[:, None] == i, row[None, :], 0.0)
+            elif IS_FP32:
                 acc += tl.dot(x, w, input_precision="ieee")
             else:
                 acc += tl.dot(x, w.to(x.dtype))
@@ -165,6 +200,14 @@ def _w4a16_kernel(
                 )
             tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _x_row(x_ptr, i, cols, k_mask, M, stride_xm):
+    """Row ``i`` of x at columns ``cols`` in fp32, zeros past K or past M (BLOCK_M pads M to a
+    power of two). The CUDA-core path runs on decode's single row tile, so tile row i is x's."""
+    row_ok = tl.full(cols.shape, i, tl.int32) < M
+    return tl.load(x_ptr + i * stride_xm + cols, mask=k_mask & row_ok, other=0.0).to(tl.float32)
 
 
 def step_rows(group_size: int, block_k: int) -> int:
@@ -203,12 +246,14 @@ def w4a16_matmul(
         # single small launch.
         x, perm = x.index_select(1, perm), None
     cfg = config or (DEFAULT_DECODE if decode else DEFAULT_PREFILL)
+    if not cfg.dot and not decode:
+        raise ValueError(f"dot=False (CUDA-core rows) serves up to {GEMV_MAX_ROWS} rows, got {m}")
     block_k = step_rows(group_size, cfg.block_k)
     tiles_n = triton.cdiv(n, cfg.block_n)
     if decode:
-        # One 16-row tile (tl.dot's minimum); K split until ~waves programs per SM stream the
-        # weight, each over whole BLOCK_K steps.
-        block_m = 16
+        # One row tile: 16 rows for tl.dot (its minimum), the next power of two on CUDA cores;
+        # K split until ~waves programs per SM stream the weight, each over whole BLOCK_K steps.
+        block_m = 16 if cfg.dot else triton.next_power_of_2(m)
         steps = triton.cdiv(k, block_k)
         split = max(1, min(steps, cfg.waves * num_sms(x.device) // tiles_n))
         k_per_split = triton.cdiv(steps, split) * block_k
@@ -243,6 +288,7 @@ def w4a16_matmul(
         SPLIT_K=split > 1,
         HAS_PERM=perm is not None,
         GROUP_PER_STEP=group_size % block_k == 0,
+        DOT=cfg.dot,
         IS_FP32=x.dtype == torch.float32,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
