@@ -1,12 +1,19 @@
-"""Test helpers: drive an EngineCore step by step and collect events."""
+"""Test helpers: drive an EngineCore step by step and collect events; run a batch mixing
+adapters on a running core; write random PEFT adapters."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lorax_engine.adapters import AdapterRef
 from lorax_engine.config import EngineConfig
 from lorax_engine.core.factory import LoadedEngine, load_engine
 from lorax_engine.core.request import Request
@@ -66,3 +73,67 @@ class Collector:
 
     def end(self, rid: str) -> dict[str, Any]:
         return self.events[rid][-1]
+
+
+@contextlib.contextmanager
+def peft_quiet() -> Iterator[None]:
+    with warnings.catch_warnings():  # PEFT reads a property this transformers deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
+
+
+def save_random_lora(base: Path, out: Path, seed: int) -> None:
+    """A rank-4 PEFT adapter of ``base`` on all seven projections, with a visible delta (so a
+    dropped adapter changes the tokens), saved to ``out``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(seed)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    with peft_quiet():
+        peft_model = get_peft_model(model, config)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.normal_(0, 0.3)
+        peft_model.save_pretrained(str(out))
+
+
+def greedy_with_adapters(
+    loaded: LoadedEngine,
+    jobs: Sequence[tuple[str, list[int], str | None]],
+    new_tokens: int,
+    timeout_s: float = 120.0,
+) -> dict[str, list[int]]:
+    """The greedy tokens of each job ``(request id, prompt ids, local adapter or None)``, all
+    submitted at once to the core running on its thread (one heterogeneous batch, adapters
+    loaded by the manager's threads); every job must end without an error."""
+    tokens: dict[str, list[int]] = {rid: [] for rid, _, _ in jobs}
+    done = {rid: threading.Event() for rid, _, _ in jobs}
+    last: dict[str, dict[str, Any]] = {}
+    loaded.core.start()
+    try:
+        for rid, prompt, adapter in jobs:
+            params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+            req = Request(rid, prompt, params, 0.0)
+            req.adapter_ref = None if adapter is None else AdapterRef(adapter, source="local")
+
+            def sink(event: dict[str, Any], rid: str = rid) -> None:
+                if event["type"] == "token":
+                    tokens[rid].append(event["token"]["id"])
+                elif event["type"] in ("end", "error"):
+                    last[rid] = event
+                    done[rid].set()
+
+            loaded.core.submit(req, sink)
+        deadline = time.monotonic() + timeout_s
+        for rid, event in done.items():
+            assert event.wait(max(0.0, deadline - time.monotonic())), f"{rid} did not finish"
+            assert last[rid]["type"] == "end", last[rid]
+    finally:
+        loaded.core.stop()
+        if loaded.adapter_manager is not None:
+            loaded.adapter_manager.shutdown()
+    return tokens

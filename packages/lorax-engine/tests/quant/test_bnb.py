@@ -9,12 +9,8 @@ matmul rounds it. fp32, greedy, token for token.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
-import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +18,11 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_testkit import make_engine
+from engine_testkit import greedy_with_adapters, make_engine, peft_quiet, save_random_lora
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorax_engine.adapters import AdapterRef
-from lorax_engine.core.request import Request
 from lorax_engine.models.decoder import LoraLinear
-from lorax_engine.params import SamplingParams
 from lorax_engine.quant import resolve_quant_spec
 from lorax_engine.quant.bnb_linear import FourBitLinear, Int8Linear, bnb_linear
 from lorax_engine.quant.quantizer import PROJECTIONS
@@ -142,13 +135,6 @@ def _dequantized_checkpoint(src: Path, out: Path, method: str) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _peft_quiet() -> Iterator[None]:
-    with warnings.catch_warnings():  # PEFT reads a property this transformers deprecates
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        yield
-
-
 def _reference_greedy(
     ref_dir: Path, method: str, prompt: list[int], adapter: Path | None = None
 ) -> list[int]:
@@ -159,7 +145,7 @@ def _reference_greedy(
     from transformers import AutoModelForCausalLM
 
     model: Any = AutoModelForCausalLM.from_pretrained(str(ref_dir), dtype=torch.float32)
-    with _peft_quiet():
+    with peft_quiet():
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter))
         model.eval()
@@ -179,23 +165,6 @@ def _reference_greedy(
     return out[0, len(prompt) :].tolist()
 
 
-def _save_adapter(base: Path, out: Path, seed: int) -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model: Any = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    torch.manual_seed(seed)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    with _peft_quiet():
-        peft_model = get_peft_model(model, config)
-        with torch.no_grad():  # a visible delta, so a dropped adapter changes the tokens
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.normal_(0, 0.3)
-        peft_model.save_pretrained(str(out))
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_engine_with_adapters_matches_the_reference(
     make_checkpoint: Callable[[str], Path], tmp_path: Path, method: str
@@ -204,8 +173,8 @@ def test_engine_with_adapters_matches_the_reference(
     src = make_checkpoint("llama")
     ref_dir = _dequantized_checkpoint(src, tmp_path / "ref", method)
     root = tmp_path / "adapters"
-    _save_adapter(src, root / "pirate", seed=5)
-    _save_adapter(src, root / "poet", seed=6)
+    save_random_lora(src, root / "pirate", seed=5)
+    save_random_lora(src, root / "poet", seed=6)
     engine = make_engine(
         src,
         quantize=method,
@@ -224,31 +193,7 @@ def test_engine_with_adapters_matches_the_reference(
         ("pirate0", PROMPTS[0], "pirate"),
         ("poet1", PROMPTS[1], "poet"),
     ]
-    tokens: dict[str, list[int]] = {rid: [] for rid, _, _ in jobs}
-    done = {rid: threading.Event() for rid, _, _ in jobs}
-    last: dict[str, dict[str, Any]] = {}
-    engine.core.start()
-    try:
-        for rid, prompt, adapter in jobs:
-            req = Request(rid, prompt, SamplingParams(max_new_tokens=NEW, ignore_eos=True), 0.0)
-            req.adapter_ref = None if adapter is None else AdapterRef(adapter, source="local")
-
-            def sink(event: dict[str, Any], rid: str = rid) -> None:
-                if event["type"] == "token":
-                    tokens[rid].append(event["token"]["id"])
-                elif event["type"] in ("end", "error"):
-                    last[rid] = event
-                    done[rid].set()
-
-            engine.core.submit(req, sink)
-        deadline = time.monotonic() + 120
-        for rid, event in done.items():
-            assert event.wait(max(0.0, deadline - time.monotonic())), f"{rid} did not finish"
-            assert last[rid]["type"] == "end", last[rid]
-    finally:
-        engine.core.stop()
-        if engine.adapter_manager is not None:
-            engine.adapter_manager.shutdown()
+    tokens = greedy_with_adapters(engine, jobs, NEW)
     for rid, prompt, adapter in jobs:
         path = None if adapter is None else root / adapter
         assert tokens[rid] == _reference_greedy(ref_dir, method, prompt, path), rid

@@ -7,23 +7,24 @@ its fp8 round trip. fp32 on CPU, where the w4a16 op is the dequantize reference.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from engine_testkit import Collector, hf_greedy, make_engine
+from engine_testkit import (
+    Collector,
+    greedy_with_adapters,
+    hf_greedy,
+    make_engine,
+    peft_quiet,
+    save_random_lora,
+)
 from safetensors.torch import load_file, save_file
 
-from lorax_engine.adapters import AdapterRef
 from lorax_engine.core.factory import LoadedEngine
-from lorax_engine.core.request import Request
 from lorax_engine.models.decoder import LoraLinear
 from lorax_engine.params import SamplingParams
 from lorax_engine.quant.linear import Fp8Linear, W4Linear
@@ -31,13 +32,6 @@ from lorax_engine.quant.quantizer import PROJECTIONS, dequantize_checkpoint, qua
 
 PROMPTS = [[0, *range(10, 10 + n)] for n in (4, 13)]
 NEW = 10
-
-
-@contextlib.contextmanager
-def _peft_quiet() -> Iterator[None]:
-    with warnings.catch_warnings():  # PEFT reads a property this transformers deprecates
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        yield
 
 
 def _engine_greedy(engine: LoadedEngine) -> list[list[int]]:
@@ -106,29 +100,12 @@ def test_fp8_matches_the_fp8_round_trip(
     assert _engine_greedy(engine) == [hf_greedy(ref_dir, p, NEW) for p in PROMPTS]
 
 
-def _save_adapter(base: Path, out: Path) -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model: Any = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    torch.manual_seed(5)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    with _peft_quiet():
-        peft_model = get_peft_model(model, config)
-        with torch.no_grad():  # a visible delta, so a dropped adapter changes the tokens
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.normal_(0, 0.3)
-        peft_model.save_pretrained(str(out))
-
-
 def _peft_greedy(base: Path, adapter: Path, prompt: list[int]) -> list[int]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model: Any = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    with _peft_quiet():
+    with peft_quiet():
         model = PeftModel.from_pretrained(model, str(adapter)).eval()
         out = model.generate(
             torch.tensor([prompt]),
@@ -151,7 +128,7 @@ def test_adapter_on_gptq_base_matches_peft_on_the_dequantized_base(
     ref_dir = dequantize_checkpoint(qdir, tmp_path / "deq")
     assert "quantization_config" not in json.loads((ref_dir / "config.json").read_text())
     root = tmp_path / "adapters"
-    _save_adapter(ref_dir, root / "pirate")
+    save_random_lora(ref_dir, root / "pirate", seed=5)
     engine = make_engine(
         qdir,
         quantize="gptq",
@@ -161,31 +138,7 @@ def test_adapter_on_gptq_base_matches_peft_on_the_dequantized_base(
         local_adapter_roots=[root],
     )
     jobs = [("a0", PROMPTS[0], "pirate"), ("b0", PROMPTS[0], None), ("a1", PROMPTS[1], "pirate")]
-    tokens: dict[str, list[int]] = {rid: [] for rid, _, _ in jobs}
-    done = {rid: threading.Event() for rid, _, _ in jobs}
-    last: dict[str, dict[str, Any]] = {}
-    engine.core.start()
-    try:
-        for rid, prompt, adapter in jobs:
-            req = Request(rid, prompt, SamplingParams(max_new_tokens=NEW, ignore_eos=True), 0.0)
-            req.adapter_ref = None if adapter is None else AdapterRef(adapter, source="local")
-
-            def sink(event: dict[str, Any], rid: str = rid) -> None:
-                if event["type"] == "token":
-                    tokens[rid].append(event["token"]["id"])
-                elif event["type"] in ("end", "error"):
-                    last[rid] = event
-                    done[rid].set()
-
-            engine.core.submit(req, sink)
-        deadline = time.monotonic() + 120
-        for rid, event in done.items():
-            assert event.wait(max(0.0, deadline - time.monotonic())), f"{rid} did not finish"
-            assert last[rid]["type"] == "end", last[rid]
-    finally:
-        engine.core.stop()
-        if engine.adapter_manager is not None:
-            engine.adapter_manager.shutdown()
+    tokens = greedy_with_adapters(engine, jobs, NEW)
     assert tokens["a0"] == _peft_greedy(ref_dir, root / "pirate", PROMPTS[0])
     assert tokens["a1"] == _peft_greedy(ref_dir, root / "pirate", PROMPTS[1])
     assert tokens["b0"] == hf_greedy(ref_dir, PROMPTS[0], NEW)
