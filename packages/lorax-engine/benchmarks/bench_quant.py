@@ -47,19 +47,11 @@ from lorax_engine.models.decoder import DecoderModel, LoraLinear
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.quant.formats import AWQ_ORDER, W4Weight, awq_to_w4, gptq_to_w4, pack_cols
 from lorax_engine.quant.linear import Fp8Linear, W4Linear
-from lorax_engine.quant.spec import QuantSpec
+from lorax_engine.quant.spec import QUANTIZE_METHODS, QuantSpec
 from lorax_kernels.w4a16 import pack_rows
 
-METHODS = (
-    "bf16",
-    "fp8",
-    "gptq",
-    "gptq-act",
-    "awq",
-    "bitsandbytes",
-    "bitsandbytes-nf4",
-    "bitsandbytes-fp4",
-)
+# The engine's --quantize methods, the unquantized bf16 baseline and GPTQ with act-order.
+METHODS = ("bf16", *QUANTIZE_METHODS, "gptq-act")
 
 
 def rtn_w4(

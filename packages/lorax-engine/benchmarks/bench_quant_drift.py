@@ -47,17 +47,10 @@ from lorax_engine.models.loader import resolve_model_dir
 from lorax_engine.models.model_config import ModelConfig
 from lorax_engine.params import Limits, SamplingParams
 from lorax_engine.quant.quantizer import quantize_checkpoint
+from lorax_engine.quant.spec import QUANTIZE_METHODS
 
-METHODS = (
-    "bf16",
-    "fp8",
-    "gptq",
-    "gptq-act",
-    "awq",
-    "bitsandbytes",
-    "bitsandbytes-nf4",
-    "bitsandbytes-fp4",
-)
+# The engine's --quantize methods, the unquantized bf16 baseline and GPTQ with act-order.
+METHODS = ("bf16", *QUANTIZE_METHODS, "gptq-act")
 
 # Fixed, short, plain English: some echo the demo corpus, most do not.
 PROMPTS = (

@@ -27,15 +27,17 @@ def load_kv_block(
     kv_head,
     stride_kb,
     stride_kt,
+    dtype: tl.constexpr,
     PAGE: tl.constexpr,
 ):
-    """K and V ``[BLOCK_N, BLOCK_D]`` at positions ``offs_n`` (zeros where masked)."""
+    """K and V ``[BLOCK_N, BLOCK_D]`` at positions ``offs_n`` (zeros where masked), in ``dtype``
+    (fp8 caches are upcast, exactly; 16-bit ones are returned as stored)."""
     block = tl.load(table + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
     rows = block * stride_kb + (offs_n % PAGE) * stride_kt + kv_head  # [BLOCK_N]
     kv_mask = n_mask[:, None] & d_mask[None, :]
     k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-    return k, v
+    return k.to(dtype), v.to(dtype)
 
 
 @triton.jit

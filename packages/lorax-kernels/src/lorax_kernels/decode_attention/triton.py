@@ -190,10 +190,9 @@ def _decode_kernel(
             kv_head,
             stride_kb,
             stride_kt,
+            q.dtype,
             PAGE,
         )  # [BLOCK_N, BLOCK_D] each
-        k = k.to(q.dtype)  # fp8 caches: upcast (exact); otherwise a no-op
-        v = v.to(q.dtype)
         s = scores(q, k, IEEE)
         s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, IEEE)

@@ -106,10 +106,9 @@ def _prefill_kernel(
             kv_head,
             stride_kb,
             stride_kt,
+            q.dtype,
             PAGE,
         )  # [BLOCK_N, BLOCK_D] each
-        k = k.to(q.dtype)  # fp8 caches: upcast (exact); otherwise a no-op
-        v = v.to(q.dtype)
         s = scores(q, k, IEEE)
         visible = (offs_n[None, :] <= pos[:, None]) & n_mask[None, :]
         visible &= (window <= 0) | (offs_n[None, :] > pos[:, None] - window)
