@@ -6,19 +6,13 @@ Runs on CUDA at Llama-3-8B shapes, or on CPU under ``TRITON_INTERPRET=1`` at sma
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_env import CUDA, DEVICE, INTERPRET, NEEDS_TRITON
 
 from lorax_kernels.fp8_gemv.reference import FP8, FP8_MAX, fp8_linear_ref, quantize_rows_ref
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(
-    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
-)
+pytestmark = NEEDS_TRITON
 # ||y - ref|| / ||ref|| bound against the fp32 reference on the same fp8 weight: the only
 # rounding is x's to its dtype (already in the inputs) and y's to it (~2^-8 for bf16).
 REL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}

@@ -6,22 +6,16 @@ test_interpreter.py in a subprocess, since the variable must be set before Trito
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_env import DEVICE, INTERPRET, NEEDS_TRITON
 
 from lorax_kernels.decode_attention.reference import paged_decode_attention_ref
 from lorax_kernels.device import split_counters
 from lorax_kernels.kv_cache.reference import FP8_KV_DTYPE, reshape_and_cache_ref_, to_cache_dtype
 from lorax_kernels.prefill_attention.reference import paged_prefill_attention_ref
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(
-    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
-)
+pytestmark = NEEDS_TRITON
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
 DTYPES = list(TOL)
 # Triton's interpreter (3.9) computes tl.dot on bf16 operands wrongly (numpy has no bf16), so bf16

@@ -12,21 +12,15 @@ or two.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_env import CUDA, DEVICE, INTERPRET, NEEDS_TRITON
 
 from lorax_kernels.activation.reference import silu_and_mul_ref
 from lorax_kernels.norm.reference import fused_add_rms_norm_ref, rms_norm_ref
 from lorax_kernels.rotary.reference import rotary_embedding_ref_
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(
-    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
-)
+pytestmark = NEEDS_TRITON
 BF16_ULPS = 2 if INTERPRET else 1
 # (atol, rtol) against the reference on the same inputs: an ulp or two of each dtype (one fp16
 # value in 16.8M differed by two ulps on the H200: the GPU's rsqrt is not PyTorch's).

@@ -6,19 +6,13 @@ subprocess).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_env import DEVICE, NEEDS_TRITON
 
 from lorax_kernels import LoraBatchMeta
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(
-    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
-)
+pytestmark = NEEDS_TRITON
 FIELDS = ("token_slots", "sorted_ids", "tile_slot", "tile_start", "tile_end")
 
 

@@ -6,21 +6,15 @@ test_interpreter.py in a subprocess, since the variable must be set before Trito
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from lora_tables import random_lora_tables
+from triton_env import DEVICE, INTERPRET, NEEDS_TRITON
 
 from lorax_kernels import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(
-    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
-)
+pytestmark = NEEDS_TRITON
 # Fixed per-dtype tolerances (atol, rtol) against the fp32 reference on the same inputs.
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (3e-2, 3e-2)}
 DTYPES = list(TOL)

@@ -6,21 +6,16 @@ Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small irr
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import pytest
 import torch
+from triton_env import CUDA, DEVICE, INTERPRET, NEEDS_TRITON
 
 from lorax_kernels.w4a16 import pack_rows
 from lorax_kernels.w4a16.reference import w4a16_matmul_ref
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(
-    not (INTERPRET or CUDA), reason="Triton needs CUDA or TRITON_INTERPRET=1"
-)
+pytestmark = NEEDS_TRITON
 # (atol, rtol) against the fp32 reference on the same inputs. fp16 rounds the dequantized weight
 # to fp16 before the dot, as the GPU path does.
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (2e-2, 1e-2), torch.bfloat16: (1e-1, 3e-2)}
