@@ -28,6 +28,7 @@ from common import copy_bandwidth_gbs, markdown_table, time_graph_us
 from lorax_kernels.fp8_gemv import FP8, quantize_rows
 from lorax_kernels.fp8_gemv.triton import Fp8GemvConfig, default_config, fp8_gemv
 from lorax_kernels.w4a16.triton import DEFAULT_DECODE, W4Config, w4a16_matmul
+from lorax_kernels.w4a16.triton import default_config as w4a16_default
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 GROUP = 128
@@ -38,6 +39,11 @@ FP8_CANDIDATES = [
     Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=3, waves=4, dot=False),
     Fp8GemvConfig(block_n=16, block_k=256, warps=4, stages=4, waves=8, dot=False),
     Fp8GemvConfig(block_n=8, block_k=1024, warps=4, stages=2, waves=4, dot=False),
+    # More bytes in flight per program for the small shapes (qkv, o), which ran at 43-50%.
+    Fp8GemvConfig(block_n=32, block_k=512, warps=8, stages=3, waves=4, dot=False),
+    Fp8GemvConfig(block_n=16, block_k=1024, warps=8, stages=3, waves=4, dot=False),
+    Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=4, waves=8, dot=False),
+    Fp8GemvConfig(block_n=32, block_k=256, warps=4, stages=4, waves=6, dot=False),
     Fp8GemvConfig(block_n=64, block_k=256, warps=4, stages=3, waves=4, dot=True),
     Fp8GemvConfig(block_n=32, block_k=256, warps=4, stages=4, waves=8, dot=True),
     Fp8GemvConfig(block_n=128, block_k=256, warps=8, stages=3, waves=2, dot=True),
@@ -133,30 +139,45 @@ def sweep(copy_gbs: float) -> str:
     weights = {name: Weights(k, n) for name, (k, n) in SHAPES.items()}
     out = []
     # Both kernels' tl.dot tiles are 16 rows whatever M; their CUDA-core modes run at M <= 4.
-    kernels = (("fp8 GEMV", FP8_CANDIDATES, (1, 4, 16)), ("w4a16", W4_CANDIDATES, (1, 4, 16)))
+    # "bf16 GEMV": the fp8 GEMV's tilings streaming bf16 weights (scale 1), against cuBLAS at M = 1,
+    # the batch-1 decode shape where cuBLAS reads qkv and o at 60-70% of copy bandwidth.
+    kernels = (
+        ("fp8 GEMV", FP8_CANDIDATES, (1, 4, 16)),
+        ("w4a16", W4_CANDIDATES, (1, 4, 16)),
+        ("bf16 GEMV", [None, *FP8_CANDIDATES], (1,)),
+    )
     for kernel, candidates, ms in kernels:
         for m in ms:
             rows = []
             for cfg in candidates:
-                if not cfg.dot and m > 4:
+                if cfg is not None and not cfg.dot and m > 4:
                     continue  # CUDA-core rows: one unrolled reduction per row, not for 16
-                row: list[object] = [str(cfg).split("(", 1)[1].rstrip(")")]
+                label = "cuBLAS F.linear" if cfg is None else str(cfg).split("(", 1)[1].rstrip(")")
+                row: list[object] = [label]
                 total = 0.0
                 for w in weights.values():
                     xs = w.inputs(m)
-                    if isinstance(cfg, Fp8GemvConfig):
-                        us = _time(w, xs, lambda w, x, i, c=cfg: fp8_gemv(x, *w.fp8[i], None, c))
+                    if kernel == "bf16 GEMV":
+                        ones = torch.ones(w.n, device="cuda")
+                        call: Call = (
+                            (lambda w, x, i: F.linear(x, w.w16[i]))
+                            if cfg is None
+                            else (lambda w, x, i, c=cfg, s=ones: fp8_gemv(x, w.w16[i], s, None, c))
+                        )
+                        nbytes = w.bytes["bf16"]
+                    elif isinstance(cfg, Fp8GemvConfig):
+                        call = lambda w, x, i, c=cfg: fp8_gemv(x, *w.fp8[i], None, c)  # noqa: E731
                         nbytes = w.bytes["fp8"]
                     else:
-                        us = _time(
-                            w, xs, lambda w, x, i, c=cfg: w4a16_matmul(x, *w.w4[i], None, GROUP, c)
-                        )
+                        call = lambda w, x, i, c=cfg: w4a16_matmul(x, *w.w4[i], None, GROUP, c)  # noqa: E731
                         nbytes = w.bytes["w4"]
+                    us = _time(w, xs, call)
                     row.append(f"{us:.1f} ({100 * nbytes / us / 1e3 / copy_gbs:.0f}%)")
                     total += us
                 rows.append([*row, total])
             best = min(rows, key=lambda r: float(r[-1]))  # pyright: ignore[reportArgumentType]
-            default = default_config(m) if kernel == "fp8 GEMV" else DEFAULT_DECODE
+            defaults = {"fp8 GEMV": default_config(m), "w4a16": w4a16_default(m)}
+            default = defaults.get(kernel, "cuBLAS")
             header = ["tiling", *(f"{s} µs (% BW)" for s in SHAPES), "total µs"]
             out.append(
                 f"### {kernel}, M = {m} (default: {default})\n\n"
