@@ -54,11 +54,13 @@ class Fp8GemvConfig:
             raise ValueError("stages and waves must be >= 1")
 
 
-# Best guesses for the H200 (132 SMs, ~4.2 TB/s), to be replaced by benchmarks/bench_quant_gemv.py
-# --sweep. 1-2 rows: a 16 x 512 tile is one 512-byte row per warp-wide load (16 B per thread) and
-# 64 fp32 registers per thread for the converted weight. More rows: tensor cores on 64 x 256 tiles.
-DEFAULT_FEW_ROWS = Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=3, waves=4, dot=False)
-DEFAULT_MANY_ROWS = Fp8GemvConfig(block_n=64, block_k=256, warps=4, stages=3, waves=4, dot=True)
+# Measured on the H200 (bench_quant_gemv.py --sweep-only, session 4, summed over the Llama-3-8B
+# projections). 1-2 rows: CUDA-core rows on 16 x 512 tiles (one 512-byte row per warp-wide load,
+# 16 B per thread), K split to 8 programs per SM with 4 stages in flight: 70.9 µs against 76.7 µs
+# for 4 programs per SM and 3 stages, which left qkv and o at 44-52% of copy bandwidth. More rows:
+# tensor cores on 32 x 256 tiles at 8 programs per SM (100.1 µs at 4 rows; 64 x 256: 102.4 µs).
+DEFAULT_FEW_ROWS = Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=4, waves=8, dot=False)
+DEFAULT_MANY_ROWS = Fp8GemvConfig(block_n=32, block_k=256, warps=4, stages=4, waves=8, dot=True)
 FEW_ROWS_MAX = 2
 
 

@@ -77,11 +77,22 @@ class W4Config:
             raise ValueError("stages and waves must be >= 1")
 
 
-# Best guesses for the H200, to be replaced by benchmarks/bench_quant_gemv.py --sweep. Decode: a
-# 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at 4 warps, and one
-# 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K per program.
+# Measured on the H200 (bench_quant_gemv.py --sweep-only, session 4, summed over the Llama-3-8B
+# projections): at one row the CUDA-core inner product on 128-column tiles reads the weights in
+# 98 µs against 138 µs for the 16-row tl.dot tile; from 4 rows on tl.dot wins (139 vs 238 µs).
+# Decode tl.dot: a 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at
+# 4 warps, one 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K
+# per program.
+DEFAULT_ONE_ROW = W4Config(block_n=128, block_k=128, warps=4, stages=2, waves=4, dot=False)
 DEFAULT_DECODE = W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4)
 DEFAULT_PREFILL = W4Config(block_n=64, block_k=64, warps=4, stages=2, waves=1)
+
+
+def default_config(m: int) -> W4Config:
+    """The tiling ``w4a16_matmul`` uses for ``m`` rows."""
+    if m == 1:
+        return DEFAULT_ONE_ROW
+    return DEFAULT_DECODE if m <= GEMV_MAX_ROWS else DEFAULT_PREFILL
 
 
 @triton.jit
@@ -245,7 +256,7 @@ def w4a16_matmul(
         # 64 rows on the H200 (bench_quant_gemv); one gather of the whole activation first is a
         # single small launch.
         x, perm = x.index_select(1, perm), None
-    cfg = config or (DEFAULT_DECODE if decode else DEFAULT_PREFILL)
+    cfg = config or default_config(m)
     if not cfg.dot and not decode:
         raise ValueError(f"dot=False (CUDA-core rows) serves up to {GEMV_MAX_ROWS} rows, got {m}")
     block_k = step_rows(group_size, cfg.block_k)
