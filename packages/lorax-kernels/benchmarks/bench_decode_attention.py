@@ -9,7 +9,7 @@ Standalone (on the GPU machine, from the repository root):
     PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/\
 bench_decode_attention.py [--kv-dtype bf16,fp8] [--no-partition-sweep] [--config-sweep]
 prints the batch x context grid per KV dtype, then the partition sweep at batch 1 and 16 (what
-``choose_partition``'s constants are picked from), then optionally the block/warp/stage sweep.
+``choose_split``'s constants are picked from), then optionally the block/warp/stage sweep.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ DT = torch.bfloat16
 KV_DTYPES = {"bf16": torch.bfloat16, "fp8": FP8_KV_DTYPE}
 BATCHES = (1, 16, 64, 256)
 CONTEXTS = (128, 512, 1024, 4096, 16384)
-# Partition sizes the sweep tries at small batches (None: choose_partition's pick).
+# Partition sizes the sweep tries at small batches (None: choose_split's pick).
 SWEEP_BATCHES = (1, 16)
 SWEEP_PARTITIONS = (None, 64, 128, 256, 512, 1024, 2048)
 
@@ -96,7 +96,8 @@ def partition_sweep(kv_names: list[str]) -> str:
                 parts = [p for p in SWEEP_PARTITIONS if p is None or p < ctx] + [ctx]
                 times, _ = measure(batch, ctx, [{"partition": p} for p in parts], KV_DTYPES[name])
                 torch.cuda.empty_cache()
-                auto = decode_triton.choose_partition(batch, KV_HEADS, ctx, 64, sms)
+                plan = decode_triton.choose_split(batch, KV_HEADS, ctx, 64, sms)
+                auto = decode_triton.partition_of(ctx, plan)
                 best = min(range(len(parts)), key=lambda i: times[i])
                 cells = [f"{us:.2f}" + (" *" if i == best else "") for i, us in enumerate(times)]
                 rows.append(

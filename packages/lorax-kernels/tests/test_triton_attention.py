@@ -110,6 +110,35 @@ def test_decode_small(q_heads, kv_heads, window, dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
+@pytest.mark.parametrize("window", [None, 100])
+def test_decode_splits_each_sequence_by_its_own_length(window, dtype) -> None:
+    """The automatic split in one batch: short sequences whole, long ones in partitions sized
+    from their own length (300 tokens: 5 of 64; 700: 11 of 64), merged in the same launch."""
+    from lorax_kernels.decode_attention.triton import choose_split, partition_of
+
+    lens = [1, 300, 17, 700, 0]
+    plan = choose_split(len(lens), 2, 700, 16, 132)
+    assert [partition_of(n, plan) for n in lens] == [1, 64, 17, 64, 1]
+    _check_decode(lens, 4, 2, 32, 4, window, dtype, block_n=16)
+
+
+def test_split_choice_follows_the_h200_partition_sweep() -> None:
+    """The partitions the session-4 sweep found fastest (Llama-3-8B: 8 kv heads, 132 SMs)."""
+    from lorax_kernels.decode_attention.triton import choose_split, partition_of
+
+    def pick(batch: int, ctx: int, bound: int) -> int:
+        return partition_of(ctx, choose_split(batch, 8, bound, 64, 132))
+
+    # Batch 1: unsplit at 128 tokens, 64-token partitions at 512-1k, 16 partitions beyond.
+    assert [pick(1, n, n) for n in (128, 512, 1024, 4096, 16384)] == [128, 64, 64, 256, 1024]
+    # Batch 16: unsplit up to 1k, then about 4 partitions.
+    assert [pick(16, n, n) for n in (512, 1024, 4096, 16384)] == [512, 1024, 1024, 4096]
+    # A graph captured for 8k tokens splits a short sequence by its own length.
+    assert pick(1, 576, 8192) == 64
+    assert choose_split(64, 8, 1024, 64, 132).num_parts == 1  # 512 programs: no split
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
 @pytest.mark.parametrize(("q_heads", "kv_heads"), [(4, 4), (8, 2)])
 @pytest.mark.parametrize("window", [None, 7])
 def test_decode_fp8_cache(q_heads, kv_heads, window, dtype) -> None:

@@ -22,6 +22,8 @@ their V scale into the final normalisation, so the fp32 math is that of 16-bit c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -34,14 +36,22 @@ LOG2E = 1.4426950408889634
 # Grids of at least this many programs per SM are not split: at batch 64, context 1k on the H200
 # the unsplit grid (512 programs) ran 8% faster than two partitions plus a merge pass.
 NO_SPLIT_PROGRAMS_PER_SM = 2
-# Smaller grids split their context bound until the grid has about this many programs per SM
-# (batch 16, context 16k: 101% of copy bandwidth instead of 84% at ~2 per SM).
+# Smaller grids split each sequence into at most this many partitions per SM's worth of programs
+# (batch 16, context 16k: 101% of copy bandwidth instead of 84% at ~2 per SM) ...
 SPLIT_PROGRAMS_PER_SM = 4
-# Shortest partition: the value of runs 1-2 on the H200. Run 3 tried 128 together with the
-# in-launch merge, and the engine's batch-1 step at context 576 got slower (4.89 ms graph against
-# 4.81 ms at context 640 before); the partition sweep of bench_decode_attention.py has not been
-# run yet to separate the two changes.
-MIN_PARTITION = 256
+# ... and at most this many per sequence: at batch 1 on the H200 (bench_decode_attention.py's
+# partition sweep, session 4) 16 partitions beat 32 at context 4k (21.4 vs 28.3 µs) and nearly
+# tie at 16k (46.8 vs 45.3 µs).
+MAX_PARTITIONS = 16
+# The shortest partition is MIN_PARTITION tokens for grids of up to PROGRAMS_PER_MIN_PARTITION
+# (sequence, kv head) programs and doubles with every doubling of the grid beyond: the merge costs
+# about as much as several 64-token steps, and a grid of ~1 program per SM gains little from more
+# programs. Sweep optimum on the H200: 64 tokens at batch 1, 512 at batch 16.
+MIN_PARTITION = 64
+PROGRAMS_PER_MIN_PARTITION = 16
+# A sequence of at most this many shortest partitions is not split (batch 1, context 128: 4.9 µs
+# unsplit against 12.0 µs in two; context 512: 14.8 µs unsplit, 12.4 µs in eight).
+UNSPLIT_PARTITIONS = 4
 # Partials the merging program folds per step (one [MERGE_BLOCK, head_dim] fp32 load per head).
 MERGE_BLOCK = 16
 
@@ -125,6 +135,8 @@ def _decode_kernel(
     v_scale,
     window,  # 0 = no sliding window
     num_kv_heads,
+    min_partition,  # shortest partition, doubled until the grid's partitions cover the sequence
+    unsplit_upto,  # sequences at most this long are one partition
     stride_qs,
     stride_qh,
     stride_kb,
@@ -144,21 +156,30 @@ def _decode_kernel(
     BLOCK_D: tl.constexpr,
     PAGE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    PARTITION: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_P: tl.constexpr,
     IEEE: tl.constexpr,
+    FP16_OPERANDS: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     length = tl.load(seq_lens_ptr + seq)
-    part_start = part * PARTITION
+    # This sequence's partition: sized from its own length, so a short sequence in a graph
+    # captured for long ones is not cut into the partitions of the longest.
+    partition = tl.maximum(length, 1)
+    n_parts = 1
     if SPLIT:
-        if (part > 0) & (part_start >= length):
+        split_size = min_partition
+        while split_size * tl.num_programs(2) < length:
+            split_size *= 2
+        partition = tl.where(length > unsplit_upto, split_size, partition)
+        n_parts = tl.cdiv(length, partition)  # 0 for a padding row (length 0)
+        if (part > 0) & (part >= n_parts):
             return  # not one of this sequence's partitions (part 0 writes a padding row's zeros)
+    part_start = part * partition
     lo = tl.where(window > 0, tl.maximum(part_start, length - window), part_start)
-    hi = tl.minimum(part_start + PARTITION, length)
+    hi = tl.minimum(part_start + partition, length)
 
     offs_g = tl.arange(0, BLOCK_G)
     g_mask = offs_g < GROUP
@@ -170,6 +191,10 @@ def _decode_kernel(
         mask=g_mask[:, None] & d_mask[None, :],
         other=0.0,
     )  # [BLOCK_G, BLOCK_D]
+    if FP16_OPERANDS:
+        # fp8 caches: e4m3 -> fp16 is one conversion instruction (-> bf16 takes several), and
+        # bf16 queries are exact in fp16 at attention magnitudes; tl.dot then runs in fp16.
+        q = q.to(tl.float16)
 
     m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
@@ -198,9 +223,6 @@ def _decode_kernel(
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, IEEE)
 
     out_mask = g_mask[:, None] & d_mask[None, :]
-    n_parts = 1
-    if SPLIT:
-        n_parts = tl.cdiv(length, PARTITION)
     if n_parts > 1:
         ml = seq * stride_ms + heads * stride_mh + part  # [BLOCK_G]
         partial = part_acc_ptr + seq * stride_as + heads[:, None] * stride_ah + part * stride_ap
@@ -241,23 +263,51 @@ def _decode_kernel(
         tl.store(o, out.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-def choose_partition(
-    num_seqs: int, num_kv_heads: int, max_context: int, block_n: int, num_sms: int
-) -> int:
-    """Context tokens per program (split-K), from static shapes only.
+@dataclass(frozen=True, slots=True)
+class Split:
+    """How a launch splits each sequence's context (from static shapes; the kernel applies it
+    per sequence): ``num_parts`` programs per (sequence, kv head); a sequence longer than
+    ``unsplit_upto`` tokens gets the shortest power-of-two multiple of ``min_partition`` tokens
+    that ``num_parts`` partitions cover it with, a shorter one a single partition."""
 
-    Grids with ``NO_SPLIT_PROGRAMS_PER_SM`` programs per SM are not split. Smaller grids (small
-    batches) split their context bound ``max_context`` into partitions of a power of two tokens,
-    as many as give the grid ``SPLIT_PROGRAMS_PER_SM`` programs per SM, each at least
-    ``MIN_PARTITION`` tokens: so the partition grows with the context and shrinks with the batch.
-    A sequence shorter than the bound uses only its first partitions; the rest exit at once.
-    """
+    min_partition: int
+    num_parts: int
+    unsplit_upto: int
+
+
+def choose_split(
+    num_seqs: int, num_kv_heads: int, max_context: int, block_n: int, num_sms: int
+) -> Split:
+    """The split of a grid of ``num_seqs x num_kv_heads`` programs over contexts up to
+    ``max_context`` tokens: none for grids of ``NO_SPLIT_PROGRAMS_PER_SM`` programs per SM;
+    otherwise up to ``SPLIT_PROGRAMS_PER_SM`` programs per SM (at most ``MAX_PARTITIONS`` per
+    sequence) of at least ``MIN_PARTITION`` tokens, more for larger grids."""
     programs = num_seqs * num_kv_heads
     if programs >= NO_SPLIT_PROGRAMS_PER_SM * num_sms:
-        return max(max_context, block_n)
-    parts = -(-SPLIT_PROGRAMS_PER_SM * num_sms // programs)
-    partition = triton.next_power_of_2(max(1, -(-max_context // parts)))
-    return max(partition, MIN_PARTITION, block_n)
+        return Split(max(max_context, block_n), 1, max_context)
+    doublings = triton.next_power_of_2(-(-programs // PROGRAMS_PER_MIN_PARTITION))
+    min_partition = max(MIN_PARTITION * doublings, block_n)
+    parts = min(
+        MAX_PARTITIONS,
+        -(-SPLIT_PROGRAMS_PER_SM * num_sms // programs),
+        -(-max_context // min_partition),
+    )
+    return Split(min_partition, max(parts, 1), UNSPLIT_PARTITIONS * min_partition)
+
+
+def fixed_split(partition: int, max_context: int) -> Split:
+    """Every sequence in ``partition``-token partitions (the benchmark's and tests' knob)."""
+    return Split(partition, triton.cdiv(max_context, partition), 0)
+
+
+def partition_of(length: int, split: Split) -> int:
+    """The partition the kernel gives a sequence of ``length`` tokens (mirrors its arithmetic)."""
+    if split.num_parts == 1 or length <= split.unsplit_upto:
+        return max(length, 1)
+    size = split.min_partition
+    while size * split.num_parts < length:
+        size *= 2
+    return size
 
 
 def paged_decode_attention(
@@ -290,10 +340,10 @@ def paged_decode_attention(
     group = num_q_heads // num_kv_heads
     max_context = block_tables.shape[1] * page
     if partition is None:
-        partition = choose_partition(
-            num_seqs, num_kv_heads, max_context, block_n, num_sms(q.device)
-        )
-    num_parts = triton.cdiv(max_context, partition)
+        plan = choose_split(num_seqs, num_kv_heads, max_context, block_n, num_sms(q.device))
+    else:
+        plan = fixed_split(partition, max_context)
+    num_parts = plan.num_parts
     split = num_parts > 1
     # Passed even when nothing splits: Triton compiles the merge branch for the pointer's dtype.
     counters = split_counters(q.device)
@@ -326,6 +376,8 @@ def paged_decode_attention(
         v_scale,
         sliding_window or 0,
         num_kv_heads,
+        plan.min_partition,
+        plan.unsplit_upto,
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -342,10 +394,10 @@ def paged_decode_attention(
         BLOCK_D=triton.next_power_of_2(head_dim),
         PAGE=page,
         BLOCK_N=block_n,
-        PARTITION=partition,
         SPLIT=split,
         BLOCK_P=MERGE_BLOCK,
         IEEE=q.dtype == torch.float32,
+        FP16_OPERANDS=q.dtype == torch.bfloat16 and k_cache.element_size() == 1,
         num_warps=num_warps,
         num_stages=num_stages,
     )
