@@ -5,8 +5,9 @@
 
 Per batch size it prints one JSON line with the median wall time of each phase of
 ``EngineCore.step`` (host only, except ``complete_prior_step`` and ``process_sync_step``, which
-wait for the GPU), the GPU time of the decode graph alone, and the top kernels of one eager
-decode forward by GPU time.
+wait for the GPU), the GPU time of the decode graph alone, the top kernels of one eager
+decode forward by GPU time, and the top kernels of ``--trace-steps`` real engine steps (graph
+replays included) per step: where a step's GPU time goes when it is more than its graph's.
 """
 
 from __future__ import annotations
@@ -95,6 +96,31 @@ def instrument(core: EngineCore) -> None:
     core.step = timed("step", core.step)  # type: ignore[method-assign]
 
 
+def kernel_rows(prof: Any, per: int, top: int) -> list[dict[str, Any]]:
+    """The profile's kernels by GPU time (µs divided by ``per``), total first."""
+    rows = []
+    for e in prof.key_averages():
+        gpu_us = getattr(e, "device_time_total", 0.0)
+        if gpu_us > 0:
+            rows.append({"kernel": e.key[:90], "calls": e.count / per, "gpu_us": gpu_us / per})
+    rows.sort(key=lambda r: -r["gpu_us"])
+    total = sum(r["gpu_us"] for r in rows)
+    rows = [{**r, "gpu_us": round(r["gpu_us"], 1)} for r in rows[:top]]
+    return [{"total_gpu_us": round(total, 1)}, *rows]
+
+
+def step_top_kernels(core: EngineCore, steps: int, top: int) -> list[dict[str, Any]]:
+    """Kernels of ``steps`` real engine steps (graph replay, uploads, sampling), per step."""
+    core.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            core.step()
+        core.complete_inflight()
+        torch.cuda.synchronize()
+    return kernel_rows(prof, steps, top)
+
+
 def eager_top_kernels(runner: ModelRunner, core: EngineCore, top: int) -> list[dict[str, Any]]:
     """Kernels of one eager decode forward of the running batch, by total GPU time."""
     core.complete_inflight()
@@ -117,14 +143,7 @@ def eager_top_kernels(runner: ModelRunner, core: EngineCore, top: int) -> list[d
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             runner.model.compute_logits(runner.model(batch, runner.kv_caches))
             torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        gpu_us = getattr(e, "device_time_total", 0.0)
-        if gpu_us > 0:
-            rows.append({"kernel": e.key[:90], "calls": e.count, "gpu_us": round(gpu_us, 1)})
-    rows.sort(key=lambda r: -r["gpu_us"])
-    total = sum(r["gpu_us"] for r in rows)
-    return [{"total_gpu_us": round(total, 1)}, *rows[:top]]
+    return kernel_rows(prof, 1, top)
 
 
 def main() -> None:
@@ -133,6 +152,7 @@ def main() -> None:
     ap.add_argument("--input", type=int, default=512)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--top", type=int, default=14)
+    ap.add_argument("--trace-steps", type=int, default=3)
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     dev = torch.device("cuda")
@@ -170,6 +190,7 @@ def main() -> None:
             core.step()
         phases = {k: round(statistics.median(v) * 1000, 3) for k, v in PHASES.items()}
         timeline = gpu_timeline()
+        step_kernels = step_top_kernels(core, args.trace_steps, args.top)
         kernels = eager_top_kernels(runner, core, args.top)
         print(
             json.dumps(
@@ -179,6 +200,8 @@ def main() -> None:
         )
         for row in kernels:
             print(json.dumps({"batch": b, **row}), flush=True)
+        for row in step_kernels:
+            print(json.dumps({"batch": b, "in": "engine step", **row}), flush=True)
         for req in list(core.scheduler.running) + list(core.scheduler.waiting):
             core.scheduler.finish(req)
         core._outputs.clear()
