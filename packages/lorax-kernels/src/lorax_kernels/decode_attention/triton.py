@@ -11,8 +11,9 @@ and re-arms the counter to zero for the next launch. Partitions past a sequence'
 once, so the grid depends only on static shapes, and the counters need no reset between launches:
 the op is CUDA-graph safe in one kernel launch per call.
 
-fp8 caches are upcast right after the load; their K scale is folded into the softmax scale and
-their V scale into the final normalisation, so the fp32 math is that of 16-bit caches.
+fp8 caches are upcast to fp16 right after the load (with the query); their K scale is folded into
+the softmax scale and their V scale into the final normalisation, so the fp32 math is that of
+16-bit caches.
 """
 
 # Triton's launch syntax (kernel[grid](..., num_warps=...)), constexpr parameters and
