@@ -286,8 +286,8 @@ def choose_split(
     programs = num_seqs * num_kv_heads
     if programs >= NO_SPLIT_PROGRAMS_PER_SM * num_sms:
         return Split(max(max_context, block_n), 1, max_context)
-    doublings = triton.next_power_of_2(-(-programs // PROGRAMS_PER_MIN_PARTITION))
-    min_partition = max(MIN_PARTITION * doublings, block_n)
+    grid_factor = triton.next_power_of_2(-(-programs // PROGRAMS_PER_MIN_PARTITION))
+    min_partition = max(MIN_PARTITION * grid_factor, block_n)
     parts = min(
         MAX_PARTITIONS,
         -(-SPLIT_PROGRAMS_PER_SM * num_sms // programs),
