@@ -58,6 +58,7 @@ class EngineProcess:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
+        self.stop()  # one that never answered must not outlive the test either
         raise RuntimeError("engine did not start")
 
     def signal(self, sig: int) -> None:
@@ -75,10 +76,15 @@ class EngineProcess:
 
 @pytest.fixture
 def engines() -> Iterator[list[EngineProcess]]:
-    procs = [EngineProcess(token_delay_s=0.01).start(), EngineProcess(token_delay_s=0.01).start()]
-    yield procs
-    for p in procs:
-        p.stop()
+    procs = [EngineProcess(token_delay_s=0.01), EngineProcess(token_delay_s=0.01)]
+    try:
+        for p in procs:
+            p.start()
+        yield procs
+    finally:
+        # Also when the second one fails to start: the first is running by then.
+        for p in procs:
+            p.stop()
 
 
 def http_gateway(factory: ServeFactory, urls: list[str]) -> Served:

@@ -45,14 +45,22 @@ def serve(app: Litestar, backend: EngineBackend, timeout_s: float = 20.0) -> Gen
     deadline = time.monotonic() + timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
+            _stop(server, thread, timeout_s)
             raise RuntimeError("gateway did not start")
         time.sleep(0.01)
     try:
         yield Served(f"http://127.0.0.1:{port}", app, backend)
     finally:
-        server.should_exit = True
-        thread.join(timeout=timeout_s)
+        _stop(server, thread, timeout_s)
+
+
+def _stop(server: uvicorn.Server, thread: threading.Thread, timeout_s: float) -> None:
+    # The server's event loop, with its connections, must be gone when the block exits: one left
+    # running is torn down later, in whatever test runs then, as an unclosed-transport error.
+    server.should_exit = True
+    thread.join(timeout=timeout_s)
+    if thread.is_alive():
+        raise RuntimeError(f"gateway {thread.name} did not stop within {timeout_s} s")
 
 
 def engine_app(backend: EngineBackend) -> Litestar:
