@@ -94,21 +94,37 @@ def partition_sweep(kv_names: list[str]) -> str:
         for batch in SWEEP_BATCHES:
             for ctx in CONTEXTS:
                 parts = [p for p in SWEEP_PARTITIONS if p is None or p < ctx] + [ctx]
-                times, _ = measure(batch, ctx, [{"partition": p} for p in parts], KV_DTYPES[name])
+                knobs: list[dict[str, Any]] = [{"partition": p} for p in parts]
+                # Last: the automatic split with its partials merged by a second launch.
+                knobs.append({"merge_in_launch": False})
+                times, _ = measure(batch, ctx, knobs, KV_DTYPES[name])
+                two_launch_us = times.pop()
                 torch.cuda.empty_cache()
                 plan = decode_triton.choose_split(batch, KV_HEADS, ctx, 64, sms)
                 auto = decode_triton.partition_of(ctx, plan)
                 best = min(range(len(parts)), key=lambda i: times[i])
                 cells = [f"{us:.2f}" + (" *" if i == best else "") for i, us in enumerate(times)]
                 rows.append(
-                    [name, batch, ctx, auto, parts[best] or auto, times[0] / times[best], *cells]
+                    [
+                        name,
+                        batch,
+                        ctx,
+                        auto,
+                        parts[best] or auto,
+                        times[0] / times[best],
+                        f"{two_launch_us:.2f}",
+                        *cells,
+                    ]
                 )
-    header = ["KV", "batch", "context", "auto", "best", "auto / best"]
+    header = ["KV", "batch", "context", "auto", "best", "auto / best", "auto, 2 launches µs"]
     header += ["auto µs"] + [f"p{p}" for p in SWEEP_PARTITIONS[1:]] + ["unsplit"]
     width = len(header)
     # Rows with fewer partition sizes (short contexts) put "unsplit" in the last column.
     rows = [r[:-1] + ["-"] * (width - len(r)) + r[-1:] for r in rows]
-    out = "Partition sweep (µs per call; * = fastest; unsplit = one partition per sequence):\n\n"
+    out = (
+        "Partition sweep (µs per call; * = fastest; unsplit = one partition per sequence; "
+        "2 launches: the automatic split merged by a second kernel instead of in the launch):\n\n"
+    )
     return out + markdown_table(header, rows)
 
 

@@ -107,6 +107,9 @@ def test_decode_small(q_heads, kv_heads, window, dtype) -> None:
     _check_decode(lens, q_heads, kv_heads, 32, 4, window, dtype, block_n=16)
     # Forced split-K: 16-token partitions, merged by the last partition of each sequence.
     _check_decode(lens, q_heads, kv_heads, 32, 4, window, dtype, block_n=16, partition=16)
+    # The same partials merged by a second launch instead.
+    knobs = {"block_n": 16, "partition": 16, "merge_in_launch": False}
+    _check_decode(lens, q_heads, kv_heads, 32, 4, window, dtype, **knobs)
 
 
 @pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
@@ -120,6 +123,7 @@ def test_decode_splits_each_sequence_by_its_own_length(window, dtype) -> None:
     plan = choose_split(len(lens), 2, 700, 16, 132)
     assert [partition_of(n, plan) for n in lens] == [1, 64, 17, 64, 1]
     _check_decode(lens, 4, 2, 32, 4, window, dtype, block_n=16)
+    _check_decode(lens, 4, 2, 32, 4, window, dtype, block_n=16, merge_in_launch=False)
 
 
 def test_split_choice_follows_the_h200_partition_sweep() -> None:
@@ -261,9 +265,11 @@ def test_attention_fp8_cache_real_shapes(window, dtype) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("partition", [64, 128, 256, 512, 1024])
 def test_decode_partition_sweep_values(partition) -> None:
-    """Every partition the benchmark sweeps at batch 1 is a correct choice."""
+    """Every partition the benchmark sweeps at batch 1 is a correct choice, merged either way."""
     lens = [640, 1, 4097]
     _check_decode(lens, 32, 8, 128, 16, None, torch.bfloat16, partition=partition)
+    knobs = {"partition": partition, "merge_in_launch": False}
+    _check_decode(lens, 32, 8, 128, 16, None, torch.bfloat16, **knobs)
 
 
 @pytest.mark.gpu

@@ -58,6 +58,18 @@ MERGE_BLOCK = 16
 
 
 @triton.jit
+def _sequence_split(length, min_partition, unsplit_upto, num_parts):
+    """``(partition, partitions used)`` of a sequence of ``length`` tokens (``Split``'s rule):
+    sized from its own length, so a short sequence in a graph captured for long ones is not cut
+    into the partitions of the longest. A padding row (length 0) uses none."""
+    split_size = min_partition
+    while split_size * num_parts < length:
+        split_size *= 2
+    partition = tl.where(length > unsplit_upto, split_size, tl.maximum(length, 1))
+    return partition, tl.cdiv(length, partition)
+
+
+@triton.jit
 def _merge_partials(
     acc_ptr,
     m_ptr,
@@ -161,21 +173,18 @@ def _decode_kernel(
     BLOCK_P: tl.constexpr,
     IEEE: tl.constexpr,
     FP16_OPERANDS: tl.constexpr,
+    MERGE_IN_LAUNCH: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     length = tl.load(seq_lens_ptr + seq)
-    # This sequence's partition: sized from its own length, so a short sequence in a graph
-    # captured for long ones is not cut into the partitions of the longest.
     partition = tl.maximum(length, 1)
     n_parts = 1
     if SPLIT:
-        split_size = min_partition
-        while split_size * tl.num_programs(2) < length:
-            split_size *= 2
-        partition = tl.where(length > unsplit_upto, split_size, partition)
-        n_parts = tl.cdiv(length, partition)  # 0 for a padding row (length 0)
+        partition, n_parts = _sequence_split(
+            length, min_partition, unsplit_upto, tl.num_programs(2)
+        )
         if (part > 0) & (part >= n_parts):
             return  # not one of this sequence's partitions (part 0 writes a padding row's zeros)
     part_start = part * partition
@@ -230,38 +239,92 @@ def _decode_kernel(
         tl.store(partial + offs_d[None, :], acc, mask=out_mask)
         tl.store(part_m_ptr + ml, m_i, mask=g_mask)
         tl.store(part_l_ptr + ml, l_i, mask=g_mask)
-        tl.debug_barrier()  # every thread's partial is stored before the release below
-        counter = count_ptr + seq * num_kv_heads + kvh
-        if tl.atomic_add(counter, 1, sem="acq_rel") == n_parts - 1:
-            # Every partition of this (sequence, kv head) has arrived: nobody else reads the
-            # counter in this launch, so re-arm it for the next.
-            tl.atomic_xchg(counter, 0)
-            tl.debug_barrier()
-            _merge_partials(
-                part_acc_ptr,
-                part_m_ptr,
-                part_l_ptr,
-                out_ptr,
-                seq,
-                kvh,
-                n_parts,
-                v_scale,
-                stride_as,
-                stride_ah,
-                stride_ap,
-                stride_ms,
-                stride_mh,
-                stride_os,
-                stride_oh,
-                GROUP,
-                BLOCK_D,
-                HEAD_DIM,
-                BLOCK_P,
-            )
+        if MERGE_IN_LAUNCH:  # else _merge_kernel, launched next, merges
+            tl.debug_barrier()  # every thread's partial is stored before the release below
+            counter = count_ptr + seq * num_kv_heads + kvh
+            if tl.atomic_add(counter, 1, sem="acq_rel") == n_parts - 1:
+                # Every partition of this (sequence, kv head) has arrived: nobody else reads the
+                # counter in this launch, so re-arm it for the next.
+                tl.atomic_xchg(counter, 0)
+                tl.debug_barrier()
+                _merge_partials(
+                    part_acc_ptr,
+                    part_m_ptr,
+                    part_l_ptr,
+                    out_ptr,
+                    seq,
+                    kvh,
+                    n_parts,
+                    v_scale,
+                    stride_as,
+                    stride_ah,
+                    stride_ap,
+                    stride_ms,
+                    stride_mh,
+                    stride_os,
+                    stride_oh,
+                    GROUP,
+                    BLOCK_D,
+                    HEAD_DIM,
+                    BLOCK_P,
+                )
     else:
         out = acc * v_scale / tl.where(l_i > 0, l_i, 1.0)[:, None]  # length 0: zeros
         o = out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _merge_kernel(
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    seq_lens_ptr,
+    out_ptr,
+    min_partition,
+    unsplit_upto,
+    num_parts,
+    v_scale,
+    stride_as,
+    stride_ah,
+    stride_ap,
+    stride_ms,
+    stride_mh,
+    stride_os,
+    stride_oh,
+    GROUP: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """The merge as a second launch (``merge_in_launch=False``): one program per (sequence, kv
+    head) whose sequence was split; the others' outputs are already written."""
+    seq = tl.program_id(0)
+    kvh = tl.program_id(1)
+    length = tl.load(seq_lens_ptr + seq)
+    _, n_parts = _sequence_split(length, min_partition, unsplit_upto, num_parts)
+    if n_parts > 1:
+        _merge_partials(
+            part_acc_ptr,
+            part_m_ptr,
+            part_l_ptr,
+            out_ptr,
+            seq,
+            kvh,
+            n_parts,
+            v_scale,
+            stride_as,
+            stride_ah,
+            stride_ap,
+            stride_ms,
+            stride_mh,
+            stride_os,
+            stride_oh,
+            GROUP,
+            BLOCK_D,
+            HEAD_DIM,
+            BLOCK_P,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,10 +389,13 @@ def paged_decode_attention(
     partition: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    merge_in_launch: bool = True,
 ) -> torch.Tensor:
     """Triton version of ``reference.paged_decode_attention_ref`` (same arguments).
 
-    ``block_n``, ``partition``, ``num_warps`` and ``num_stages`` are tuning knobs (benchmarks).
+    ``block_n``, ``partition``, ``num_warps``, ``num_stages`` and ``merge_in_launch`` (merge a
+    split sequence's partials in the same launch, or in a second one) are tuning knobs
+    (benchmarks).
     """
     num_seqs, num_q_heads, head_dim = q.shape
     _, page, num_kv_heads, _ = k_cache.shape
@@ -399,7 +465,28 @@ def paged_decode_attention(
         BLOCK_P=MERGE_BLOCK,
         IEEE=q.dtype == torch.float32,
         FP16_OPERANDS=q.dtype == torch.bfloat16 and k_cache.element_size() == 1,
+        MERGE_IN_LAUNCH=merge_in_launch,
         num_warps=num_warps,
         num_stages=num_stages,
     )
+    if split and not merge_in_launch:
+        _merge_kernel[(num_seqs, num_kv_heads)](
+            part_acc,
+            part_m,
+            part_l,
+            seq_lens,
+            out,
+            plan.min_partition,
+            plan.unsplit_upto,
+            num_parts,
+            v_scale,
+            *a_strides,
+            *m_strides,
+            out.stride(0),
+            out.stride(1),
+            GROUP=group,
+            BLOCK_D=triton.next_power_of_2(head_dim),
+            HEAD_DIM=head_dim,
+            BLOCK_P=MERGE_BLOCK,
+        )
     return out
