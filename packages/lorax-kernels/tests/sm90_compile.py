@@ -4,7 +4,8 @@ The interpreter tests check what a kernel computes, not that Triton can compile 
 kernel the interpreter runs may still fail to compile (Triton 3.6 once refused an ``atomic_xchg``
 on the bf16 stand-in pointer of a branch that never ran). ``captured_launches`` runs a kernel's
 Python launcher on CPU tensors with every ``kernel[grid](...)`` recorded instead of run;
-``compile_sm90`` then compiles each recorded launch for sm_90 with the ptxas Triton ships.
+``compile_sm90`` then compiles each recorded launch for sm_90 with the ptxas Triton ships and
+reports the shared memory the kernel needs (more than a block may have also fails only at launch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
 HOPPER = GPUTarget("cuda", 90, 32)
+# Shared memory one block may use on sm_90 (227 KiB): a kernel needing more compiles but fails to
+# launch ("out of resource").
+HOPPER_MAX_SHARED = 227 * 1024
 _POINTEE = {
     torch.bfloat16: "bf16",
     torch.float16: "fp16",
@@ -74,7 +78,8 @@ def _arg_type(value: Any) -> str:
 
 
 def compile_sm90(launch: Launch) -> int:
-    """Compile ``launch`` for sm_90; returns the cubin's size in bytes (raises on failure)."""
+    """Compile ``launch`` for sm_90 and return the shared memory it needs per block, in bytes
+    (raises on a compile failure)."""
     kernel = launch.kernel
     kwargs = {k: v for k, v in launch.kwargs.items() if k not in _OPTIONS}
     # FP fusion on, as on the GPU machine's Triton (and said explicitly: Triton 3.9 warns when
@@ -92,4 +97,5 @@ def compile_sm90(launch: Launch) -> int:
         else:
             signature[param.name] = _arg_type(value)
     compiled = triton.compile(ASTSource(kernel, signature, constexprs), HOPPER, options)
-    return len(compiled.asm["cubin"])
+    assert compiled.asm["cubin"], "no cubin"
+    return compiled.metadata.shared

@@ -1,6 +1,6 @@
 """Every Triton kernel, in the variants its launchers choose, compiles for Hopper (sm_90) without a
-GPU: CI catches a kernel that the interpreter runs but the GPU compiler refuses, before any GPU time
-is spent. The launchers run on CPU tensors at Llama-3-8B shapes; nothing is computed."""
+GPU, within a block's shared memory: CI catches a kernel that the interpreter runs but the GPU
+refuses, before any GPU time is spent. The launchers run on CPU tensors at Llama-3-8B shapes; nothing is computed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from sm90_compile import captured_launches, compile_sm90
+from sm90_compile import HOPPER_MAX_SHARED, captured_launches, compile_sm90
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter replaces the JIT functions"
@@ -139,4 +139,5 @@ def test_kernels_compile_for_sm90(name: str) -> None:
         LAUNCHERS[name]()
     assert launches, f"{name} launched no Triton kernel"
     for launch in launches:
-        assert compile_sm90(launch) > 0
+        shared = compile_sm90(launch)
+        assert shared <= HOPPER_MAX_SHARED, f"{launch.kernel} needs {shared} B of shared memory"
