@@ -1,6 +1,7 @@
 """Every Triton kernel, in the variants its launchers choose, compiles for Hopper (sm_90) without a
 GPU, within a block's shared memory: CI catches a kernel that the interpreter runs but the GPU
-refuses, before any GPU time is spent. The launchers run on CPU tensors at Llama-3-8B shapes; nothing is computed."""
+refuses, before any GPU time is spent. The launchers run on CPU tensors at Llama-3-8B shapes;
+nothing is computed."""
 
 from __future__ import annotations
 
