@@ -134,6 +134,18 @@ def run(copy_gbs: float, ms: tuple[int, ...] = (1, 4, 16, 64)) -> str:
     )
 
 
+def _sweep_call(kernel: str, cfg: Fp8GemvConfig | W4Config | None, w: Weights) -> tuple[Call, int]:
+    """The call the sweep times for ``kernel`` at tiling ``cfg`` (None: cuBLAS), and its bytes."""
+    if kernel == "bf16 GEMV":
+        if cfg is None:
+            return (lambda w, x, i: F.linear(x, w.w16[i])), w.bytes["bf16"]
+        ones = torch.ones(w.n, device="cuda")
+        return (lambda w, x, i: fp8_gemv(x, w.w16[i], ones, None, cfg)), w.bytes["bf16"]
+    if isinstance(cfg, Fp8GemvConfig):
+        return (lambda w, x, i: fp8_gemv(x, *w.fp8[i], None, cfg)), w.bytes["fp8"]
+    return (lambda w, x, i: w4a16_matmul(x, *w.w4[i], None, GROUP, cfg)), w.bytes["w4"]
+
+
 def sweep(copy_gbs: float) -> str:
     """Every candidate tiling at a few M on every shape; totals over the shapes."""
     weights = {name: Weights(k, n) for name, (k, n) in SHAPES.items()}
@@ -157,20 +169,7 @@ def sweep(copy_gbs: float) -> str:
                 total = 0.0
                 for w in weights.values():
                     xs = w.inputs(m)
-                    if kernel == "bf16 GEMV":
-                        ones = torch.ones(w.n, device="cuda")
-                        call: Call = (
-                            (lambda w, x, i: F.linear(x, w.w16[i]))
-                            if cfg is None
-                            else (lambda w, x, i, c=cfg, s=ones: fp8_gemv(x, w.w16[i], s, None, c))
-                        )
-                        nbytes = w.bytes["bf16"]
-                    elif isinstance(cfg, Fp8GemvConfig):
-                        call = lambda w, x, i, c=cfg: fp8_gemv(x, *w.fp8[i], None, c)  # noqa: E731
-                        nbytes = w.bytes["fp8"]
-                    else:
-                        call = lambda w, x, i, c=cfg: w4a16_matmul(x, *w.w4[i], None, GROUP, c)  # noqa: E731
-                        nbytes = w.bytes["w4"]
+                    call, nbytes = _sweep_call(kernel, cfg, w)
                     us = _time(w, xs, call)
                     row.append(f"{us:.1f} ({100 * nbytes / us / 1e3 / copy_gbs:.0f}%)")
                     total += us
