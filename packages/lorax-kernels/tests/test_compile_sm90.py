@@ -64,6 +64,12 @@ def _elementwise() -> None:
     rotary_embedding_(qk, torch.zeros(4, dtype=torch.int64), torch.empty(8192, 128))
 
 
+def _greedy() -> None:
+    from lorax_kernels.greedy.triton import greedy_logprob
+
+    greedy_logprob(torch.empty(4, 128256))
+
+
 def _fp8_matmuls() -> None:
     from lorax_kernels.fp8_gemv import quantize_rows
     from lorax_kernels.fp8_gemv.triton import fp8_gemv
@@ -128,6 +134,7 @@ LAUNCHERS: dict[str, Callable[[], None]] = {
     "decode_attention": _decode_attention,
     "prefill_attention_and_cache_write": _prefill_attention_and_cache_write,
     "elementwise": _elementwise,
+    "greedy": _greedy,
     "fp8_matmuls": _fp8_matmuls,
     "w4a16": _w4a16,
     "multi_lora": _multi_lora,
