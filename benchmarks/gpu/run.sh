@@ -66,7 +66,7 @@ for w in "${which[@]}"; do
     kernels)
         timeout "${KERNELS_TIMEOUT:-420}" bash -c "
             cd packages/lorax-kernels/benchmarks &&
-            python3 run_all.py decode sgmv quant | tee '$OUT/kernels.md' &&
+            python3 run_all.py decode sgmv greedy quant | tee '$OUT/kernels.md' &&
             python3 bench_quant_gemv.py --sweep-only | tee '$OUT/quant-sweep.md'" ;;
     engine)
         timeout "${ENGINE_TIMEOUT:-240}" bash -c "
