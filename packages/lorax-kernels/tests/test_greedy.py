@@ -24,3 +24,8 @@ def test_rejects_other_shapes() -> None:
         greedy_logprob(torch.zeros(3))
     with pytest.raises(ValueError, match="vocab > 0"):
         greedy_logprob(torch.zeros(3, 0))
+
+
+def test_custom_op_passes_opcheck() -> None:
+    logits = torch.randn(3, 50)
+    torch.library.opcheck(torch.ops.lorax_kernels.greedy_logprob, (logits,))

@@ -21,7 +21,8 @@ def _check(logits: torch.Tensor) -> None:
 
     ids, logprobs = greedy_logprob(logits)
     ref_ids, ref_logprobs = greedy_logprob_ref(logits)
-    assert ids.dtype == torch.int64 and logprobs.dtype == torch.float32
+    assert ids.dtype == torch.int64
+    assert logprobs.dtype == torch.float32
     assert torch.equal(ids, ref_ids)
     torch.testing.assert_close(logprobs, ref_logprobs, atol=1e-5, rtol=1e-5, equal_nan=True)
 
