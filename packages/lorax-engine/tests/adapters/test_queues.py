@@ -46,6 +46,31 @@ def test_a_hot_adapter_cannot_starve_cold_ones() -> None:
     assert served.index("cold") <= 5  # within one cycle (4 admissions) plus the switch
 
 
+def test_a_turn_starts_at_its_first_admission() -> None:
+    """An adapter whose turn came while it still loads keeps the turn until it has admitted for
+    a whole slice: the hot adapter that had the turn does not take it back meanwhile."""
+    now = [0.0]
+    q: AdapterQueues[str] = AdapterQueues(max_active=1, cycle_time_s=1.0, clock=lambda: now[0])
+    q.push("hot", "h0")
+    q.push("hot", "h1")
+    assert q.pop(_always) == ("hot", "h0")  # hot's slice starts
+    q.push("cold", "c0")
+    now[0] = 1.5  # hot's slice is over and cold waits: cold's turn
+    loading = {"cold"}
+    for t in (1.5, 3.0, 10.0):  # a slow load: nothing else may admit in cold's turn
+        now[0] = t
+        assert q.pop(lambda key: key not in loading) is None
+        assert q.active_keys() == ["cold"]
+    loading.clear()
+    q.push("cold", "c1")
+    assert q.pop(_always) == ("cold", "c0")  # cold's slice starts now (t = 10)
+    now[0] = 10.5
+    assert q.pop(_always) == ("cold", "c1")  # still within its slice although hot waits
+    q.push("cold", "c2")
+    now[0] = 11.0
+    assert q.pop(_always) == ("hot", "h1")  # the slice is over: hot's turn again
+
+
 def test_not_ready_adapters_are_skipped_and_waiting_order_is_kept() -> None:
     now = [0.0]
     q: AdapterQueues[str] = AdapterQueues(max_active=3, cycle_time_s=5, clock=lambda: now[0])
@@ -99,13 +124,13 @@ class _ReferenceQueues:
 
     def __init__(self, max_active: int, cycle: float, clock: Callable[[], float]) -> None:
         self.max_active, self.cycle, self.clock = max_active, cycle, clock
-        # key -> [items [(since, item)], turn (waiting_since, seq), activated_at]
+        # key -> [items [(since, item)], turn (waiting_since, seq), active, serving_since]
         self.queues: dict[str, list[Any]] = {}
         self.seq = itertools.count()
 
     def _queue(self, key: str) -> list[Any]:
         if key not in self.queues:
-            self.queues[key] = [[], (self.clock(), next(self.seq)), None]
+            self.queues[key] = [[], (self.clock(), next(self.seq)), False, None]
         return self.queues[key]
 
     def push(self, key: str, item: int) -> None:
@@ -124,7 +149,7 @@ class _ReferenceQueues:
 
     def active(self) -> set[str]:
         self._rotate()
-        return {k for k, v in self.queues.items() if k and v[2] is not None}
+        return {k for k, v in self.queues.items() if k and v[2]}
 
     def pop(self, ready: Callable[[str], bool]) -> tuple[str, int] | None:
         active = self.active()
@@ -133,6 +158,8 @@ class _ReferenceQueues:
         if not heads:
             return None
         key = min(heads)[1]
+        if key and self.queues[key][3] is None:
+            self.queues[key][3] = self.clock()  # the turn's slice starts at its first admission
         _, item = self.queues[key][0].pop(0)
         if not self.queues[key][0]:
             del self.queues[key]
@@ -140,16 +167,16 @@ class _ReferenceQueues:
 
     def _rotate(self) -> None:
         now = self.clock()
-        active = sorted((v[2], v[1], k) for k, v in self.queues.items() if k and v[2] is not None)
-        waiting = sorted((v[1], k) for k, v in self.queues.items() if k and v[2] is None)
-        expired = [k for t, _, k in active if now - t >= self.cycle]
+        active = [(v[3], k) for k, v in self.queues.items() if k and v[2]]
+        waiting = sorted((v[1], k) for k, v in self.queues.items() if k and not v[2])
+        expired = sorted((t, k) for t, k in active if t is not None and now - t >= self.cycle)
         free = self.max_active - len(active)
-        rotated = expired[: max(0, len(waiting) - max(free, 0))]
+        rotated = [k for _, k in expired[: max(0, len(waiting) - max(free, 0))]]
         for key in rotated:
-            self.queues[key][2] = None
+            self.queues[key][2:] = [False, None]
             self.queues[key][1] = (now, next(self.seq))
         for _, key in waiting[: max(free + len(rotated), 0)]:
-            self.queues[key][2] = now
+            self.queues[key][2] = True
 
 
 @pytest.mark.parametrize("seed", range(6))

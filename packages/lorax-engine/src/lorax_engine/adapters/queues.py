@@ -2,9 +2,13 @@
 
 LoRAX's exchange scheduling: at most ``max_active`` adapters admit new requests at a time (the
 base model, key ``""``, always may). An active adapter whose queue empties leaves the active set
-at once; one that has been active for ``cycle_time_s`` while other adapters wait is rotated out,
-so a hot adapter cannot starve cold ones. Waiting adapters enter in the order of their oldest
-request, and among active adapters the oldest request goes first.
+at once; one that has admitted requests for ``cycle_time_s`` while other adapters wait is
+rotated out, so a hot adapter cannot starve cold ones. The slice starts at an adapter's first
+admission in its turn, not when the turn begins: an adapter still loading, or waiting for a slot
+whose requests drain, keeps its turn (a slice counted from activation ran out under a loaded
+host before the cold adapter ever ran, and the hot one took the turn back, again and again).
+Waiting adapters enter in the order of their oldest request, and among active adapters the oldest
+request goes first.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ T = TypeVar("T")
 @dataclass(slots=True)
 class _Queue(Generic[T]):
     items: deque[tuple[float, T]] = field(default_factory=deque[tuple[float, T]])
-    activated_at: float | None = None
+    serving_since: float | None = None  # first admission in the current turn
 
 
 class AdapterQueues(Generic[T]):
@@ -126,6 +130,8 @@ class AdapterQueues(Generic[T]):
             return None
         key = best[1]
         q = self._queues[key]
+        if key and q.serving_since is None:
+            q.serving_since = self._clock()
         _, item = q.items.popleft()
         self._count -= 1
         if not q.items:
@@ -135,27 +141,26 @@ class AdapterQueues(Generic[T]):
     def _rotate(self) -> None:
         now = self._clock()
         free = self.max_active - len(self._active)
-        # Expired slices give way, longest-active first, one per adapter waiting beyond the free
-        # places; active adapters are in activation order, so the expired ones come first.
-        out: list[str] = []
+        # Expired slices give way, longest-serving first, one per adapter waiting beyond the
+        # free places (O(max_active): only the active adapters are looked at).
         excess = len(self._inactive) - max(free, 0)
-        for key in self._active:
-            if len(out) >= excess:
-                break
-            activated = self._queues[key].activated_at
-            if activated is None or now - activated < self.cycle_time_s:
-                break
-            out.append(key)
+        out: list[str] = []
+        if excess > 0:
+            expired = []
+            for key in self._active:
+                since = self._queues[key].serving_since
+                if since is not None and now - since >= self.cycle_time_s:
+                    expired.append((since, key))
+            out = [key for _, key in sorted(expired)[:excess]]
         for key in out:
             del self._active[key]
-            self._queues[key].activated_at = None
+            self._queues[key].serving_since = None
         free += len(out)
         # The waiting adapters enter in turn order; the ones just rotated out queue behind them.
         entering = list(itertools.islice(self._inactive, max(free, 0)))
         for key in entering:
             del self._inactive[key]
             self._active[key] = None
-            self._queues[key].activated_at = now
         for key in out:
             self._inactive[key] = None
 
