@@ -1,13 +1,15 @@
 """Shared pieces of the GPU benchmark drivers: model shapes, a real-size offline tokenizer, random
 adapters and a step loop that times a batch of requests on an ``EngineCore``.
 
-Imported by ``bench_structured.py``, ``bench_quant.py`` and ``serve_random.py`` (run as scripts
-from this folder, so it is importable as ``bench_common``). ``--tiny`` variants of every driver
+Imported by ``bench_structured.py``, ``bench_quant.py``, ``bench_quant_drift.py`` and
+``serve_random.py`` (run as scripts from this folder, so it is importable as ``bench_common``). ``--tiny`` variants of every driver
 use ``TINY`` on the CPU to check the code paths without a GPU.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ from lorax_engine.core.request import Request
 from lorax_engine.lora.spec import ModelLoraSpec
 from lorax_engine.models.model_config import ModelConfig, RopeConfig
 from lorax_engine.params import SamplingParams
+from lorax_engine.quant.spec import QUANTIZE_METHODS
 from lorax_engine.structured.bench import synthetic_tokenizer
 
 TINY = ModelConfig(
@@ -41,6 +44,8 @@ TINY = ModelConfig(
 )
 
 EOS_ID = 0  # the synthetic tokenizer's <|eos|>
+# What the quantization benchmarks compare: bf16, every --quantize method, GPTQ with act-order.
+QUANT_METHODS = ("bf16", *QUANTIZE_METHODS, "gptq-act")
 
 
 def model_shape(tiny: bool) -> ModelConfig:
@@ -57,6 +62,20 @@ def device_and_dtype(tiny: bool) -> tuple[torch.device, torch.dtype]:
 def emit(**kw: object) -> None:
     """One JSON line on stdout (the drivers' only output format)."""
     print(json.dumps(kw), flush=True)
+
+
+def quant_methods(ap: argparse.ArgumentParser, requested: str) -> list[str]:
+    """The comma-separated ``--methods`` as a list: unknown names are a usage error; the
+    bitsandbytes ones are dropped, with a ``skip`` line, when the package is not installed."""
+    methods = requested.split(",")
+    unknown = set(methods) - set(QUANT_METHODS)
+    if unknown:
+        ap.error(f"unknown methods {sorted(unknown)}: use {','.join(QUANT_METHODS)}")
+    bnb = [m for m in methods if m.startswith("bitsandbytes")]
+    if bnb and importlib.util.find_spec("bitsandbytes") is None:
+        emit(event="skip", methods=bnb, reason="pip install 'lorax-engine[bitsandbytes]'")
+        methods = [m for m in methods if m not in bnb]
+    return methods
 
 
 def hf_tokenizer(vocab_size: int) -> Any:

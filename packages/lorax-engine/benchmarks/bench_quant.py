@@ -20,17 +20,18 @@ distribution over the same prompts, and how often the greedy first tokens agree 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from bench_common import (
+    QUANT_METHODS,
     BatchResult,
     device_and_dtype,
     emit,
     model_shape,
+    quant_methods,
     random_lora,
     random_prompts,
     run_batch,
@@ -47,11 +48,10 @@ from lorax_engine.models.decoder import DecoderModel, LoraLinear
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.quant.formats import AWQ_ORDER, W4Weight, awq_to_w4, gptq_to_w4, pack_cols
 from lorax_engine.quant.linear import Fp8Linear, W4Linear
-from lorax_engine.quant.spec import QUANTIZE_METHODS, QuantSpec
+from lorax_engine.quant.spec import QuantSpec
 from lorax_kernels.w4a16 import pack_rows
 
 # The engine's --quantize methods, the unquantized bf16 baseline and GPTQ with act-order.
-METHODS = ("bf16", *QUANTIZE_METHODS, "gptq-act")
 
 
 def rtn_w4(
@@ -186,7 +186,7 @@ def weight_bytes(model: DecoderModel) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(QUANT_METHODS))
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--input", type=int, default=512)
     ap.add_argument("--output", type=int, default=128)
@@ -194,14 +194,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128, help="4-bit group (tiny: 32)")
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     args = ap.parse_args()
-    methods = args.methods.split(",")
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        ap.error(f"unknown methods {sorted(unknown)}: use {','.join(METHODS)}")
-    bnb = [m for m in methods if m.startswith("bitsandbytes")]
-    if bnb and importlib.util.find_spec("bitsandbytes") is None:
-        emit(event="skip", methods=bnb, reason="pip install 'lorax-engine[bitsandbytes]'")
-        methods = [m for m in methods if m not in bnb]
+    methods = quant_methods(ap, args.methods)
     batches = [int(b) for b in args.batches.split(",")]
     cfg = model_shape(args.tiny)
     dev, dtype = device_and_dtype(args.tiny)

@@ -28,8 +28,6 @@ prefill also rounds activations to fp8) and the 4-bit formats run the w4a16 dequ
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import math
 import tempfile
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import QUANT_METHODS, emit, quant_methods
 
 from lorax_engine.config import EngineConfig
 from lorax_engine.core.factory import LoadedEngine, load_engine
@@ -47,10 +46,6 @@ from lorax_engine.models.loader import resolve_model_dir
 from lorax_engine.models.model_config import ModelConfig
 from lorax_engine.params import Limits, SamplingParams
 from lorax_engine.quant.quantizer import quantize_checkpoint
-from lorax_engine.quant.spec import QUANTIZE_METHODS
-
-# The engine's --quantize methods, the unquantized bf16 baseline and GPTQ with act-order.
-METHODS = ("bf16", *QUANTIZE_METHODS, "gptq-act")
 
 # Fixed, short, plain English: some echo the demo corpus, most do not.
 PROMPTS = (
@@ -234,26 +229,15 @@ def measure(
     return reference, results
 
 
-def emit(**kw: object) -> None:
-    print(json.dumps(kw), flush=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-id", default="demo", help="demo, a local checkpoint dir or a hub id")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(QUANT_METHODS))
     ap.add_argument("--group-size", type=int, default=128, help="GPTQ/AWQ group (if it fits)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="the first N prompts")
     args = ap.parse_args()
-    methods = args.methods.split(",")
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        ap.error(f"unknown methods {sorted(unknown)}: use {','.join(METHODS)}")
-    bnb = [m for m in methods if m.startswith("bitsandbytes")]
-    if bnb and importlib.util.find_spec("bitsandbytes") is None:
-        emit(event="skip", methods=bnb, reason="pip install 'lorax-engine[bitsandbytes]'")
-        methods = [m for m in methods if m not in bnb]
+    methods = quant_methods(ap, args.methods)
 
     model_dir = resolve_model_dir(args.model_id)
     cfg = ModelConfig.from_dir(model_dir)

@@ -23,6 +23,8 @@ NEW = 8
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
+    # The script imports its sibling bench_common, as it does when run from its folder.
+    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("bench_quant_drift", SCRIPT)
     assert spec is not None
     assert spec.loader is not None
