@@ -99,7 +99,6 @@ def _multi_lora() -> None:
     from lorax_kernels import LoraBatchMeta
     from lorax_kernels.sgmv.decode import decode_lora_
     from lorax_kernels.sgmv.meta import sync_size
-    from lorax_kernels.sgmv.meta_triton import update_meta_
     from lorax_kernels.sgmv.triton import expand_, shrink
 
     rows, slots, rank, widths = 64, 32, 16, (4096, 1024, 1024)
@@ -114,17 +113,7 @@ def _multi_lora() -> None:
     sync = torch.zeros(sync_size(rows), dtype=torch.int32)
     decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync)
     meta = LoraBatchMeta.allocate(rows, slots, "cpu")
-    update_meta_(
-        token_slots,
-        meta.token_slots,
-        meta.sorted_ids,
-        meta.tile_slot,
-        meta.tile_start,
-        meta.tile_end,
-        meta.scratch,
-        meta.num_slots,
-        meta.block_m,
-    )
+    meta.update_triton_(token_slots)
     tiles = (meta.sorted_ids, meta.tile_slot, meta.tile_start, meta.tile_end)
     h = shrink(x, a, ranks, *tiles, meta.num_tiles, meta.block_m)
     expand_(y, h, b, ranks, scales, offsets, *tiles, meta.num_tiles, meta.block_m)

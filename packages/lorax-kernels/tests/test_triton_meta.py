@@ -16,27 +16,11 @@ pytestmark = NEEDS_TRITON
 FIELDS = ("token_slots", "sorted_ids", "tile_slot", "tile_start", "tile_end")
 
 
-def _triton_update(meta: LoraBatchMeta, slots: torch.Tensor) -> None:
-    from lorax_kernels.sgmv.meta_triton import update_meta_
-
-    update_meta_(
-        slots,
-        meta.token_slots,
-        meta.sorted_ids,
-        meta.tile_slot,
-        meta.tile_start,
-        meta.tile_end,
-        meta.scratch,
-        meta.num_slots,
-        meta.block_m,
-    )
-
-
 def _assert_same(steps: list[torch.Tensor], max_tokens: int, num_slots: int, block_m: int):
     ours = LoraBatchMeta.allocate(max_tokens, num_slots, DEVICE, block_m=block_m)
     oracle = LoraBatchMeta.allocate(max_tokens, num_slots, DEVICE, block_m=block_m)
     for slots in steps:  # a sequence, so stale state from a larger step would show
-        _triton_update(ours, slots.to(DEVICE))
+        ours.update_triton_(slots.to(DEVICE))
         oracle.update_torch_(slots.to(DEVICE))
         for name in FIELDS:
             assert torch.equal(getattr(ours, name), getattr(oracle, name)), name

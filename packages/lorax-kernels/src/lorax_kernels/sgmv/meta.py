@@ -123,21 +123,26 @@ class LoraBatchMeta:
             self.tile_start.zero_()
             self.tile_end.zero_()
         elif self.device.type == "cuda":
-            from lorax_kernels.sgmv.meta_triton import update_meta_
-
-            update_meta_(
-                token_slots.to(torch.int32).contiguous(),
-                self.token_slots,
-                self.sorted_ids,
-                self.tile_slot,
-                self.tile_start,
-                self.tile_end,
-                self.scratch,
-                self.num_slots,
-                self.block_m,
-            )
+            self.update_triton_(token_slots)
         else:
             self.update_torch_(token_slots)
+
+    def update_triton_(self, token_slots: torch.Tensor) -> None:
+        """:meth:`update_` as one Triton launch for ``1 <= num_tokens``: the CUDA path (and, on
+        the CPU, the interpreter's and the sm_90 compile check's)."""
+        from lorax_kernels.sgmv.meta_triton import update_meta_
+
+        update_meta_(
+            token_slots.to(torch.int32).contiguous(),
+            self.token_slots,
+            self.sorted_ids,
+            self.tile_slot,
+            self.tile_start,
+            self.tile_end,
+            self.scratch,
+            self.num_slots,
+            self.block_m,
+        )
 
     def update_torch_(self, token_slots: torch.Tensor) -> None:
         """:meth:`update_` in plain PyTorch (~20 small ops) for ``1 <= num_tokens``: the CPU
