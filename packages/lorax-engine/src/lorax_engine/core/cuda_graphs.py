@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-import lorax_kernels
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_kernels import LoraBatchMeta
 
@@ -81,7 +80,8 @@ class DecodeGraphs:
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             logits = model.compute_logits(model(batch, self.runner.kv_caches))  # [size, vocab]
             # The greedy choice, so the common all-greedy batch needs no kernel outside the graph.
-            ids, logprobs = lorax_kernels.greedy_logprob(logits)
+            ids = logits.argmax(dim=-1)
+            logprobs = logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
         if self.pool is None:
             self.pool = graph.pool()
         log.debug("captured decode graph for batch %d (lora=%s)", size, lora_meta is not None)

@@ -13,7 +13,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-import lorax_kernels
 from lorax_engine.params import SamplingParams
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -165,7 +164,8 @@ def greedy_on_device(
     """``[rows]`` argmax ids and their logprobs, left on the device (``precomputed`` if given)."""
     if precomputed is not None:
         return precomputed
-    return lorax_kernels.greedy_logprob(logits)
+    ids = logits.argmax(dim=-1)
+    return ids, logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
 
 
 def _greedy(
