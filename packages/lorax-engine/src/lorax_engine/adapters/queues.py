@@ -52,6 +52,9 @@ class AdapterQueues(Generic[T]):
         # the back when created or rotated out, both at the clock's current time.
         self._inactive: OrderedDict[str, None] = OrderedDict()
         self._active: OrderedDict[str, None] = OrderedDict()  # in activation order
+        # The active adapters that have admitted in their turn, in order of that first admission
+        # (so the expired slices are always at the front).
+        self._serving: OrderedDict[str, None] = OrderedDict()
         self._count = 0
         # Lowest arrival time handed out so far (every queued head is at or above it): a put-back
         # request goes just below it.
@@ -90,6 +93,7 @@ class AdapterQueues(Generic[T]):
         del self._queues[key]
         self._inactive.pop(key, None)
         self._active.pop(key, None)
+        self._serving.pop(key, None)
 
     def remove(self, key: str, item: T) -> bool:
         """Drop a queued request (cancelled); False if it was not queued."""
@@ -132,6 +136,7 @@ class AdapterQueues(Generic[T]):
         q = self._queues[key]
         if key and q.serving_since is None:
             q.serving_since = self._clock()
+            self._serving[key] = None
         _, item = q.items.popleft()
         self._count -= 1
         if not q.items:
@@ -142,18 +147,21 @@ class AdapterQueues(Generic[T]):
         now = self._clock()
         free = self.max_active - len(self._active)
         # Expired slices give way, longest-serving first, one per adapter waiting beyond the
-        # free places (O(max_active): only the active adapters are looked at).
-        excess = len(self._inactive) - max(free, 0)
+        # free places; serving adapters are in the order their slices began, so the expired
+        # ones come first.
         out: list[str] = []
-        if excess > 0:
-            expired = []
-            for key in self._active:
-                since = self._queues[key].serving_since
-                if since is not None and now - since >= self.cycle_time_s:
-                    expired.append((since, key))
-            out = [key for _, key in sorted(expired)[:excess]]
+        excess = len(self._inactive) - max(free, 0)
+        for key in self._serving:
+            if len(out) >= excess:
+                break
+            since = self._queues[key].serving_since
+            assert since is not None
+            if now - since < self.cycle_time_s:
+                break
+            out.append(key)
         for key in out:
             del self._active[key]
+            del self._serving[key]
             self._queues[key].serving_since = None
         free += len(out)
         # The waiting adapters enter in turn order; the ones just rotated out queue behind them.
