@@ -67,7 +67,8 @@ def _elementwise() -> None:
 def _greedy() -> None:
     from lorax_kernels.greedy.triton import greedy_logprob
 
-    greedy_logprob(torch.empty(4, 128256))
+    greedy_logprob(torch.empty(4, 128256))  # each row split in chunks, merged in the launch
+    greedy_logprob(torch.empty(512, 128256))  # one program per row
 
 
 def _fp8_matmuls() -> None:

@@ -42,6 +42,20 @@ def test_greedy_small(dtype) -> None:
     _check(logits[:, :37].to(DEVICE, dtype))  # a vocabulary shorter than one block
 
 
+def test_greedy_one_row_split_in_chunks() -> None:
+    """A lone row is split across programs (six 4096-logit blocks: four chunks of two blocks, the
+    last empty); the merge keeps the lowest id of a tie across chunks and the full log-sum-exp."""
+    gen = torch.Generator().manual_seed(2)
+    vocab = 5 * 4096 + 7
+    logits = torch.randn(1, vocab, generator=gen) * 4
+    _check(logits.to(DEVICE))
+    logits[0, [9000, vocab - 1]] = 60.0  # tie between the second and third chunks
+    _check(logits.to(DEVICE))
+    logits[0, 100] = 70.0  # the first chunk wins
+    _check(logits.to(DEVICE))
+    _check(torch.full((1, vocab), float("-inf")).to(DEVICE))  # nothing finite: id 0, NaN
+
+
 def test_greedy_strided_rows() -> None:
     """Rows of a wider buffer (the engine slices the padded vocabulary)."""
     gen = torch.Generator().manual_seed(1)
