@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorax_engine.models.forward_batch import ForwardBatch
-from lorax_kernels import LoraBatchMeta
+from lorax_kernels import LoraBatchMeta, greedy_logprob
 
 if TYPE_CHECKING:
     from lorax_engine.core.inflight import PendingTokens
@@ -80,8 +80,7 @@ class DecodeGraphs:
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             logits = model.compute_logits(model(batch, self.runner.kv_caches))  # [size, vocab]
             # The greedy choice, so the common all-greedy batch needs no kernel outside the graph.
-            ids = logits.argmax(dim=-1)
-            logprobs = logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
+            ids, logprobs = greedy_logprob(logits)
         if self.pool is None:
             self.pool = graph.pool()
         log.debug("captured decode graph for batch %d (lora=%s)", size, lora_meta is not None)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lorax_engine.params import SamplingParams
+from lorax_kernels import greedy_logprob
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -164,8 +165,7 @@ def greedy_on_device(
     """``[rows]`` argmax ids and their logprobs, left on the device (``precomputed`` if given)."""
     if precomputed is not None:
         return precomputed
-    ids = logits.argmax(dim=-1)
-    return ids, logits.gather(1, ids.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
+    return greedy_logprob(logits)
 
 
 def _greedy(
