@@ -53,6 +53,11 @@ PROGRAMS_PER_MIN_PARTITION = 16
 # A sequence of at most this many shortest partitions is not split (batch 1, context 128: 4.9 µs
 # unsplit against 12.0 µs in two; context 512: 14.8 µs unsplit, 12.4 µs in eight).
 UNSPLIT_PARTITIONS = 4
+# Split sequences of grids of at most this many sequences are merged by a second launch rather
+# than by the last partition of each to finish (partition sweep, H200, session 5: batch 1, bf16
+# KV, context 512 9.98 vs 12.27 µs, 1k 12.04 vs 13.30, 4k 20.50 vs 20.84, 16k 45.8 vs 44.7; at
+# batch 16 the in-launch merge is as fast or faster, e.g. context 1k 35.8 vs 39.8 µs).
+TWO_LAUNCH_MAX_SEQS = 1
 # Partials the merging program folds per step (one [MERGE_BLOCK, head_dim] fp32 load per head).
 MERGE_BLOCK = 16
 
@@ -389,13 +394,13 @@ def paged_decode_attention(
     partition: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
-    merge_in_launch: bool = True,
+    merge_in_launch: bool | None = None,
 ) -> torch.Tensor:
     """Triton version of ``reference.paged_decode_attention_ref`` (same arguments).
 
     ``block_n``, ``partition``, ``num_warps``, ``num_stages`` and ``merge_in_launch`` (merge a
-    split sequence's partials in the same launch, or in a second one) are tuning knobs
-    (benchmarks).
+    split sequence's partials in the same launch, or in a second one; by default in a second
+    one for at most ``TWO_LAUNCH_MAX_SEQS`` sequences) are tuning knobs (benchmarks).
     """
     num_seqs, num_q_heads, head_dim = q.shape
     _, page, num_kv_heads, _ = k_cache.shape
@@ -412,6 +417,8 @@ def paged_decode_attention(
         plan = fixed_split(partition, max_context)
     num_parts = plan.num_parts
     split = num_parts > 1
+    if merge_in_launch is None:
+        merge_in_launch = num_seqs > TWO_LAUNCH_MAX_SEQS
     # Passed even when nothing splits: Triton compiles the merge branch for the pointer's dtype.
     counters = split_counters(q.device)
     if num_seqs * num_kv_heads > counters.numel():
