@@ -18,6 +18,7 @@ from common import markdown_table, time_graph_us
 
 from lorax_kernels import LoraBatchMeta, lora_apply_, lora_expand_, lora_shrink
 from lorax_kernels.sgmv import DECODE_MAX_ROWS
+from lorax_kernels.sgmv.decode import UNIT_ELEMENTS, decode_lora_
 
 HIDDEN, DT = 4096, torch.bfloat16
 
@@ -110,6 +111,55 @@ def per_layer(copy_gbs: float, tokens: int = 64, rank: int = 16) -> str:
     return title + markdown_table(header, rows)
 
 
+# (tokens, distinct adapters, rank) points and the fused kernel's knobs the sweep times.
+SWEEP_POINTS = ((1, 1, 16), (16, 8, 16), (64, 64, 16), (256, 64, 16), (64, 64, 64))
+SWEEP_UNITS = (4096, 8192, 16384, 32768)
+SWEEP_WARPS = (2, 4, 8)
+
+
+def _time_decode(
+    t: Tables, x: torch.Tensor, y: torch.Tensor, metas: list[LoraBatchMeta], unit: int, warps: int
+) -> float:
+    """µs per fused decode call with the given knobs, over the rotating metas."""
+
+    def call(m: LoraBatchMeta) -> None:
+        slots, sync = m.token_slots, m.sync
+        tables = (t.a, t.b, t.ranks, t.scales, t.offsets)
+        decode_lora_(y, x, *tables, slots, sync, unit_elements=unit, num_warps=warps)
+
+    return time_graph_us([lambda m=m: call(m) for m in metas] * 2)
+
+
+def decode_sweep(copy_gbs: float) -> str:
+    """µs of the fused decode kernel per (A/B elements per program, warps), one 4096->4096
+    projection; * = fastest of the row."""
+    rows = []
+    knobs = [(u, w) for u in SWEEP_UNITS for w in SWEEP_WARPS]
+    for tokens, distinct, rank in SWEEP_POINTS:
+        tables = Tables(rank, 2048 if rank <= 16 else 512)
+        x = torch.randn(tokens, HIDDEN, device="cuda", dtype=DT)
+        y = torch.zeros(tokens, HIDDEN, device="cuda", dtype=DT)
+        metas = []
+        for _ in range(8):
+            chosen = torch.randperm(tables.slots, device="cuda")[:distinct].int()
+            meta = LoraBatchMeta.allocate(tokens, tables.slots, "cuda")
+            meta.update_(chosen.repeat_interleave(-(-tokens // distinct))[:tokens])
+            metas.append(meta)
+        times = [_time_decode(tables, x, y, metas, unit, warps) for unit, warps in knobs]
+        read_us = distinct * 2 * rank * HIDDEN * 2 / copy_gbs / 1e3
+        best = min(range(len(times)), key=lambda i: times[i])
+        cells = [f"{us:.1f}" + (" *" if i == best else "") for i, us in enumerate(times)]
+        rows.append([tokens, distinct, rank, f"{read_us:.2f}", *cells])
+        del tables
+        torch.cuda.empty_cache()
+    header = ["tokens", "adapters", "rank", "µs read at copy BW"]
+    header += [f"u{u // 1024}k w{w}" for u, w in knobs]
+    return (
+        f"\n\n#### Fused decode kernel sweep (µs; default u{UNIT_ELEMENTS // 1024}k w4)\n\n"
+        + markdown_table(header, rows)
+    )
+
+
 def run(copy_gbs: float) -> str:
     """tokens × distinct adapters × rank grid; one slice (a 4096->4096 projection)."""
     rows = []
@@ -158,7 +208,7 @@ def run(copy_gbs: float) -> str:
         ],
         rows,
     )
-    out += per_layer(copy_gbs)
+    out += per_layer(copy_gbs) + decode_sweep(copy_gbs)
     return out + (
         f"\n\n`LoraBatchMeta.update_` (per step, 256 tokens, 2048 slots): {update_us:.1f} µs "
         f"(one Triton launch); the PyTorch version: {torch_us:.1f} µs"

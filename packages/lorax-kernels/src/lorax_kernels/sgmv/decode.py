@@ -11,8 +11,8 @@ adapter, so here every token is handled on its own and the launch overhead is pa
   arrived (acquire), sum the partials in chunk order (so every expand unit gets the same ``h``,
   bit for bit), and add ``scale * h @ B[slot, N_j, :r]^T`` into one chunk of ``y``.
 
-Each unit reads ~16 KB of adapter weights, so a 64-token batch has ~1000 units in flight and the
-adapter reads run at close to copy bandwidth instead of one long latency-bound chain per token.
+Each unit reads ~32 KB of adapter weights, so a 64-token batch has ~500 units in flight and the
+adapter reads are spread over every SM instead of one long latency-bound chain per token.
 
 Deadlock freedom: a unit's work is chosen by a *ticket* taken with an atomic at its start, not by
 its program id, and every shrink ticket precedes every expand ticket. A waiting expand unit only
@@ -41,9 +41,13 @@ import triton.language as tl
 
 from lorax_kernels.sgmv.meta import MAX_SLICES, sync_size
 
-# Elements of A or B one unit reads (16 KB in bf16): large enough to amortise the unit's fixed
-# cost, small enough that a 64-token batch spreads over every SM several times.
-UNIT_ELEMENTS = 8192
+# Elements of A or B one unit reads (32 KB in bf16): large enough to amortise the unit's fixed
+# chain of dependent latencies, small enough that a small batch still spreads over many SMs.
+# H200 sweep (bench_sgmv.py, one 4096->4096 projection, rank 16): 64 tokens on 64 adapters 15.1 µs
+# with 16 KB units -> 12.9 (64 KB: 11.8, but 1 token 5.7 -> 6.4 µs; 32 KB: 5.9); rank 64: 34.1 ->
+# 30.0. One size for every batch: the chunking, and so a token's result, must not depend on the
+# batch the token is in.
+UNIT_ELEMENTS = 16384
 
 
 @triton.jit
@@ -177,12 +181,16 @@ def decode_lora_(
     slice_offsets: list[int],
     token_slots: torch.Tensor,
     sync: torch.Tensor,
+    *,
+    unit_elements: int = UNIT_ELEMENTS,
+    num_warps: int = 4,
 ) -> None:
     """``y[t, slice s] += scale * (x[t] @ A[s, slot(t)]^T) @ B[s, slot(t)]^T`` in one launch.
 
     x: ``[T, K]``; y: ``[T, out_total]``; lora_a: ``[S, slots, R, K]``; lora_b: ``[S, slots, N, R]``;
     token_slots: ``[>= T]`` int32 (``-1`` = no adapter, row untouched); sync: int32 zeros of at
-    least ``sync_size(T)`` entries, left zero on return.
+    least ``sync_size(T)`` entries, left zero on return. ``unit_elements`` (A or B elements per
+    program) and ``num_warps`` are tuning knobs (benchmarks).
     """
     num_slices, _, max_rank, in_features = lora_a.shape
     num_rows = x.shape[0]
@@ -200,7 +208,7 @@ def decode_lora_(
     block_r = max(2, triton.next_power_of_2(max_rank))
     # Widest vector (<= 8 elements, 16 bytes of bf16) that never crosses the end of a B row.
     vec = min(8, max_rank & -max_rank, block_r)
-    unit = max(32, UNIT_ELEMENTS // block_r)
+    unit = max(32, unit_elements // block_r)
     block_k = min(unit, triton.next_power_of_2(in_features))
     block_n = min(unit, triton.next_power_of_2(max(max_width, 1)))
     split = triton.cdiv(in_features, block_k)
@@ -237,5 +245,5 @@ def decode_lora_(
         BLOCK_K=block_k,
         BLOCK_N=block_n,
         VEC=vec,
-        num_warps=4,
+        num_warps=num_warps,
     )
