@@ -118,14 +118,17 @@ def greedy_logprob(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     splits = 1 if rows > SPLIT_COUNTERS else 1 << (want.bit_length() - 1)
     chunk = triton.cdiv(blocks, splits) * block
     scratch = rows * splits if splits > 1 else 0
-    state = torch.empty(2 * scratch, dtype=torch.float32, device=logits.device)
+    # Three allocations, not views into one: Triton compiles a variant per pointer alignment, and
+    # an offset view would be misaligned for some row counts, compiling anew while serving.
+    maxes = torch.empty(scratch, dtype=torch.float32, device=logits.device)
+    sums = torch.empty(scratch, dtype=torch.float32, device=logits.device)
     args = torch.empty(scratch, dtype=torch.int32, device=logits.device)
     _greedy_kernel[(rows, splits)](
         logits,
         ids,
         logprobs,
-        state,
-        state[scratch:],
+        maxes,
+        sums,
         args,
         split_counters(logits.device),
         logits.stride(0),
