@@ -24,6 +24,7 @@ from lorax_engine.core.kv_cache import (
 from lorax_engine.core.model_runner import ModelRunner
 from lorax_engine.core.request import Request
 from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
+from lorax_engine.core.warm_up import warm_up
 from lorax_engine.lora import LoraSlots
 from lorax_engine.lora.spec import ModelLoraSpec
 from lorax_engine.models.decoder import DecoderModel
@@ -164,6 +165,7 @@ def build_engine(
         shards.start_runners(runner)
     if runner.graphs is not None:
         runner.graphs.capture_all()
+    warm_up(runner, model.cfg.vocab_size)
     queues = None
     if slots is not None:
         # One active adapter per slot: those admit requests, time-sliced while others wait.

@@ -66,6 +66,7 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = kv_caches[0][0].device
+        self.max_num_tokens = max_num_tokens
         self.max_blocks_per_seq = max_blocks_per_seq
         self.lora_slots = lora_slots
         self.lora_meta: LoraBatchMeta | None = None
