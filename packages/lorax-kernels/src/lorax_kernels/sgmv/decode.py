@@ -43,10 +43,10 @@ from lorax_kernels.sgmv.meta import MAX_SLICES, sync_size
 
 # Elements of A or B one unit reads (32 KB in bf16): large enough to amortise the unit's fixed
 # chain of dependent latencies, small enough that a small batch still spreads over many SMs.
-# H200 sweep (bench_sgmv.py, one 4096->4096 projection, rank 16): 64 tokens on 64 adapters 15.1 µs
-# with 16 KB units -> 12.9 (64 KB: 11.8, but 1 token 5.7 -> 6.4 µs; 32 KB: 5.9); rank 64: 34.1 ->
-# 30.0. One size for every batch: the chunking, and so a token's result, must not depend on the
-# batch the token is in.
+# H200 sweep (bench_sgmv.py, one 4096->4096 projection, 4 warps): 64 tokens on 64 rank-16
+# adapters take 15.1 / 12.9-13.1 / 11.8 µs with 16 / 32 / 64 KB units, one token 5.7 / 5.9-6.2 /
+# 6.5 µs; 64 tokens at rank 64: 34.5 / 30.1 / 29.3. One size for every batch: the chunking, and so
+# a token's result, must not depend on the batch the token is in.
 UNIT_ELEMENTS = 16384
 
 
