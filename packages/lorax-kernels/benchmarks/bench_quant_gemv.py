@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from common import copy_bandwidth_gbs, markdown_table, time_graph_us
 
+from lorax_kernels.dense_gemv import dense_gemv
 from lorax_kernels.fp8_gemv import FP8, quantize_rows
 from lorax_kernels.fp8_gemv.triton import Fp8GemvConfig, default_config, fp8_gemv
 from lorax_kernels.w4a16.triton import DEFAULT_DECODE, W4Config, w4a16_matmul
@@ -117,6 +118,9 @@ def run(copy_gbs: float, ms: tuple[int, ...] = (1, 4, 16, 64)) -> str:
             xs = w.inputs(m)
             base = _time(w, xs, lambda w, x, i: F.linear(x, w.w16[i]))
             points: list[tuple[str, str, float]] = [("bf16 F.linear", "bf16", base)]
+            if m <= 2:
+                us = _time(w, xs, lambda w, x, i: dense_gemv(x, w.w16[i]))
+                points.append(("bf16 dense_gemv", "bf16", us))
             if m <= 16:
                 us = _time(w, xs, lambda w, x, i: fp8_gemv(x, *w.fp8[i], None))
                 points.append(("fp8 GEMV", "fp8", us))
@@ -139,8 +143,7 @@ def _sweep_call(kernel: str, cfg: Fp8GemvConfig | W4Config | None, w: Weights) -
     if kernel == "bf16 GEMV":
         if cfg is None:
             return (lambda w, x, i: F.linear(x, w.w16[i])), w.bytes["bf16"]
-        ones = torch.ones(w.n, device="cuda")
-        return (lambda w, x, i: fp8_gemv(x, w.w16[i], ones, None, cfg)), w.bytes["bf16"]
+        return (lambda w, x, i: fp8_gemv(x, w.w16[i], None, None, cfg)), w.bytes["bf16"]
     if isinstance(cfg, Fp8GemvConfig):
         return (lambda w, x, i: fp8_gemv(x, *w.fp8[i], None, cfg)), w.bytes["fp8"]
     return (lambda w, x, i: w4a16_matmul(x, *w.w4[i], None, GROUP, cfg)), w.bytes["w4"]
@@ -151,7 +154,7 @@ def sweep(copy_gbs: float) -> str:
     weights = {name: Weights(k, n) for name, (k, n) in SHAPES.items()}
     out = []
     # Both kernels' tl.dot tiles are 16 rows whatever M; their CUDA-core modes run at M <= 4.
-    # "bf16 GEMV": the fp8 GEMV's tilings streaming bf16 weights (scale 1), against cuBLAS at M = 1,
+    # "bf16 GEMV": the fp8 GEMV's tilings streaming bf16 weights (no scale), against cuBLAS at M = 1,
     # the batch-1 decode shape where cuBLAS reads qkv and o at 60-70% of copy bandwidth.
     kernels = (
         ("fp8 GEMV", FP8_CANDIDATES, (1, 4, 16)),
@@ -175,8 +178,12 @@ def sweep(copy_gbs: float) -> str:
                     total += us
                 rows.append([*row, total])
             best = min(rows, key=lambda r: float(r[-1]))  # pyright: ignore[reportArgumentType]
-            defaults = {"fp8 GEMV": default_config(m), "w4a16": w4a16_default(m)}
-            default = defaults.get(kernel, "cuBLAS")
+            defaults = {
+                "fp8 GEMV": default_config(m),
+                "w4a16": w4a16_default(m),
+                "bf16 GEMV": default_config(m, dense=True),  # dense_gemv; the engine: cuBLAS
+            }
+            default = defaults[kernel]
             header = ["tiling", *(f"{s} µs (% BW)" for s in SHAPES), "total µs"]
             out.append(
                 f"### {kernel}, M = {m} (default: {default})\n\n"

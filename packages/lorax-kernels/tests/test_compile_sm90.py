@@ -80,6 +80,8 @@ def _fp8_matmuls() -> None:
     for rows in (1, 4, 16):  # CUDA-core rows, then tensor-core tiles
         fp8_gemv(torch.empty(rows, 4096, dtype=BF16), weight, scale, None)
     fp8_gemv(torch.empty(1, 4096, dtype=BF16), weight, scale, torch.empty(6144, dtype=BF16))
+    for rows in (1, 2, 4):  # 16-bit weights (dense_gemv): the dense one-row tiling, then tiles
+        fp8_gemv(torch.empty(rows, 4096, dtype=BF16), weight.to(BF16), None, None)
     quantize_rows(torch.empty(64, 4096, dtype=BF16))
 
 

@@ -1,4 +1,5 @@
-"""Triton fp8 weight-only GEMV / skinny GEMM for decode (M <= 16): ``x @ (qweight * scale)^T``.
+"""Triton fp8 weight-only GEMV / skinny GEMM for decode (M <= 16): ``x @ (qweight * scale)^T``;
+the same kernel without a scale serves 16-bit weights (``lorax_kernels.dense_gemv``).
 
 Decode reads the whole weight for a handful of tokens, so the kernel is bound by weight bytes:
 each program streams a ``[BLOCK_N, BLOCK_K]`` tile of fp8 rows (K contiguous, 16-byte loads),
@@ -61,12 +62,19 @@ class Fp8GemvConfig:
 # tensor cores on 32 x 256 tiles at 8 programs per SM (100.1 µs at 4 rows; 64 x 256: 102.4 µs).
 DEFAULT_FEW_ROWS = Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=4, waves=8, dot=False)
 DEFAULT_MANY_ROWS = Fp8GemvConfig(block_n=32, block_k=256, warps=4, stages=4, waves=8, dot=True)
+# 16-bit weights, 1-2 rows (the same sweep's bf16 table, run 5: 118.8 µs a layer against cuBLAS's
+# 120.0; 8 programs per SM and 4 stages: 125.6).
+DEFAULT_DENSE_FEW_ROWS = Fp8GemvConfig(
+    block_n=16, block_k=512, warps=4, stages=3, waves=4, dot=False
+)
 FEW_ROWS_MAX = 2
 
 
-def default_config(m: int) -> Fp8GemvConfig:
-    """The tiling ``fp8_gemv`` uses for ``m`` rows."""
-    return DEFAULT_FEW_ROWS if m <= FEW_ROWS_MAX else DEFAULT_MANY_ROWS
+def default_config(m: int, dense: bool = False) -> Fp8GemvConfig:
+    """The tiling ``fp8_gemv`` uses for ``m`` rows of fp8 weights, or of 16-bit ones (``dense``)."""
+    if m > FEW_ROWS_MAX:
+        return DEFAULT_MANY_ROWS
+    return DEFAULT_DENSE_FEW_ROWS if dense else DEFAULT_FEW_ROWS
 
 
 @triton.jit
@@ -86,6 +94,7 @@ def _fp8_gemv_kernel(
     stride_xm,
     stride_wn,
     stride_ym,
+    HAS_SCALE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -137,14 +146,20 @@ def _fp8_gemv_kernel(
             for i in range(num_splits):  # fixed order; .cg reads L2, where the other SMs wrote
                 acc += tl.load(part + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
-            _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_BIAS)
+            _store_out(
+                acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_SCALE, HAS_BIAS
+            )
     else:
-        _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_BIAS)
+        _store_out(
+            acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_SCALE, HAS_BIAS
+        )
 
 
 @triton.jit
-def _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_BIAS):
-    y = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0)[None, :]  # per-channel weight scale
+def _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_SCALE, HAS_BIAS):
+    y = acc
+    if HAS_SCALE:
+        y = y * tl.load(s_ptr + rn, mask=n_mask, other=0.0)[None, :]  # per-channel weight scale
     if HAS_BIAS:
         y += tl.load(b_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], y.to(y_ptr.dtype.element_ty), out_mask)
@@ -153,12 +168,13 @@ def _store_out(acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HA
 def fp8_gemv(
     x: torch.Tensor,
     qweight: torch.Tensor,
-    scale: torch.Tensor,
+    scale: torch.Tensor | None,
     bias: torch.Tensor | None,
     config: Fp8GemvConfig | None = None,
 ) -> torch.Tensor:
     """Triton version of ``reference.fp8_linear_ref`` for ``M <= GEMV_MAX_ROWS`` (validated
-    arguments); ``config`` overrides ``default_config(M)`` (the benchmark's sweep)."""
+    arguments); without ``scale``, of ``x @ qweight^T + bias`` for 16-bit weights. ``config``
+    overrides ``default_config`` (the benchmark's sweep)."""
     m, k = x.shape
     n = qweight.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -168,7 +184,7 @@ def fp8_gemv(
         raise ValueError(f"fp8_gemv serves up to {GEMV_MAX_ROWS} rows, got {m}")
     if x.stride(1) != 1:
         x = x.contiguous()
-    cfg = config or default_config(m)
+    cfg = config or default_config(m, dense=scale is None)
     block_m = 16 if cfg.dot else triton.next_power_of_2(m)
     tiles_n = triton.cdiv(n, cfg.block_n)
     if tiles_n > SPLIT_COUNTERS:
@@ -194,6 +210,7 @@ def fp8_gemv(
         x.stride(0),
         qweight.stride(0),
         y.stride(0),
+        HAS_SCALE=scale is not None,
         HAS_BIAS=bias is not None,
         BLOCK_M=block_m,
         BLOCK_N=cfg.block_n,
