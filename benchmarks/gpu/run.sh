@@ -10,8 +10,8 @@
 # lorax-kernels (~7 min: one call of its own) and of lorax-engine (~1-2 min); gpu-tests is both
 # (the interpreter tests, which CI runs, are left out). kernels runs the kernel benchmarks whose
 # numbers pick defaults: decode attention with its partition sweep, SGMV, the quantized GEMVs and
-# their tiling sweep. engine runs bench_engine.py (batch 1, 16, 64, 256) and profile_step.py. The
-# e2e sweep is two phases, each one engine
+# their tiling sweep, and the PDL experiment on the GEMV chain. engine runs bench_engine.py
+# (batch 1, 16, 64, 256) and profile_step.py. The e2e sweep is two phases, each one engine
 # start-up and at most E2E_TIMEOUT seconds, so that each fits one 10-minute GPU command on its
 # own: e2e-saturation (rate inf for base, N = 1, 8, 64, 512, 2000) and e2e-latency (N = 64, 2000
 # at 50 % and 80 % of their saturation); e2e runs both in turn (where no such limit applies).
@@ -66,7 +66,7 @@ for w in "${which[@]}"; do
     kernels)
         timeout "${KERNELS_TIMEOUT:-420}" bash -c "
             cd packages/lorax-kernels/benchmarks &&
-            python3 run_all.py decode sgmv greedy quant | tee '$OUT/kernels.md' &&
+            python3 run_all.py decode sgmv greedy quant pdl | tee '$OUT/kernels.md' &&
             python3 bench_quant_gemv.py --sweep-only | tee '$OUT/quant-sweep.md'" ;;
     engine)
         timeout "${ENGINE_TIMEOUT:-240}" bash -c "

@@ -2,7 +2,7 @@
 
 Usage (on the GPU machine, from the repository root):
     PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/run_all.py
-Optional arguments name a subset: decode prefill sgmv cache fused greedy quant.
+Optional arguments name a subset: decode prefill sgmv cache fused greedy quant pdl.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import bench_decode_attention
 import bench_fused
 import bench_greedy
+import bench_pdl
 import bench_prefill_attention
 import bench_quant_gemv
 import bench_reshape_and_cache
@@ -24,7 +25,16 @@ from common import copy_bandwidth_gbs, matmul_tflops
 
 def main() -> None:
     """Measure the ceilings, then each op; print everything as markdown."""
-    which = set(sys.argv[1:]) or {"decode", "prefill", "sgmv", "cache", "fused", "greedy", "quant"}
+    which = set(sys.argv[1:]) or {
+        "decode",
+        "prefill",
+        "sgmv",
+        "cache",
+        "fused",
+        "greedy",
+        "quant",
+        "pdl",
+    }
     props = torch.cuda.get_device_properties(0)
     copy_gbs = copy_bandwidth_gbs()
     mm = matmul_tflops()
@@ -45,6 +55,7 @@ def main() -> None:
         ("fused", bench_fused.run, copy_gbs),
         ("greedy", bench_greedy.run, copy_gbs),
         ("quant", bench_quant_gemv.run, copy_gbs),
+        ("pdl", bench_pdl.run, copy_gbs),
     ]:
         if name in which:
             t0 = time.time()

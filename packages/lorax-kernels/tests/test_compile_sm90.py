@@ -82,6 +82,10 @@ def _fp8_matmuls() -> None:
     fp8_gemv(torch.empty(1, 4096, dtype=BF16), weight, scale, torch.empty(6144, dtype=BF16))
     for rows in (1, 2, 4):  # 16-bit weights (dense_gemv): the dense one-row tiling, then tiles
         fp8_gemv(torch.empty(rows, 4096, dtype=BF16), weight.to(BF16), None, None)
+    for tiles in (0, 2):  # the PDL experiment (bench_pdl.py), fp8 and 16-bit weights
+        x = torch.empty(1, 4096, dtype=BF16)
+        fp8_gemv(x, weight, scale, None, pdl=True, prefetch_tiles=tiles)
+        fp8_gemv(x, weight.to(BF16), None, None, pdl=True, prefetch_tiles=tiles)
     quantize_rows(torch.empty(64, 4096, dtype=BF16))
 
 

@@ -178,3 +178,47 @@ def test_public_fp8_ops_replay_in_a_cuda_graph() -> None:
         assert torch.equal(x_scale, x_scale_eager)
         ref = fp8_linear_ref(x.float(), qweight, scale, bias.float())
         assert (y.float() - ref).norm() / ref.norm() < REL[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prefetch_tiles", [0, 1])
+@pytest.mark.parametrize("weight_dtype", [FP8, torch.bfloat16], ids=str)
+def test_pdl_chain_waits_for_each_previous_output(weight_dtype, prefetch_tiles: int) -> None:
+    """GEMVs launched with PDL, each reading the previous one's output (with a plain PyTorch add
+    between some of them), captured in a CUDA graph: every output is bit-identical to the same
+    chain launched plainly, so no kernel read its input early."""
+    from lorax_kernels.fp8_gemv.triton import fp8_gemv
+    from lorax_kernels.pdl import pdl_supported
+
+    if not pdl_supported(torch.device(DEVICE)):
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU")
+    gen = torch.Generator().manual_seed(5)
+    weights: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    for _ in range(6):
+        q, s = _weight(4096, 4096, gen)
+        if weight_dtype == FP8:
+            weights.append((q, s))
+        else:
+            weights.append(((q.float() * s[:, None]).to(weight_dtype), None))
+    x = torch.zeros(1, 4096, device=DEVICE, dtype=torch.bfloat16)
+
+    def chain(pdl: bool) -> list[torch.Tensor]:
+        outs, h = [], x
+        for i, (w, s) in enumerate(weights):
+            h = fp8_gemv(h, w, s, None, pdl=pdl, prefetch_tiles=prefetch_tiles)
+            if i % 2:
+                h = h + x  # a kernel launched without PDL inside the chain
+            outs.append(h)
+        return outs
+
+    chain(True)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = chain(True)
+    for seed in (1, 2):
+        x.normal_(generator=torch.Generator(device=DEVICE).manual_seed(seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, want in zip(captured, chain(False), strict=True):
+            assert torch.equal(got, want)

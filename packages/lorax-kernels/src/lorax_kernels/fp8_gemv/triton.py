@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
 from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
+from lorax_kernels.pdl import LINE_BYTES, prefetch_l2
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,6 +104,9 @@ def _fp8_gemv_kernel(
     SPLIT_K: tl.constexpr,
     DOT: tl.constexpr,
     IS_FP32: tl.constexpr,
+    PDL: tl.constexpr,
+    PREFETCH_TILES: tl.constexpr,
+    LINES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -112,7 +117,19 @@ def _fp8_gemv_kernel(
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_begin = split * k_per_split
-    for k0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), BLOCK_K):
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    if PDL:
+        # The first PREFETCH_TILES weight tiles of the program's slice into L2 (one pointer per
+        # 128-byte line, clamped into the weight) while the previous kernel finishes; x is its
+        # output and y may be its input: neither is touched before the wait.
+        w_lines = w_ptr + tl.minimum(rn, N - 1).to(tl.int64)[:, None] * stride_wn
+        line_offs = tl.arange(0, LINES) * (BLOCK_K // LINES)  # [LINES]
+        for t in tl.static_range(PREFETCH_TILES):
+            k_line = tl.minimum(k_begin + t * BLOCK_K + line_offs, K - 1)
+            prefetch_l2(w_lines + k_line[None, :])
+        gdc_wait()
+        gdc_launch_dependents()  # after the wait: the next kernel starts one kernel behind
+    for k0 in range(k_begin, k_end, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         k_mask = rk < K
         w = tl.load(w_rows + rk[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
@@ -171,10 +188,14 @@ def fp8_gemv(
     scale: torch.Tensor | None,
     bias: torch.Tensor | None,
     config: Fp8GemvConfig | None = None,
+    pdl: bool = False,
+    prefetch_tiles: int = 0,
 ) -> torch.Tensor:
     """Triton version of ``reference.fp8_linear_ref`` for ``M <= GEMV_MAX_ROWS`` (validated
     arguments); without ``scale``, of ``x @ qweight^T + bias`` for 16-bit weights. ``config``
-    overrides ``default_config`` (the benchmark's sweep)."""
+    overrides ``default_config`` (the benchmark's sweep). ``pdl``: launch with programmatic
+    dependent launch (``lorax_kernels.pdl``, an experiment: Hopper or later), each program
+    prefetching the first ``prefetch_tiles`` weight tiles of its slice before it waits."""
     m, k = x.shape
     n = qweight.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -218,7 +239,11 @@ def fp8_gemv(
         SPLIT_K=split > 1,
         DOT=cfg.dot,
         IS_FP32=x.dtype == torch.float32,
+        PDL=pdl,
+        PREFETCH_TILES=prefetch_tiles,
+        LINES=max(1, cfg.block_k * qweight.element_size() // LINE_BYTES),
         num_warps=cfg.warps,
         num_stages=cfg.stages,
+        **({"launch_pdl": True} if pdl else {}),
     )
     return y
