@@ -27,6 +27,7 @@ from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.models.model_config import ModelConfig, RopeConfig
 from lorax_engine.params import SamplingParams
+from lorax_kernels import pdl
 
 LLAMA3_8B = ModelConfig(
     architecture="llama",
@@ -245,11 +246,18 @@ def main() -> None:
         help="comma-separated batch sizes for HF generate (input/output as above)",
     )
     ap.add_argument("--hf-output", type=int, default=128)
+    ap.add_argument(
+        "--pdl",
+        action="store_true",
+        help="the PDL experiment: decode kernels launched with PDL (lorax_kernels.pdl)",
+    )
     args = ap.parse_args()
+    pdl.set_enabled(args.pdl)
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     bw = copy_bandwidth()
     emit(event="copy_bw_TBps", value=round(bw / 1e12, 3))
+    emit(event="pdl", enabled=args.pdl)
 
     dev = torch.device("cuda")
     t = time.perf_counter()

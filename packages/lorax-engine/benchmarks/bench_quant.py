@@ -49,6 +49,7 @@ from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.quant.formats import AWQ_ORDER, W4Weight, awq_to_w4, gptq_to_w4, pack_cols
 from lorax_engine.quant.linear import Fp8Linear, W4Linear
 from lorax_engine.quant.spec import QuantSpec
+from lorax_kernels import pdl
 from lorax_kernels.w4a16 import pack_rows
 
 # The engine's --quantize methods, the unquantized bf16 baseline and GPTQ with act-order.
@@ -193,7 +194,13 @@ def main() -> None:
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=128, help="4-bit group (tiny: 32)")
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
+    ap.add_argument(
+        "--pdl",
+        action="store_true",
+        help="the PDL experiment: decode kernels launched with PDL (lorax_kernels.pdl)",
+    )
     args = ap.parse_args()
+    pdl.set_enabled(args.pdl)
     methods = quant_methods(ap, args.methods)
     batches = [int(b) for b in args.batches.split(",")]
     cfg = model_shape(args.tiny)
@@ -202,6 +209,7 @@ def main() -> None:
     torch.manual_seed(0)
     bw = copy_bandwidth() if dev.type == "cuda" else None
     emit(event="copy_bw_TBps", value=round(bw / 1e12, 3) if bw else None)
+    emit(event="pdl", enabled=args.pdl)
 
     t = time.perf_counter()
     max_b = max(batches)

@@ -35,6 +35,7 @@ from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.params import SamplingParams
+from lorax_kernels import pdl
 
 PHASES: dict[str, list[float]] = defaultdict(list)
 # CUDA events around each ``runner.execute``: (when the GPU reached the step, when it finished it).
@@ -153,7 +154,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--trace-steps", type=int, default=3)
+    ap.add_argument(
+        "--pdl",
+        action="store_true",
+        help="the PDL experiment: decode kernels launched with PDL (lorax_kernels.pdl)",
+    )
     args = ap.parse_args()
+    pdl.set_enabled(args.pdl)
     batches = [int(b) for b in args.batches.split(",")]
     dev = torch.device("cuda")
     max_b = max(batches)

@@ -46,3 +46,25 @@ def test_cuda_graphs_match_eager_and_hf(arch: str, make_checkpoint: Callable[[st
 def test_bfloat16_runs(make_checkpoint: Callable[[str], Path]) -> None:
     out = _run(make_checkpoint("llama"), device="cuda", dtype="bfloat16")
     assert all(len(t) == 16 for t in out)
+
+
+@pytest.mark.gpu
+def test_pdl_experiment_matches_plain_launches(make_checkpoint: Callable[[str], Path]) -> None:
+    """With ``lorax_kernels.pdl`` enabled every decode kernel is PDL-launched (graphs and eager
+    prefill alike): fp32 tokens are exactly the plain engine's (PDL changes when kernels start,
+    not what they compute); in bf16 the one-row GEMVs also move from cuBLAS to dense_gemv, whose
+    summation order differs, so a sequence may part after a near-tie."""
+    from lorax_kernels import pdl
+
+    path = make_checkpoint("llama")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    kw: dict[str, object] = {"device": "cuda", "max_batch_prefill_tokens": 16, "max_batch_size": 8}
+    plain = {dtype: _run(path, dtype=dtype, **kw) for dtype in ("float32", "bfloat16")}
+    pdl.set_enabled(True)
+    try:
+        with_pdl = {dtype: _run(path, dtype=dtype, **kw) for dtype in ("float32", "bfloat16")}
+    finally:
+        pdl.set_enabled(False)
+    assert with_pdl["float32"] == plain["float32"]
+    same = sum(a == b for a, b in zip(with_pdl["bfloat16"], plain["bfloat16"], strict=True))
+    assert same >= len(PROMPTS) - 1, (with_pdl["bfloat16"], plain["bfloat16"])

@@ -137,8 +137,15 @@ LAUNCHERS: dict[str, Callable[[], None]] = {
 }
 
 
+@pytest.mark.parametrize("pdl", [False, True], ids=["plain", "pdl"])
 @pytest.mark.parametrize("name", LAUNCHERS)
-def test_kernels_compile_for_sm90(name: str) -> None:
+def test_kernels_compile_for_sm90(name: str, pdl: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pdl``: as in the PDL experiment, each launch with PDL where its launcher supports it
+    (on CPU tensors, which have no PDL, as though on a Hopper GPU)."""
+    from lorax_kernels import pdl as pdl_module
+
+    monkeypatch.setattr(pdl_module, "pdl_supported", lambda device: True)
+    monkeypatch.setattr(pdl_module, "_enabled", pdl)
     with captured_launches() as launches:
         LAUNCHERS[name]()
     assert launches, f"{name} launched no Triton kernel"

@@ -26,6 +26,7 @@ from lorax_engine.distributed.parallel import (
     shard_config,
 )
 from lorax_engine.lora import LoraSlots, ModelLoraSpec
+from lorax_engine.models.dense_linear import linear
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.model_config import ModelConfig
 from lorax_engine.models.rope import RotaryEmbedding
@@ -87,7 +88,7 @@ class LoraLinear(nn.Module):
             y = self.quant(x, bias)  # [num_tokens, out_features]
         else:
             assert self.weight is not None
-            y = F.linear(x, self.weight, bias)  # [num_tokens, out_features]
+            y = linear(x, self.weight, bias)  # [num_tokens, out_features]
         if lora_meta is not None and self.slots is not None:
             table = self.slots.table(self.layer, self.name)
             lorax_kernels.lora_apply_(
@@ -249,7 +250,7 @@ class DecoderModel(nn.Module):
         """``[n, hidden] -> [n, vocab]`` float32 logits (gathered from the shards: every shard
         gets them, as one all-gather is cheaper than a gather to one rank with NCCL)."""
         weight = self.embed.weight if self.lm_head is None else self.lm_head
-        logits = self.tp.gather_columns(F.linear(hidden, weight))  # [n, padded vocab]
+        logits = self.tp.gather_columns(linear(hidden, weight, None))  # [n, padded vocab]
         return logits[:, : self.cfg.vocab_size].float()
 
     def lora_spec(self) -> ModelLoraSpec:

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lorax_kernels.pdl import launch_options, pdl_entry
+
 
 @triton.jit
 def _silu_and_mul_kernel(
@@ -22,7 +24,9 @@ def _silu_and_mul_kernel(
     stride_in,
     N: tl.constexpr,  # width of one half
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -47,5 +51,6 @@ def silu_and_mul(gate_up: torch.Tensor, block: int = 1024) -> torch.Tensor:
         return out
     block = min(block, triton.next_power_of_2(half))
     grid = (rows, triton.cdiv(half, block))
-    _silu_and_mul_kernel[grid](x2, out, x2.stride(0), half, block, num_warps=4)
+    pdl, launch = launch_options(gate_up.device)
+    _silu_and_mul_kernel[grid](x2, out, x2.stride(0), half, block, pdl, num_warps=4, **launch)
     return out

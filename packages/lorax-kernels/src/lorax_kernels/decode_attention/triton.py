@@ -31,6 +31,7 @@ import triton.language as tl
 
 from lorax_kernels.device import num_sms, split_counters
 from lorax_kernels.paged_attention_steps import load_kv_block, online_softmax_step, scores
+from lorax_kernels.pdl import launch_options, pdl_entry
 
 LOG2E = 1.4426950408889634
 
@@ -179,7 +180,9 @@ def _decode_kernel(
     IEEE: tl.constexpr,
     FP16_OPERANDS: tl.constexpr,
     MERGE_IN_LAUNCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
@@ -301,9 +304,11 @@ def _merge_kernel(
     BLOCK_D: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """The merge as a second launch (``merge_in_launch=False``): one program per (sequence, kv
     head) whose sequence was split; the others' outputs are already written."""
+    pdl_entry(PDL)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     length = tl.load(seq_lens_ptr + seq)
@@ -419,6 +424,7 @@ def paged_decode_attention(
     split = num_parts > 1
     if merge_in_launch is None:
         merge_in_launch = num_seqs > TWO_LAUNCH_MAX_SEQS
+    pdl, launch = launch_options(q.device)
     # Passed even when nothing splits: Triton compiles the merge branch for the pointer's dtype.
     counters = split_counters(q.device)
     if num_seqs * num_kv_heads > counters.numel():
@@ -473,8 +479,10 @@ def paged_decode_attention(
         IEEE=q.dtype == torch.float32,
         FP16_OPERANDS=q.dtype == torch.bfloat16 and k_cache.element_size() == 1,
         MERGE_IN_LAUNCH=merge_in_launch,
+        PDL=pdl,
         num_warps=num_warps,
         num_stages=num_stages,
+        **launch,
     )
     if split and not merge_in_launch:
         _merge_kernel[(num_seqs, num_kv_heads)](
@@ -495,5 +503,7 @@ def paged_decode_attention(
             BLOCK_D=triton.next_power_of_2(head_dim),
             HEAD_DIM=head_dim,
             BLOCK_P=MERGE_BLOCK,
+            PDL=pdl,
+            **launch,
         )
     return out

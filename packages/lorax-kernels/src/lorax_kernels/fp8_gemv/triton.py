@@ -30,7 +30,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
 from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
-from lorax_kernels.pdl import LINE_BYTES, prefetch_l2
+from lorax_kernels.pdl import LINE_BYTES, launch_options, prefetch_l2
 
 
 @dataclass(slots=True, frozen=True)
@@ -188,14 +188,15 @@ def fp8_gemv(
     scale: torch.Tensor | None,
     bias: torch.Tensor | None,
     config: Fp8GemvConfig | None = None,
-    pdl: bool = False,
+    pdl: bool | None = None,
     prefetch_tiles: int = 0,
 ) -> torch.Tensor:
     """Triton version of ``reference.fp8_linear_ref`` for ``M <= GEMV_MAX_ROWS`` (validated
     arguments); without ``scale``, of ``x @ qweight^T + bias`` for 16-bit weights. ``config``
     overrides ``default_config`` (the benchmark's sweep). ``pdl``: launch with programmatic
-    dependent launch (``lorax_kernels.pdl``, an experiment: Hopper or later), each program
-    prefetching the first ``prefetch_tiles`` weight tiles of its slice before it waits."""
+    dependent launch (``lorax_kernels.pdl``, an experiment: Hopper or later; None: as
+    ``pdl.set_enabled`` says), each program prefetching the first ``prefetch_tiles`` weight
+    tiles of its slice before it waits."""
     m, k = x.shape
     n = qweight.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -206,6 +207,10 @@ def fp8_gemv(
     if x.stride(1) != 1:
         x = x.contiguous()
     cfg = config or default_config(m, dense=scale is None)
+    if pdl is None:
+        pdl, launch = launch_options(x.device)
+    else:
+        launch = {"launch_pdl": True} if pdl else {}
     block_m = 16 if cfg.dot else triton.next_power_of_2(m)
     tiles_n = triton.cdiv(n, cfg.block_n)
     if tiles_n > SPLIT_COUNTERS:
@@ -244,6 +249,6 @@ def fp8_gemv(
         LINES=max(1, cfg.block_k * qweight.element_size() // LINE_BYTES),
         num_warps=cfg.warps,
         num_stages=cfg.stages,
-        **({"launch_pdl": True} if pdl else {}),
+        **launch,
     )
     return y

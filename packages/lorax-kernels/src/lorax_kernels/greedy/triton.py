@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
+from lorax_kernels.pdl import launch_options, pdl_entry
 
 # Logits per step: 16 KiB of fp32 in flight per program, 16 per thread at 8 warps.
 BLOCK = 4096
@@ -73,7 +74,9 @@ def _greedy_kernel(
     chunk,
     SPLITS: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
     lo = split * chunk
@@ -123,6 +126,7 @@ def greedy_logprob(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     maxes = torch.empty(scratch, dtype=torch.float32, device=logits.device)
     sums = torch.empty(scratch, dtype=torch.float32, device=logits.device)
     args = torch.empty(scratch, dtype=torch.int32, device=logits.device)
+    pdl, launch = launch_options(logits.device)
     _greedy_kernel[(rows, splits)](
         logits,
         ids,
@@ -136,6 +140,8 @@ def greedy_logprob(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chunk,
         splits,
         block,
+        pdl,
         num_warps=8,
+        **launch,
     )
     return ids, logprobs

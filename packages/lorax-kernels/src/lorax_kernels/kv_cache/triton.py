@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.kv_cache.reference import FP8_KV_DTYPE, FP8_MAX
+from lorax_kernels.pdl import launch_options, pdl_entry
 
 
 @triton.jit
@@ -34,7 +35,9 @@ def _cache_kernel(
     BLOCK: tl.constexpr,
     FP8: tl.constexpr,
     FP8_LIMIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token)
     if slot >= 0:
@@ -74,6 +77,7 @@ def reshape_and_cache_(
     if v2.stride(1) != 1:
         v2 = v2.contiguous()
     block = min(triton.next_power_of_2(row), 2048)
+    pdl, launch = launch_options(k.device)
     _cache_kernel[(num_tokens,)](
         k2,
         v2,
@@ -88,4 +92,6 @@ def reshape_and_cache_(
         BLOCK=block,
         FP8=k_cache.dtype == FP8_KV_DTYPE,
         FP8_LIMIT=FP8_MAX,
+        PDL=pdl,
+        **launch,
     )

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lorax_kernels.pdl import launch_options, pdl_entry
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -30,7 +32,9 @@ def _rms_norm_kernel(
     BLOCK: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ROUND: tl.constexpr,  # round the normalised row to the output dtype before the weight (HF)
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -71,6 +75,7 @@ def _launch(
     if rows == 0:
         return
     block = triton.next_power_of_2(n)
+    pdl, launch = launch_options(x.device)
     _rms_norm_kernel[(rows,)](
         x2,
         x2 if r2 is None else r2,
@@ -84,7 +89,9 @@ def _launch(
         block,
         r2 is not None,
         x.dtype != torch.float32,
+        pdl,
         num_warps=min(max(block // 512, 1), 16),
+        **launch,
     )
 
 

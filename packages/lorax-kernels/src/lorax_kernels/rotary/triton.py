@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lorax_kernels.pdl import launch_options, pdl_entry
+
 
 @triton.jit
 def _rotary_kernel(
@@ -28,7 +30,9 @@ def _rotary_kernel(
     HALF: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
@@ -67,6 +71,7 @@ def rotary_embedding_(qk: torch.Tensor, positions: torch.Tensor, cos_sin: torch.
     # About 2048 values of a token per program: a decode token's 40 heads still span 3 SMs.
     block_h = min(triton.next_power_of_2(num_heads), max(1, 1024 // block_d))
     grid = (num_tokens, triton.cdiv(num_heads, block_h))
+    pdl, launch = launch_options(qk.device)
     _rotary_kernel[grid](
         qk,
         positions,
@@ -78,5 +83,7 @@ def rotary_embedding_(qk: torch.Tensor, positions: torch.Tensor, cos_sin: torch.
         half,
         block_d,
         block_h,
+        pdl,
         num_warps=4,
+        **launch,
     )

@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lorax_kernels.pdl import launch_options, pdl_entry
 from lorax_kernels.sgmv.meta import MAX_SLICES, sync_size
 
 # Elements of A or B one unit reads (32 KB in bf16): large enough to amortise the unit's fixed
@@ -82,7 +83,9 @@ def _decode_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr,
     VEC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_entry(PDL)  # before the ticket: tickets go to programs that run
     groups = num_rows * NUM_SLICES
     shrink_units = groups * SPLIT
     ticket = tl.atomic_add(sync_ptr, 1)
@@ -217,6 +220,7 @@ def decode_lora_(
     # [groups, split, block_r] fp32 shrink partials; every row a live token uses is written.
     partials = torch.empty(groups * split * block_r, dtype=torch.float32, device=x.device)
     offs = [*slice_offsets[1:], *[slice_offsets[-1]] * (MAX_SLICES + 1 - len(slice_offsets))]
+    pdl, launch = launch_options(x.device)
     _decode_kernel[(groups * (split + n_chunks),)](
         x,
         lora_a,
@@ -245,5 +249,7 @@ def decode_lora_(
         BLOCK_K=block_k,
         BLOCK_N=block_n,
         VEC=vec,
+        PDL=pdl,
         num_warps=num_warps,
+        **launch,
     )
