@@ -1,4 +1,5 @@
-"""Triton fp8 GEMV and per-token activation quantization against their fp32 references.
+"""Triton fp8 GEMV (and the same kernel on 16-bit weights, ``dense_gemv``) and per-token
+activation quantization against their fp32 references.
 
 Runs on CUDA at Llama-3-8B shapes, or on CPU under ``TRITON_INTERPRET=1`` at small odd shapes
 (started by test_interpreter.py in a subprocess: the variable must precede Triton's import).
@@ -10,6 +11,7 @@ import pytest
 import torch
 from triton_env import CUDA, DEVICE, INTERPRET, NEEDS_TRITON
 
+from lorax_kernels.dense_gemv.reference import dense_linear_ref
 from lorax_kernels.fp8_gemv.reference import FP8, FP8_MAX, fp8_linear_ref, quantize_rows_ref
 
 pytestmark = NEEDS_TRITON
@@ -49,7 +51,7 @@ def _configs():
     return [
         Fp8GemvConfig(block_n=16, block_k=32, warps=2, stages=1, waves=1, dot=False),
         Fp8GemvConfig(block_n=16, block_k=32, warps=2, stages=2, waves=1, dot=True),
-        None,  # the defaults
+        None,  # the defaults (for 16-bit weights at M <= 2, the dense one-row tiling)
     ]
 
 
@@ -84,6 +86,60 @@ LLAMA3_8B = {
 def test_fp8_gemv_real_shapes(proj: str, m: int, dtype) -> None:
     k, n = LLAMA3_8B[proj]
     _check_gemv(m, k, n, dtype, bias=proj == "qkv")
+
+
+def _check_dense(m: int, k: int, n: int, dtype: torch.dtype, bias: bool, config=None) -> None:
+    """The kernel without a scale (``dense_gemv``), on weights of x's dtype."""
+    from lorax_kernels.fp8_gemv.triton import fp8_gemv
+
+    gen = torch.Generator().manual_seed(m * 5 + k + n)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to(DEVICE, dtype)  # [N, K]
+    x = torch.randn(m, k, generator=gen).to(DEVICE, dtype)
+    b = torch.randn(n, generator=gen).to(DEVICE, dtype) if bias else None
+    y = fp8_gemv(x, w, None, b, config)
+    ref = dense_linear_ref(x.float(), w.float(), None if b is None else b.float())
+    assert y.dtype == dtype
+    assert y.shape == (m, n)
+    err = (y.float() - ref).norm() / ref.norm()
+    assert err < REL[dtype], f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("config", range(3), ids=["reduce", "dot", "default"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("m", "k", "n", "bias"), [(1, 72, 40, False), (2, 200, 24, True)])
+def test_dense_gemv_small(m: int, k: int, n: int, bias: bool, dtype, config: int) -> None:
+    _check_dense(m, k, n, dtype, bias, _configs()[config])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("proj", list(LLAMA3_8B))
+def test_dense_gemv_real_shapes(proj: str, m: int, dtype) -> None:
+    k, n = LLAMA3_8B[proj]
+    _check_dense(m, k, n, dtype, bias=proj == "qkv")
+
+
+@pytest.mark.gpu
+def test_public_dense_gemv_replays_in_a_cuda_graph() -> None:
+    """The public op dispatches to Triton, captures into a graph (twice: its counters re-arm
+    in-graph) and replays new inputs bit for bit as eager calls compute them."""
+    from lorax_kernels.dense_gemv import dense_gemv
+
+    gen = torch.Generator().manual_seed(6)
+    w = (torch.randn(4096, 4096, generator=gen) / 64).to(DEVICE, torch.bfloat16)
+    x = torch.zeros(1, 4096, device=DEVICE, dtype=torch.bfloat16)
+    dense_gemv(x, w)  # compiles and allocates the counters off the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dense_gemv(x, w)
+        y = dense_gemv(x, w)
+    for seed in (1, 2):
+        x.normal_(generator=torch.Generator(device=DEVICE).manual_seed(seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, dense_gemv(x, w))
 
 
 def test_fp8_gemv_split_is_deterministic_and_rearms_its_counters() -> None:
