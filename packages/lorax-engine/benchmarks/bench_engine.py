@@ -247,17 +247,18 @@ def main() -> None:
     )
     ap.add_argument("--hf-output", type=int, default=128)
     ap.add_argument(
-        "--pdl",
+        "--no-pdl",
         action="store_true",
-        help="the PDL experiment: decode kernels launched with PDL (lorax_kernels.pdl)",
+        help="plain launches (without, decode kernels are PDL-launched where the GPU supports it,"
+        " as the engine does: lorax_kernels.pdl)",
     )
     args = ap.parse_args()
-    pdl.set_enabled(args.pdl)
+    pdl.set_enabled(not args.no_pdl)
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     bw = copy_bandwidth()
     emit(event="copy_bw_TBps", value=round(bw / 1e12, 3))
-    emit(event="pdl", enabled=args.pdl)
+    emit(event="pdl", enabled=not args.no_pdl)
 
     dev = torch.device("cuda")
     t = time.perf_counter()

@@ -195,12 +195,13 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128, help="4-bit group (tiny: 32)")
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     ap.add_argument(
-        "--pdl",
+        "--no-pdl",
         action="store_true",
-        help="the PDL experiment: decode kernels launched with PDL (lorax_kernels.pdl)",
+        help="plain launches (without, decode kernels are PDL-launched where the GPU supports it,"
+        " as the engine does: lorax_kernels.pdl)",
     )
     args = ap.parse_args()
-    pdl.set_enabled(args.pdl)
+    pdl.set_enabled(not args.no_pdl)
     methods = quant_methods(ap, args.methods)
     batches = [int(b) for b in args.batches.split(",")]
     cfg = model_shape(args.tiny)
@@ -209,7 +210,7 @@ def main() -> None:
     torch.manual_seed(0)
     bw = copy_bandwidth() if dev.type == "cuda" else None
     emit(event="copy_bw_TBps", value=round(bw / 1e12, 3) if bw else None)
-    emit(event="pdl", enabled=args.pdl)
+    emit(event="pdl", enabled=not args.no_pdl)
 
     t = time.perf_counter()
     max_b = max(batches)

@@ -155,12 +155,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--trace-steps", type=int, default=3)
     ap.add_argument(
-        "--pdl",
+        "--no-pdl",
         action="store_true",
-        help="the PDL experiment: decode kernels launched with PDL (lorax_kernels.pdl)",
+        help="plain launches (without, decode kernels are PDL-launched where the GPU supports it,"
+        " as the engine does: lorax_kernels.pdl)",
     )
     args = ap.parse_args()
-    pdl.set_enabled(args.pdl)
+    pdl.set_enabled(not args.no_pdl)
     batches = [int(b) for b in args.batches.split(",")]
     dev = torch.device("cuda")
     max_b = max(batches)

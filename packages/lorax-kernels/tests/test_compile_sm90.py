@@ -82,10 +82,6 @@ def _fp8_matmuls() -> None:
     fp8_gemv(torch.empty(1, 4096, dtype=BF16), weight, scale, torch.empty(6144, dtype=BF16))
     for rows in (1, 2, 4):  # 16-bit weights (dense_gemv): the dense one-row tiling, then tiles
         fp8_gemv(torch.empty(rows, 4096, dtype=BF16), weight.to(BF16), None, None)
-    for tiles in (0, 2):  # the PDL experiment (bench_pdl.py), fp8 and 16-bit weights
-        x = torch.empty(1, 4096, dtype=BF16)
-        fp8_gemv(x, weight, scale, None, pdl=True, prefetch_tiles=tiles)
-        fp8_gemv(x, weight.to(BF16), None, None, pdl=True, prefetch_tiles=tiles)
     quantize_rows(torch.empty(64, 4096, dtype=BF16))
 
 
@@ -138,7 +134,7 @@ LAUNCHERS: dict[str, Callable[[], None]] = {
 }
 
 
-# Launchers with kernels of the decode step, which the PDL experiment launches with PDL.
+# Launchers with kernels of the decode step, which are launched with PDL on Hopper.
 PDL_LAUNCHERS = [n for n in LAUNCHERS if n != "w4a16"]
 
 
@@ -148,8 +144,8 @@ PDL_LAUNCHERS = [n for n in LAUNCHERS if n != "w4a16"]
     ids=[*LAUNCHERS, *(f"{n}-pdl" for n in PDL_LAUNCHERS)],
 )
 def test_kernels_compile_for_sm90(name: str, pdl: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``pdl``: as in the PDL experiment, each launch with PDL where its launcher supports it
-    (on CPU tensors, which have no PDL, as though on a Hopper GPU)."""
+    """Each launcher's kernels without PDL, and (``pdl``) with it, as on a Hopper GPU, where
+    PDL is on by default (here on CPU tensors, which have no PDL, as though on one)."""
     from lorax_kernels import pdl as pdl_module
 
     monkeypatch.setattr(pdl_module, "pdl_supported", lambda device: True)

@@ -30,7 +30,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
 from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
-from lorax_kernels.pdl import LINE_BYTES, launch_options, prefetch_l2
+from lorax_kernels.pdl import launch_options
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,8 +105,6 @@ def _fp8_gemv_kernel(
     DOT: tl.constexpr,
     IS_FP32: tl.constexpr,
     PDL: tl.constexpr,
-    PREFETCH_TILES: tl.constexpr,
-    LINES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -119,14 +117,7 @@ def _fp8_gemv_kernel(
     k_begin = split * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
     if PDL:
-        # The first PREFETCH_TILES weight tiles of the program's slice into L2 (one pointer per
-        # 128-byte line, clamped into the weight) while the previous kernel finishes; x is its
-        # output and y may be its input: neither is touched before the wait.
-        w_lines = w_ptr + tl.minimum(rn, N - 1).to(tl.int64)[:, None] * stride_wn
-        line_offs = tl.arange(0, LINES) * (BLOCK_K // LINES)  # [LINES]
-        for t in tl.static_range(PREFETCH_TILES):
-            k_line = tl.minimum(k_begin + t * BLOCK_K + line_offs, K - 1)
-            prefetch_l2(w_lines + k_line[None, :])
+        # Nothing before the wait: x is the previous kernel's output, y may be its input.
         gdc_wait()
         gdc_launch_dependents()  # after the wait: the next kernel starts one kernel behind
     for k0 in range(k_begin, k_end, BLOCK_K):
@@ -189,14 +180,12 @@ def fp8_gemv(
     bias: torch.Tensor | None,
     config: Fp8GemvConfig | None = None,
     pdl: bool | None = None,
-    prefetch_tiles: int = 0,
 ) -> torch.Tensor:
     """Triton version of ``reference.fp8_linear_ref`` for ``M <= GEMV_MAX_ROWS`` (validated
     arguments); without ``scale``, of ``x @ qweight^T + bias`` for 16-bit weights. ``config``
     overrides ``default_config`` (the benchmark's sweep). ``pdl``: launch with programmatic
-    dependent launch (``lorax_kernels.pdl``, an experiment: Hopper or later; None: as
-    ``pdl.set_enabled`` says), each program prefetching the first ``prefetch_tiles`` weight
-    tiles of its slice before it waits."""
+    dependent launch (``lorax_kernels.pdl``: Hopper or later) or not; None: as
+    ``pdl.set_enabled`` says."""
     m, k = x.shape
     n = qweight.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -245,8 +234,6 @@ def fp8_gemv(
         DOT=cfg.dot,
         IS_FP32=x.dtype == torch.float32,
         PDL=pdl,
-        PREFETCH_TILES=prefetch_tiles,
-        LINES=max(1, cfg.block_k * qweight.element_size() // LINE_BYTES),
         num_warps=cfg.warps,
         num_stages=cfg.stages,
         **launch,
