@@ -96,7 +96,8 @@ def _check_prefill(
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
 
 
-GQA = [(4, 4), (8, 2), (8, 1)]  # (q heads, kv heads): ratios 1, 4, 8
+# (q heads, kv heads): ratios 1, 3 (not a power of two, like Qwen2-7B's 7), 4, 8.
+GQA = [(4, 4), (6, 2), (8, 2), (8, 1)]
 
 
 @pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)

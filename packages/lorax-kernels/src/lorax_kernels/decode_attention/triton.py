@@ -55,12 +55,14 @@ PROGRAMS_PER_MIN_PARTITION = 16
 # unsplit against 12.0 µs in two; context 512: 14.8 µs unsplit, 12.4 µs in eight).
 UNSPLIT_PARTITIONS = 4
 # Split sequences of grids of at most this many sequences are merged by a second launch rather
-# than by the last partition of each to finish (partition sweep, H200, session 5: batch 1, bf16
-# KV, context 512 9.98 vs 12.27 µs, 1k 12.04 vs 13.30, 4k 20.50 vs 20.84, 16k 45.8 vs 44.7; at
-# batch 16 the in-launch merge is as fast or faster, e.g. context 1k 35.8 vs 39.8 µs).
+# than by the last partition of each to finish (partition sweep, H200, run 6, the group's heads
+# merged together: batch 1, bf16 KV, context 512 6.72 vs 7.52 µs, 1k 7.52 vs 7.81, 4k 15.62 vs
+# 15.05, 16k 41.87 vs 38.26; at batch 16 the in-launch merge is as fast or faster, e.g. context
+# 1k 34.18 vs 38.51 µs).
 TWO_LAUNCH_MAX_SEQS = 1
-# Partials the merging program folds per step (one [MERGE_BLOCK, head_dim] fp32 load per head).
-MERGE_BLOCK = 16
+# Partial rows (query heads x partitions) the merging program folds per step: one
+# [heads, MERGE_ROWS / heads, head_dim] fp32 load.
+MERGE_ROWS = 64
 
 
 @triton.jit
@@ -93,49 +95,54 @@ def _merge_partials(
     stride_os,
     stride_oh,
     GROUP: tl.constexpr,
+    MERGE_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Fold the ``n_parts`` partials of each query head of kv head ``kvh`` and store the output."""
+    """Fold the ``n_parts`` partials of every query head of kv head ``kvh`` and store the
+    output. The group's heads are folded together (``MERGE_G`` = GROUP rounded up to a power of
+    two), so their loads are issued at once: a head after another was a chain of dependent L2
+    round trips (run 6, batch 1: the merge launch took 6.5 µs for 4 heads)."""
+    offs_g = tl.arange(0, MERGE_G)
+    g_mask = offs_g < GROUP
+    heads = kvh * GROUP + offs_g  # [MERGE_G]
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    for g in tl.static_range(GROUP):  # unrolled: the heads' loads are independent
-        head = kvh * GROUP + g
-        # Running (max, sum, acc) as [BLOCK_D] vectors (one copy per lane): loop-carried tensors.
-        m_run = tl.full((BLOCK_D,), float("-inf"), dtype=tl.float32)
-        l_run = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for p0 in range(0, n_parts, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            p_mask = offs_p < n_parts
-            ml = seq * stride_ms + head * stride_mh + offs_p  # [BLOCK_P]
-            # .cg: read L2, where the other SMs' partials landed, not a stale L1 line.
-            m_p = tl.load(m_ptr + ml, mask=p_mask, other=float("-inf"), cache_modifier=".cg")
-            l_p = tl.load(l_ptr + ml, mask=p_mask, other=0.0, cache_modifier=".cg")
-            a_p = tl.load(
-                acc_ptr
-                + seq * stride_as
-                + head * stride_ah
-                + offs_p[:, None] * stride_ap
-                + offs_d[None, :],
-                mask=p_mask[:, None] & d_mask[None, :],
-                other=0.0,
-                cache_modifier=".cg",
-            )  # [BLOCK_P, BLOCK_D]
-            m_new = tl.maximum(m_run, tl.max(m_p, 0))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet
-            alpha = tl.exp2(m_run - m_safe)  # [BLOCK_D]
-            w = tl.exp2(m_p[:, None] - m_safe[None, :])  # [BLOCK_P, BLOCK_D]; 0 for empty parts
-            l_run = l_run * alpha + tl.sum(l_p[:, None] * w, 0)
-            acc = acc * alpha + tl.sum(a_p * w, 0)
-            m_run = m_new
-        out = acc * v_scale / tl.where(l_run > 0, l_run, 1.0)
-        tl.store(
-            out_ptr + seq * stride_os + head * stride_oh + offs_d,
-            out.to(out_ptr.dtype.element_ty),
-            mask=d_mask,
-        )
+    # Running (max, sum, acc) as [MERGE_G, BLOCK_D] (one copy per lane): loop-carried tensors.
+    m_run = tl.full((MERGE_G, BLOCK_D), float("-inf"), dtype=tl.float32)
+    l_run = tl.zeros((MERGE_G, BLOCK_D), dtype=tl.float32)
+    acc = tl.zeros((MERGE_G, BLOCK_D), dtype=tl.float32)
+    for p0 in range(0, n_parts, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        gp_mask = g_mask[:, None] & (offs_p < n_parts)[None, :]  # [MERGE_G, BLOCK_P]
+        ml = seq * stride_ms + heads[:, None] * stride_mh + offs_p[None, :]
+        # .cg: read L2, where the other SMs' partials landed, not a stale L1 line.
+        m_p = tl.load(m_ptr + ml, mask=gp_mask, other=float("-inf"), cache_modifier=".cg")
+        l_p = tl.load(l_ptr + ml, mask=gp_mask, other=0.0, cache_modifier=".cg")
+        a_p = tl.load(
+            acc_ptr
+            + seq * stride_as
+            + heads[:, None, None] * stride_ah
+            + offs_p[None, :, None] * stride_ap
+            + offs_d[None, None, :],
+            mask=gp_mask[:, :, None] & d_mask[None, None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )  # [MERGE_G, BLOCK_P, BLOCK_D]
+        m_new = tl.maximum(m_run, tl.max(m_p, 1)[:, None])  # [MERGE_G, BLOCK_D]
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet
+        alpha = tl.exp2(m_run - m_safe)
+        w = tl.exp2(m_p[:, :, None] - m_safe[:, None, :])  # 0 for empty parts
+        l_run = l_run * alpha + tl.sum(l_p[:, :, None] * w, 1)
+        acc = acc * alpha + tl.sum(a_p * w, 1)
+        m_run = m_new
+    out = acc * v_scale / tl.where(l_run > 0, l_run, 1.0)
+    tl.store(
+        out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=g_mask[:, None] & d_mask[None, :],
+    )
 
 
 @triton.jit
@@ -176,6 +183,7 @@ def _decode_kernel(
     PAGE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
+    MERGE_G: tl.constexpr,
     BLOCK_P: tl.constexpr,
     IEEE: tl.constexpr,
     FP16_OPERANDS: tl.constexpr,
@@ -272,6 +280,7 @@ def _decode_kernel(
                     stride_os,
                     stride_oh,
                     GROUP,
+                    MERGE_G,
                     BLOCK_D,
                     HEAD_DIM,
                     BLOCK_P,
@@ -301,6 +310,7 @@ def _merge_kernel(
     stride_os,
     stride_oh,
     GROUP: tl.constexpr,
+    MERGE_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -331,6 +341,7 @@ def _merge_kernel(
             stride_os,
             stride_oh,
             GROUP,
+            MERGE_G,
             BLOCK_D,
             HEAD_DIM,
             BLOCK_P,
@@ -424,6 +435,8 @@ def paged_decode_attention(
     split = num_parts > 1
     if merge_in_launch is None:
         merge_in_launch = num_seqs > TWO_LAUNCH_MAX_SEQS
+    merge_g = triton.next_power_of_2(group)
+    merge_p = max(1, MERGE_ROWS // merge_g)
     pdl, launch = launch_options(q.device)
     # Passed even when nothing splits: Triton compiles the merge branch for the pointer's dtype.
     counters = split_counters(q.device)
@@ -475,7 +488,8 @@ def paged_decode_attention(
         PAGE=page,
         BLOCK_N=block_n,
         SPLIT=split,
-        BLOCK_P=MERGE_BLOCK,
+        MERGE_G=merge_g,
+        BLOCK_P=merge_p,
         IEEE=q.dtype == torch.float32,
         FP16_OPERANDS=q.dtype == torch.bfloat16 and k_cache.element_size() == 1,
         MERGE_IN_LAUNCH=merge_in_launch,
@@ -500,9 +514,10 @@ def paged_decode_attention(
             out.stride(0),
             out.stride(1),
             GROUP=group,
+            MERGE_G=merge_g,
             BLOCK_D=triton.next_power_of_2(head_dim),
             HEAD_DIM=head_dim,
-            BLOCK_P=MERGE_BLOCK,
+            BLOCK_P=merge_p,
             PDL=pdl,
             **launch,
         )
