@@ -115,9 +115,6 @@ def per_layer(copy_gbs: float, tokens: int = 64, rank: int = 16) -> str:
 SWEEP_POINTS = ((1, 1, 16), (16, 8, 16), (64, 64, 16), (256, 64, 16), (64, 64, 64))
 SWEEP_UNITS = (4096, 8192, 16384, 32768)
 SWEEP_WARPS = (2, 4, 8)
-# Back-off of the waiting expand units (ns between polls), at the default unit size and warps:
-# does their flat-out spinning slow the units they wait for?
-SWEEP_BACKOFF_NS = (0, 64, 256, 1024)
 
 
 def _time_decode(
@@ -127,14 +124,13 @@ def _time_decode(
     metas: list[LoraBatchMeta],
     unit: int,
     warps: int,
-    backoff_ns: int = 0,
 ) -> float:
     """µs per fused decode call with the given knobs, over the rotating metas."""
 
     def call(m: LoraBatchMeta) -> None:
         slots, sync = m.token_slots, m.sync
         tables = (t.a, t.b, t.ranks, t.scales, t.offsets)
-        knobs = {"unit_elements": unit, "num_warps": warps, "backoff_ns": backoff_ns}
+        knobs = {"unit_elements": unit, "num_warps": warps}
         decode_lora_(y, x, *tables, slots, sync, **knobs)
 
     return time_graph_us([lambda m=m: call(m) for m in metas] * 2)
@@ -156,9 +152,6 @@ def decode_sweep(copy_gbs: float) -> str:
             meta.update_(chosen.repeat_interleave(-(-tokens // distinct))[:tokens])
             metas.append(meta)
         times = [_time_decode(tables, x, y, metas, unit, warps) for unit, warps in knobs]
-        times += [
-            _time_decode(tables, x, y, metas, UNIT_ELEMENTS, 4, ns) for ns in SWEEP_BACKOFF_NS[1:]
-        ]
         read_us = distinct * 2 * rank * HIDDEN * 2 / copy_gbs / 1e3
         best = min(range(len(times)), key=lambda i: times[i])
         cells = [f"{us:.1f}" + (" *" if i == best else "") for i, us in enumerate(times)]
@@ -167,7 +160,6 @@ def decode_sweep(copy_gbs: float) -> str:
         torch.cuda.empty_cache()
     header = ["tokens", "adapters", "rank", "µs read at copy BW"]
     header += [f"u{u // 1024}k w{w}" for u, w in knobs]
-    header += [f"default, back-off {ns} ns" for ns in SWEEP_BACKOFF_NS[1:]]
     return (
         f"\n\n#### Fused decode kernel sweep (µs; default u{UNIT_ELEMENTS // 1024}k w4)\n\n"
         + markdown_table(header, rows)

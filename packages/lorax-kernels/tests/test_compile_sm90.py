@@ -115,7 +115,6 @@ def _multi_lora() -> None:
     token_slots = torch.zeros(rows, dtype=torch.int32)
     sync = torch.zeros(sync_size(rows), dtype=torch.int32)
     decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync)
-    decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync, backoff_ns=256)
     meta = LoraBatchMeta.allocate(rows, slots, "cpu")
     meta.update_triton_(token_slots)
     tiles = (meta.sorted_ids, meta.tile_slot, meta.tile_start, meta.tile_end)

@@ -52,19 +52,6 @@ UNIT_ELEMENTS = 16384
 
 
 @triton.jit
-def _nanosleep(ns: tl.constexpr):
-    """Pause the calling threads for about ``ns`` nanoseconds (a spinning wait's back-off)."""
-    tl.inline_asm_elementwise(
-        "nanosleep.u32 $1; mov.u32 $0, 0;",
-        "=r,r",
-        [tl.full((1,), ns, tl.int32)],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
-
-
-@triton.jit
 def _decode_kernel(
     x_ptr,
     a_ptr,
@@ -97,7 +84,6 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr,
     VEC: tl.constexpr,
     PDL: tl.constexpr,
-    BACKOFF_NS: tl.constexpr,
 ):
     pdl_entry(PDL)  # before the ticket: tickets go to programs that run
     groups = num_rows * NUM_SLICES
@@ -171,8 +157,7 @@ def _decode_kernel(
             # Spin on plain (volatile) reads, which do not contend with the arrivals as
             # read-modify-writes would, then one acquire that synchronises with every release.
             while tl.load(arrive_ptr + g, volatile=True) < SPLIT:
-                if BACKOFF_NS > 0:
-                    _nanosleep(BACKOFF_NS)
+                pass
             tl.atomic_add(arrive_ptr + g, 0, sem="acquire")
             tl.debug_barrier()
             h = tl.zeros((BLOCK_R // VEC, VEC), dtype=tl.float32)
@@ -202,15 +187,13 @@ def decode_lora_(
     *,
     unit_elements: int = UNIT_ELEMENTS,
     num_warps: int = 4,
-    backoff_ns: int = 0,
 ) -> None:
     """``y[t, slice s] += scale * (x[t] @ A[s, slot(t)]^T) @ B[s, slot(t)]^T`` in one launch.
 
     x: ``[T, K]``; y: ``[T, out_total]``; lora_a: ``[S, slots, R, K]``; lora_b: ``[S, slots, N, R]``;
     token_slots: ``[>= T]`` int32 (``-1`` = no adapter, row untouched); sync: int32 zeros of at
     least ``sync_size(T)`` entries, left zero on return. ``unit_elements`` (A or B elements per
-    program), ``num_warps`` and ``backoff_ns`` (the waiting expand units sleep this long between
-    polls instead of spinning flat out) are tuning knobs (benchmarks).
+    program) and ``num_warps`` are tuning knobs (benchmarks).
     """
     num_slices, _, max_rank, in_features = lora_a.shape
     num_rows = x.shape[0]
@@ -267,7 +250,6 @@ def decode_lora_(
         BLOCK_N=block_n,
         VEC=vec,
         PDL=pdl,
-        BACKOFF_NS=backoff_ns,
         num_warps=num_warps,
         **launch,
     )
