@@ -1,5 +1,6 @@
 """Multi-LoRA shrink+expand for one 4096->4096 projection, bf16, against reading the adapters;
-then every projection of one Llama-3-8B layer (fused q/k/v and gate/up) at a decode point.
+then every projection of one Llama-3-8B layer (fused q/k/v and gate/up) at a decode point, with
+bf16 and with float8 e4m3 slot tables (the engine's ``--lora-dtype fp8``).
 
 Two paths: ``lora_apply_`` (what the engine calls: the fused one-launch kernel up to
 ``DECODE_MAX_ROWS`` rows, the tiles above) and the tile path alone (``lora_shrink`` then
@@ -24,24 +25,30 @@ HIDDEN, DT = 4096, torch.bfloat16
 
 
 class Tables:
-    """One projection's slot tables (fused slices of the given widths), every slot at one rank."""
+    """One projection's slot tables (fused slices of the given widths), every slot at one rank,
+    stored in ``dtype``."""
 
     def __init__(
-        self, rank: int, slots: int, in_features: int = HIDDEN, widths: tuple[int, ...] = (HIDDEN,)
+        self,
+        rank: int,
+        slots: int,
+        in_features: int = HIDDEN,
+        widths: tuple[int, ...] = (HIDDEN,),
+        dtype: torch.dtype = DT,
     ) -> None:
         self.rank, self.slots, self.in_features = rank, slots, in_features
         self.offsets = [0]
         for w in widths:
             self.offsets.append(self.offsets[-1] + w)
         n = len(widths)
-        self.a = torch.randn(n, slots, rank, in_features, device="cuda", dtype=DT) / 64
-        self.b = torch.randn(n, slots, max(widths), rank, device="cuda", dtype=DT) / 4
+        self.a = (torch.randn(n, slots, rank, in_features, device="cuda") / 64).to(dtype)
+        self.b = (torch.randn(n, slots, max(widths), rank, device="cuda") / 4).to(dtype)
         self.ranks = torch.full((slots,), rank, device="cuda", dtype=torch.int32)
         self.scales = torch.ones(slots, device="cuda")
 
     def adapter_bytes(self) -> int:
         """A and B bytes of one adapter (all slices)."""
-        return (self.a[:, 0].numel() + self.rank * self.offsets[-1]) * 2
+        return (self.a[:, 0].numel() + self.rank * self.offsets[-1]) * self.a.element_size()
 
 
 def measure(t: Tables, tokens: int, distinct: int) -> tuple[float, float, float]:
@@ -81,12 +88,15 @@ PROJECTIONS = {
 }
 
 
-def per_layer(copy_gbs: float, tokens: int = 64, rank: int = 16) -> str:
-    """Every projection of one layer at a decode point: ``tokens`` tokens on as many adapters."""
+def per_layer(
+    copy_gbs: float, tokens: int = 64, rank: int = 16, table_dtype: torch.dtype = DT
+) -> str:
+    """Every projection of one layer at a decode point: ``tokens`` tokens on as many adapters,
+    the slot tables in ``table_dtype``."""
     rows = []
     totals = [0.0, 0.0, 0.0, 0.0]
     for name, (in_features, widths) in PROJECTIONS.items():
-        tables = Tables(rank, 256, in_features, widths)
+        tables = Tables(rank, 256, in_features, widths, table_dtype)
         us, tiled_us, base_us = measure(tables, tokens, tokens)
         read_us = tokens * tables.adapter_bytes() / copy_gbs / 1e3
         rows.append([name, us, tiled_us, read_us, us / read_us, base_us, us / base_us])
@@ -106,7 +116,8 @@ def per_layer(copy_gbs: float, tokens: int = 64, rank: int = 16) -> str:
         "× base matmul",
     ]
     title = (
-        f"\n\n#### One layer's projections: {tokens} tokens on {tokens} adapters, rank {rank}\n\n"
+        f"\n\n#### One layer's projections: {tokens} tokens on {tokens} adapters, rank {rank}, "
+        f"{str(table_dtype).removeprefix('torch.')} tables\n\n"
     )
     return title + markdown_table(header, rows)
 
@@ -214,7 +225,8 @@ def run(copy_gbs: float) -> str:
         ],
         rows,
     )
-    out += per_layer(copy_gbs) + decode_sweep(copy_gbs)
+    out += per_layer(copy_gbs) + per_layer(copy_gbs, table_dtype=torch.float8_e4m3fn)
+    out += decode_sweep(copy_gbs)
     return out + (
         f"\n\n`LoraBatchMeta.update_` (per step, 256 tokens, 2048 slots): {update_us:.1f} µs "
         f"(one Triton launch); the PyTorch version: {torch_us:.1f} µs"

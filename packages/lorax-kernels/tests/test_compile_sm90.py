@@ -108,18 +108,19 @@ def _multi_lora() -> None:
     offsets = [0, 4096, 5120, 6144]
     x = torch.empty(rows, 4096, dtype=BF16)
     y = torch.empty(rows, 6144, dtype=BF16)
-    a = torch.empty(3, slots, rank, 4096, dtype=BF16)
-    b = torch.empty(3, slots, max(widths), rank, dtype=BF16)
     ranks = torch.full((slots,), rank, dtype=torch.int32)
     scales = torch.ones(slots)
     token_slots = torch.zeros(rows, dtype=torch.int32)
     sync = torch.zeros(sync_size(rows), dtype=torch.int32)
-    decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync)
     meta = LoraBatchMeta.allocate(rows, slots, "cpu")
     meta.update_triton_(token_slots)
     tiles = (meta.sorted_ids, meta.tile_slot, meta.tile_start, meta.tile_end)
-    h = shrink(x, a, ranks, *tiles, meta.num_tiles, meta.block_m)
-    expand_(y, h, b, ranks, scales, offsets, *tiles, meta.num_tiles, meta.block_m)
+    for table_dtype in (BF16, torch.float8_e4m3fn):  # the model's dtype, --lora-dtype fp8
+        a = torch.empty(3, slots, rank, 4096, dtype=table_dtype)
+        b = torch.empty(3, slots, max(widths), rank, dtype=table_dtype)
+        decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync)
+        h = shrink(x, a, ranks, *tiles, meta.num_tiles, meta.block_m)
+        expand_(y, h, b, ranks, scales, offsets, *tiles, meta.num_tiles, meta.block_m)
 
 
 LAUNCHERS: dict[str, Callable[[], None]] = {

@@ -31,7 +31,9 @@ def _case(
     dtype: torch.dtype,
     seed: int,
     grouped: bool,
+    table_dtype: torch.dtype | None = None,
 ):
+    """Inputs in ``dtype``; the slot tables in ``table_dtype`` (default: ``dtype``)."""
     gen = torch.Generator().manual_seed(seed)
     num_slots = len(ranks)
     a, b = random_lora_tables(in_features, widths, ranks, gen)
@@ -46,8 +48,8 @@ def _case(
 
     return (
         dev(x),
-        dev(a),
-        dev(b),
+        dev(a, table_dtype or dtype),
+        dev(b, table_dtype or dtype),
         dev(torch.tensor(ranks, dtype=torch.int32)),
         dev(torch.rand(num_slots, generator=gen) + 0.5, torch.float32),
         dev(slots),
@@ -115,6 +117,35 @@ def test_explicit_split_k(split_k: int) -> None:
 @pytest.mark.parametrize(("tokens", "k", "widths", "ranks", "grouped"), LARGE)
 def test_shrink_expand_real_shapes(tokens, k, widths, ranks, grouped, dtype) -> None:
     _check(*_case(tokens, k, widths, ranks, dtype, tokens, grouped), widths)
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
+@pytest.mark.parametrize(("tokens", "k", "widths", "ranks", "grouped"), SMALL[1:3])
+def test_fp8_tables_small(tokens, k, widths, ranks, grouped, dtype) -> None:
+    """float8 e4m3 tables (``--lora-dtype fp8``) under activations of every dtype: the same
+    result as the reference on the tables' exact values."""
+    case = _case(tokens, k, widths, ranks, dtype, tokens, grouped, torch.float8_e4m3fn)
+    _check(*case, widths)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("tokens", "k", "widths", "ranks", "grouped"), LARGE)
+def test_fp8_tables_real_shapes(tokens, k, widths, ranks, grouped) -> None:
+    case = _case(tokens, k, widths, ranks, torch.bfloat16, tokens, grouped, torch.float8_e4m3fn)
+    _check(*case, widths)
+
+
+def test_tables_of_another_dtype_are_refused() -> None:
+    from lorax_kernels import lora_expand_, lora_shrink
+
+    widths = (24,)
+    x, a, b, ranks, scales, slots, y = _case(3, 32, widths, [4], torch.float32, 1, False)
+    meta = LoraBatchMeta.allocate(3, 1, DEVICE)
+    meta.update_(slots)
+    with pytest.raises(ValueError, match="LoRA tables must be"):
+        lora_shrink(x, a.half(), ranks, meta)
+    with pytest.raises(ValueError, match="LoRA tables must be"):
+        lora_expand_(y, torch.zeros(1, 3, 4, device=DEVICE), b.half(), ranks, scales, [0, 24], meta)
 
 
 @pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)

@@ -21,6 +21,7 @@ TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16:
 
 
 def _tables(in_features: int, widths: tuple[int, ...], ranks: list[int], dtype, seed: int):
+    """A, B (in ``dtype``), ranks, scales and slice offsets."""
     gen = torch.Generator().manual_seed(seed)
     num_slots = len(ranks)
     a, b = random_lora_tables(in_features, widths, ranks, gen)
@@ -77,8 +78,10 @@ LARGE = [
 ]
 
 
-def _check(rows: int, k: int, widths: tuple[int, ...], ranks: list[int], dtype) -> None:
-    a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
+def _check(
+    rows: int, k: int, widths: tuple[int, ...], ranks: list[int], dtype, table_dtype=None
+) -> None:
+    a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, table_dtype or dtype, rows)
     slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
     out = _run(y, x, a, b, ranks_t, scales, offsets, slots)
     atol, rtol = TOL[dtype]
@@ -98,6 +101,19 @@ def test_fused_lora_small(rows, k, widths, ranks, dtype) -> None:
 @pytest.mark.parametrize(("rows", "k", "widths", "ranks"), LARGE)
 def test_fused_lora_real_shapes(rows, k, widths, ranks, dtype) -> None:
     _check(rows, k, widths, ranks, dtype)
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), SMALL[1:5])
+def test_fused_lora_fp8_tables_small(rows, k, widths, ranks, dtype) -> None:
+    """float8 e4m3 tables (``--lora-dtype fp8``): the reference on the tables' exact values."""
+    _check(rows, k, widths, ranks, dtype, torch.float8_e4m3fn)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), LARGE)
+def test_fused_lora_fp8_tables_real_shapes(rows, k, widths, ranks) -> None:
+    _check(rows, k, widths, ranks, torch.bfloat16, torch.float8_e4m3fn)
 
 
 def test_token_result_does_not_depend_on_the_batch() -> None:

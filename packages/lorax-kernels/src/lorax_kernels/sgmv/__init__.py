@@ -220,6 +220,14 @@ def _expand_fake(
     return None
 
 
+def _check_table_dtype(activation_dtype: torch.dtype, table: torch.Tensor) -> None:
+    """Slot tables are in the activations' dtype, or fp8 (converted exactly after the load)."""
+    if table.dtype not in (activation_dtype, torch.float8_e4m3fn):
+        raise ValueError(
+            f"LoRA tables must be {activation_dtype} or torch.float8_e4m3fn, got {table.dtype}"
+        )
+
+
 def _check_meta(num_rows: int, num_slots: int, meta: LoraBatchMeta) -> None:
     # More rows than tokens is allowed (padding rows of a CUDA-graph bucket, no adapter); fewer
     # would let tiles index rows that do not exist.
@@ -256,7 +264,8 @@ def lora_apply_(
 ) -> None:
     """Add every token's LoRA delta in place: ``y[t, slice s] += scale * (x[t] A^T) B^T``.
 
-    Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together. Decode-sized batches
+    Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together (the tables in
+    ``x``'s dtype or both in float8 e4m3). Decode-sized batches
     (:func:`uses_fused_kernel`) run the fused one-launch kernel, whose result for a token does
     not depend on the other tokens of the batch; others run shrink then expand over the tiles.
     """
@@ -264,6 +273,8 @@ def lora_apply_(
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same rows")
     if lora_a.dim() != 4:
         raise ValueError(f"lora_a must be [layers, slots, rank, in], got {tuple(lora_a.shape)}")
+    _check_table_dtype(x.dtype, lora_a)
+    _check_table_dtype(x.dtype, lora_b)
     if not uses_fused_kernel(x.shape[0], lora_a.shape[2]):
         h = lora_shrink(x, lora_a, slot_ranks, meta)
         lora_expand_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, meta)
@@ -289,7 +300,8 @@ def lora_shrink(
     """LoRA down-projection of every token with its own adapter slot.
 
     x: ``[num_tokens, in_features]``; lora_a: ``[num_slices, num_slots, max_rank, in_features]``
-    (model dtype); slot_ranks: ``[num_slots]`` int32. Returns ``h``: ``[num_slices, num_tokens,
+    in x's dtype or float8 e4m3 (read as its exact 16-bit value: a quantization scale is the
+    caller's to fold into ``slot_scales``); slot_ranks: ``[num_slots]`` int32. Returns ``h``: ``[num_slices, num_tokens,
     max_rank]`` float32 with ``h[s, t, :r] = x[t] @ lora_a[s, slot(t), :r]^T`` and zeros past the
     slot's rank and for tokens without adapter. ``x`` may have more rows than the tokens given to
     ``meta.update_`` (a CUDA-graph bucket); those rows have no adapter and their ``h`` is
@@ -297,6 +309,7 @@ def lora_shrink(
     """
     if x.dim() != 2 or lora_a.dim() != 4 or x.shape[1] != lora_a.shape[3]:
         raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
+    _check_table_dtype(x.dtype, lora_a)
     _check_meta(x.shape[0], lora_a.shape[1], meta)
     return _shrink_op(
         x,
@@ -324,11 +337,13 @@ def lora_expand_(
     """LoRA up-projection added in place: ``y[t, slice s] += scale * h[s, t, :r] @ B^T``.
 
     y: ``[num_tokens, out_total]``; h: ``[num_slices, num_tokens, max_rank]`` (from
-    :func:`lora_shrink`); lora_b: ``[num_slices, num_slots, max_out_features, max_rank]``;
+    :func:`lora_shrink`); lora_b: ``[num_slices, num_slots, max_out_features, max_rank]`` in
+    y's dtype or float8 e4m3;
     slot_scales: ``[num_slots]`` float32; slice_offsets: ``num_slices + 1`` column offsets of the
     slices in ``y``. Tokens without adapter are left untouched.
     """
     num_slices = lora_b.shape[0]
+    _check_table_dtype(y.dtype, lora_b)
     offsets = _checked_offsets(y, lora_b, slice_offsets)
     if h.shape != (num_slices, y.shape[0], lora_b.shape[3]):
         raise ValueError(f"h has shape {tuple(h.shape)}, lora_b {tuple(lora_b.shape)}")

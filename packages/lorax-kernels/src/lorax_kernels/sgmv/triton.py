@@ -79,7 +79,7 @@ def _shrink_kernel(
                 a_base + offs_r[None, :] * stride_ar + offs_k[:, None],
                 mask=r_mask[None, :] & k_mask[:, None],
                 other=0.0,
-            )  # [BLOCK_K, BLOCK_R]
+            ).to(x.dtype)  # [BLOCK_K, BLOCK_R]; fp8 tables: exact in 16 bits, one tl.dot dtype
             if IEEE:
                 acc += tl.dot(x, a, input_precision="ieee")
             else:
