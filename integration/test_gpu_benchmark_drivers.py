@@ -76,7 +76,7 @@ def test_e2e_driver_sweeps_the_gateway_in_front_of_a_random_engine(tmp_path: Pat
     out = tmp_path / "out"
     run_driver(
         ROOT / "benchmarks/gpu/e2e.py",
-        f"--tiny --out {out} --model-dir {tmp_path / 'model'} "
+        f"--tiny --out {out} --model-dir {tmp_path / 'model'} --lora-dtype fp8 "
         f"--engine-port {free_port()} --gateway-port {free_port()} -- "
         "--num-adapters base,4 --adapter-template 'bench/a{i}' --rate inf --num-requests 8 "
         "--max-concurrency 4 --input-len uniform:8:32 --output-len uniform:4:12",

@@ -1,7 +1,7 @@
 """The end-to-end serving benchmark (issue #9): engine process + gateway process + lorax-bench.
 
-    python3 benchmarks/gpu/e2e.py --out DIR [--phase saturation|latency] [--tiny]
-        [-- LORAX_BENCH_ARGS...]
+    python3 benchmarks/gpu/e2e.py --out DIR [--phase saturation|latency] [--lora-dtype auto|fp8]
+        [--tiny] [-- LORAX_BENCH_ARGS...]
 
 Starts ``serve_random.py`` (``lorax-engine serve`` on a random-weight Llama-3-8B shape made on the
 GPU, with adapter ids ``bench/a{i}`` linked to 16 weight directories, all preloaded into the CPU
@@ -118,6 +118,12 @@ def main() -> int:
     ap.add_argument(
         "--model-dir", type=Path, default=None, help="serve_random.py --dir (tokenizer, adapters)"
     )
+    ap.add_argument(
+        "--lora-dtype",
+        choices=["auto", "fp8"],
+        default="auto",
+        help="the engine's slot tables: the model dtype, or float8 e4m3 (half the adapter bytes)",
+    )
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     args = ap.parse_args(argv)
     sweep = PHASES[args.phase] if sweep is None else sweep
@@ -133,6 +139,7 @@ def main() -> int:
         try:
             t = time.monotonic()
             engine_cmd = [py, str(SERVE_RANDOM), "--port", str(args.engine_port), "--preload"]
+            engine_cmd += ["--lora-dtype", args.lora_dtype]
             engine_cmd += ["--tiny", "--ids", "64", "--distinct", "2"] if args.tiny else []
             engine_cmd += ["--dir", str(args.model_dir)] if args.model_dir else []
             procs.append(start(engine_cmd, engine_log))

@@ -25,7 +25,7 @@
 # Limits (seconds): KERNEL_TESTS_TIMEOUT (560), ENGINE_TESTS_TIMEOUT (300), KERNELS_TIMEOUT (420),
 # ENGINE_TIMEOUT (240), STRUCTURED_TIMEOUT (120),
 # QUANT_TIMEOUT (180), E2E_TIMEOUT (500 per phase); E2E_SWEEP replaces the phase's lorax-bench
-# sweep (e2e.py's PHASES).
+# sweep (e2e.py's PHASES); E2E_LORA_DTYPE=fp8 serves the adapters from fp8 slot tables.
 set -u -o pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -89,7 +89,8 @@ for w in "${which[@]}"; do
             # blanks).
             # shellcheck disable=SC2086
             timeout -s INT -k 20 "${E2E_TIMEOUT:-500}" python3 benchmarks/gpu/e2e.py \
-                --phase "$phase" --out "$OUT/e2e-$phase" ${E2E_SWEEP:+-- $E2E_SWEEP} || status=1
+                --phase "$phase" --out "$OUT/e2e-$phase" --lora-dtype "${E2E_LORA_DTYPE:-auto}" \
+                ${E2E_SWEEP:+-- $E2E_SWEEP} || status=1
         done ;;
     *)
         echo "unknown driver $w (kernel-tests, engine-tests, gpu-tests, kernels, engine, structured, quant, e2e-saturation, e2e-latency, e2e)"; false ;;

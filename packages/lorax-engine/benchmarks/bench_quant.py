@@ -4,7 +4,8 @@ without rank-16 LoRA adapters on top (one distinct adapter per request), plus th
 Prints JSON lines.
 
     PYTHONPATH=packages/lorax-kernels/src:packages/lorax-engine/src \
-        python3 packages/lorax-engine/benchmarks/bench_quant.py [--methods bf16,fp8,gptq,awq] [--tiny]
+        python3 packages/lorax-engine/benchmarks/bench_quant.py [--methods bf16,fp8,gptq,awq] \
+        [--lora-dtype auto|fp8] [--tiny]
 
 One bf16 model is made on the GPU; every method then swaps the projections' base matmul the way
 the loader does for ``--quantize``: fp8 through ``Fp8Linear`` (quantized at load), GPTQ and AWQ by
@@ -38,6 +39,7 @@ from bench_common import (
 )
 from bench_engine import NullTokenizer, copy_bandwidth
 
+from lorax_engine.config import LORA_DTYPES
 from lorax_engine.core.block_manager import BlockManager
 from lorax_engine.core.engine_core import EngineCore
 from lorax_engine.core.kv_cache import allocate_kv_cache
@@ -192,6 +194,12 @@ def main() -> None:
     ap.add_argument("--input", type=int, default=512)
     ap.add_argument("--output", type=int, default=128)
     ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument(
+        "--lora-dtype",
+        choices=LORA_DTYPES,
+        default="auto",
+        help="the adapters' slot tables: the model's dtype, or fp8 (as lorax-engine serve's flag)",
+    )
     ap.add_argument("--group-size", type=int, default=128, help="4-bit group (tiny: 32)")
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     ap.add_argument(
@@ -219,7 +227,8 @@ def main() -> None:
     init_random_(model, seed=0)
     originals = {n: m.weight.data for n, m in projections(model) if m.weight is not None}
     spec = model.lora_spec()
-    slots = LoraSlots.allocate(spec, max_b, args.lora_rank, dtype, dev)
+    table_dtype = torch.float8_e4m3fn if args.lora_dtype == "fp8" else dtype
+    slots = LoraSlots.allocate(spec, max_b, args.lora_rank, table_dtype, dev)
     for s in range(max_b):  # one distinct adapter per request of the largest batch
         slots.write_(s, random_lora(spec, args.lora_rank, seed=s, dtype=dtype, device=dev))
     bs = 16
@@ -229,6 +238,7 @@ def main() -> None:
         event="setup",
         s=round(time.perf_counter() - t, 1),
         slot_table_gb=round(slots.nbytes / 1e9, 2),
+        lora_dtype=args.lora_dtype,
     )
 
     prompts = {b: random_prompts(b, args.input, cfg.vocab_size, seed=b) for b in batches}

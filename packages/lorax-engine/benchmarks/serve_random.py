@@ -11,7 +11,8 @@ still hold is written to ``--dir``: the synthetic 128,256-token byte-level BPE t
 projections, nonzero B). ``--ids`` adapter ids ``bench/a{i}`` are symlinks to them, so
 ``local`` adapters load like any other and each id is its own cache entry (every GPU miss is a
 real copy), while the CPU tier keeps one packed copy per distinct file. ``--preload`` loads every
-id at start-up. ``--tiny`` serves a small model on the CPU (script check).
+id at start-up. ``--lora-dtype fp8`` keeps the slot tables in float8 e4m3. ``--tiny`` serves a small
+model on the CPU (script check).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from safetensors.torch import save_file
 
 from lorax_engine.adapters.weights import LoraWeights
 from lorax_engine.async_engine import AsyncEngine
-from lorax_engine.config import EngineConfig
+from lorax_engine.config import LORA_DTYPES, EngineConfig
 from lorax_engine.core.factory import build_engine
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.params import Limits
@@ -86,6 +87,12 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=16, help="distinct adapter weight sets")
     ap.add_argument("--ids", type=int, default=2000, help="adapter ids bench/a0 .. a{ids-1}")
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument(
+        "--lora-dtype",
+        choices=LORA_DTYPES,
+        default="auto",
+        help="slot tables in the model's dtype, or fp8: half the adapter bytes per decode step",
+    )
     # More GPU slots than the benchmark keeps requests in flight (lorax-bench --max-concurrency
     # 128), so distinct adapters never queue for a slot. With 64, the H200 run of 2026-12-01
     # (session 3) held N >= 512 near 64 running requests: TTFT p50 4.4-4.8 s, waiting for slots.
@@ -149,6 +156,7 @@ def main() -> None:
         max_batch_prefill_tokens=args.max_batch_prefill_tokens,
         lora_slots=args.max_active_adapters,
         lora_max_rank=args.rank,
+        lora_dtype=args.lora_dtype,
         adapter_source="local",
         local_adapter_roots=(root,),
         # Ids linked to one directory share its host copy, so this reads --distinct files.

@@ -1,5 +1,6 @@
 """Test helpers: drive an EngineCore step by step and collect events; run a batch mixing
-adapters on a running core; write random PEFT adapters."""
+adapters on a running core; write random PEFT adapters; round adapter weights to fp8 as
+``--lora-dtype fp8`` does."""
 
 from __future__ import annotations
 
@@ -137,3 +138,14 @@ def greedy_with_adapters(
         if loaded.adapter_manager is not None:
             loaded.adapter_manager.shutdown()
     return tokens
+
+
+def fp8_round_trip(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``tensors`` as ``--lora-dtype fp8`` slot tables hold them, written here from the rule, not
+    from the engine's code: the A (or the B) of every slice of one fused projection in one layer
+    share one float32 scale, their amax / 448 (1 when all are zero), and are stored divided by it
+    and rounded to float8 e4m3. Returns the stored values times the scale (float32) and the scale.
+    """
+    amax = torch.stack([t.abs().amax() for t in tensors]).amax().float()
+    scale = amax / 448.0 if amax > 0 else torch.ones(())
+    return [(t.float() / scale).to(torch.float8_e4m3fn).float() * scale for t in tensors], scale

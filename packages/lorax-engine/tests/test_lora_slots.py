@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from engine_testkit import fp8_round_trip
 
 from lorax_engine.lora import (
     PEFT_TARGETS,
@@ -188,3 +189,109 @@ def test_slot_out_of_range_is_refused() -> None:
             slots.write_(slot, w)
         with pytest.raises(IndexError):
             slots.clear_(slot)
+
+
+# ---- --lora-dtype fp8 ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Fp8Projection:
+    """One projection of one layer of an adapter, and what fp8 tables should hold for it by
+    engine_testkit's rule (written apart from the engine): per slice, zeros where it lacks one."""
+
+    a: list[torch.Tensor]  # [rank, in] per slice
+    b: list[torch.Tensor]  # [width, rank] per slice
+    a_deq: list[torch.Tensor]  # fp8 round trips
+    b_deq: list[torch.Tensor]
+    s_a: torch.Tensor  # the shared scales
+    s_b: torch.Tensor
+
+
+def _projection_fp8(w: Weights, layer: int, proj: str) -> _Fp8Projection | None:
+    """None where the adapter leaves ``proj`` of ``layer`` alone."""
+    names = PROJECTIONS[proj]
+    if not any((layer, n) in w.modules for n in names):
+        return None
+    a, b = [], []
+    for n in names:
+        fin, fout = SPEC.targets[n]
+        zeros = (torch.zeros(w.rank, fin), torch.zeros(fout, w.rank))
+        pair = w.modules.get((layer, n), zeros)
+        a.append(pair[0])
+        b.append(pair[1])
+    (a_deq, s_a), (b_deq, s_b) = fp8_round_trip(a), fp8_round_trip(b)
+    return _Fp8Projection(a, b, a_deq, b_deq, s_a, s_b)
+
+
+def test_fp8_tables_hold_each_adapter_within_fp8_rounding_and_fold_the_scales() -> None:
+    gen = torch.Generator().manual_seed(2)
+    every = [(layer, t) for layer in range(SPEC.num_layers) for t in SPEC.targets]
+    full = _random_adapter(gen, 4, every)
+    # Magnitudes far apart per layer and projection: each must get its own scale.
+    for i, key in enumerate(sorted(full.modules)):
+        a, b = full.modules[key]
+        full.modules[key] = (a * 10.0 ** (i % 5 - 2), b * 10.0 ** (2 - i % 3))
+    mixed = _random_adapter(gen, 3, [(0, "q_proj"), (0, "v_proj"), (1, "down_proj")])
+    zero_b = _random_adapter(gen, 2, [(1, "o_proj"), (1, "gate_proj")])
+    zero_b.modules[(1, "o_proj")] = (zero_b.modules[(1, "o_proj")][0], torch.zeros(8, 2))
+    slots = LoraSlots.allocate(SPEC, 3, 4, torch.float8_e4m3fn, "cpu")
+    for slot, w in enumerate((full, mixed, zero_b)):
+        slots.write_(slot, w if slot else pack_lora(w))
+    x = torch.randn(5, 12, generator=gen)
+    for slot, w in enumerate((full, mixed, zero_b)):
+        for (layer, proj), got in ((k, slots.table(*k)) for k in _reference(1, 1)):
+            assert got.lora_a.dtype == got.lora_b.dtype == torch.float8_e4m3fn
+            want = _projection_fp8(w, layer, proj)
+            if want is None:  # untargeted: rank 0, scale 0, zero rows
+                assert int(got.slot_ranks[slot]) == 0
+                assert float(got.slot_scales[slot]) == 0.0
+                assert not got.lora_a[:, slot].float().any()
+                continue
+            assert int(got.slot_ranks[slot]) == w.rank
+            table_scale = got.slot_scales[slot]
+            s_a, s_b = want.s_a, want.s_b
+            torch.testing.assert_close(table_scale, w.scale * s_a * s_b, rtol=1e-6, atol=0)
+            assert not got.lora_a[:, slot, w.rank :].float().any()  # past the rank: zero
+            xs = x[:, : got.in_features]
+            for s in range(got.num_slices):
+                width = got.slice_offsets[s + 1] - got.slice_offsets[s]
+                a8 = got.lora_a[s, slot, : w.rank].float()  # [rank, in]
+                b8 = got.lora_b[s, slot, :width, : w.rank].float()  # [width, rank]
+                # Bit for bit the rule's rounding (what the PEFT parity test's reference uses)...
+                assert torch.equal(a8 * s_a, want.a_deq[s]), (slot, layer, proj, s)
+                assert torch.equal(b8 * s_b, want.b_deq[s]), (slot, layer, proj, s)
+                # ... which is the adapter within e4m3's half spacing: 2^-4 of each value, and
+                # 2^-10 of the scale among the subnormals.
+                for deq, orig, scale in ((a8 * s_a, want.a[s], s_a), (b8 * s_b, want.b[s], s_b)):
+                    tol = 2**-10 * float(scale)
+                    torch.testing.assert_close(deq, orig, rtol=2**-4 + 1e-6, atol=tol)
+                # The kernels' delta, scale * (x A8^T) B8^T, is the round trip's (to float32
+                # rounding) and the adapter's within fp8 rounding.
+                delta = table_scale * (xs @ a8.T) @ b8.T  # [tokens, width]
+                faked = w.scale * (xs @ want.a_deq[s].T) @ want.b_deq[s].T
+                exact = w.scale * (xs @ want.a[s].T) @ want.b[s].T
+                assert (delta - faked).norm() <= 1e-5 * faked.norm(), (slot, layer, proj, s)
+                assert (delta - exact).norm() <= 2**-3 * exact.norm(), (slot, layer, proj, s)
+    # An all-zero B (o_proj of zero_b) gets scale 1: no NaN, and the table's delta is zero.
+    o = slots.table(1, "o")
+    assert torch.isfinite(o.slot_scales).all()
+    assert not o.lora_b[:, 2].float().any()
+    slots.clear_(1)
+    for layer, proj in _reference(1, 1):
+        t = slots.table(layer, proj)
+        assert not t.lora_a[:, 1].float().any()
+        assert not t.lora_b[:, 1].float().any()
+        assert int(t.slot_ranks[1]) == 0
+        assert float(t.slot_scales[1]) == 0.0
+    assert torch.equal(slots.table(0, "qkv").slot_ranks, torch.tensor([4, 0, 0], dtype=torch.int32))
+
+
+def test_fp8_tables_take_half_the_bytes() -> None:
+    meta = 8 * SPEC.num_layers * len(PROJECTIONS)  # each table's int32 rank and float32 scale
+    bf16 = LoraSlots.bytes_per_slot(SPEC, 4, torch.bfloat16)
+    fp8 = LoraSlots.bytes_per_slot(SPEC, 4, torch.float8_e4m3fn)
+    assert 2 * (fp8 - meta) == bf16 - meta
+    slots = LoraSlots.allocate(SPEC, 3, 4, torch.float8_e4m3fn, "cpu")
+    assert slots.nbytes == 3 * (fp8 - meta)
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        LoraSlots.allocate(SPEC, 3, 4, torch.float8_e5m2, "cpu")

@@ -140,6 +140,8 @@ def test_launcher_maps_lorax_flags_to_engine_options() -> None:
             "2",
             "--kv-cache-dtype",
             "fp8",
+            "--lora-dtype",
+            "fp8",
         ]
     )
     assert engine_options(args) == {
@@ -147,6 +149,7 @@ def test_launcher_maps_lorax_flags_to_engine_options() -> None:
         "dtype": "float32",
         "quantize": "fp8",
         "kv_cache_dtype": "fp8",
+        "lora_dtype": "fp8",
         "num_shard": 2,
         "max_input_length": 100,
         "max_total_tokens": 200,

@@ -17,6 +17,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # (no calibration, as vLLM-style engines do without a scales file): half the bytes per block, so
 # the pool holds twice the tokens from the same memory. Values past ±448 are clamped.
 KV_CACHE_DTYPES = ("auto", "fp8")
+# Adapter slot tables: "auto" stores them in the model's dtype; "fp8" in float8 e4m3 with one
+# scale per layer and projection for A and one for B, set when an adapter is promoted: half the
+# adapter bytes a decode step reads, and twice the slots in the same memory.
+LORA_DTYPES = ("auto", "fp8")
 
 
 @dataclass(slots=True)
@@ -45,6 +49,7 @@ class EngineConfig:
     # Multi-LoRA slot tables: 0 disables adapters (requests naming one get a generation error).
     lora_slots: int = 0
     lora_max_rank: int = 64
+    lora_dtype: str = "auto"  # one of LORA_DTYPES
     adapter_source: str = ""  # default source of adapter ids; "": hub (local for the demo)
     # The only directories `local` adapters load from, tried in order (none: local is off).
     local_adapter_roots: Sequence[Path | str] = ()
@@ -87,6 +92,10 @@ class EngineConfig:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         if self.lora_slots < 0 or self.lora_max_rank <= 0:
             raise ValueError("lora_slots must be >= 0 and lora_max_rank > 0")
+        if self.lora_dtype not in LORA_DTYPES:
+            raise ValueError(
+                f"lora_dtype must be one of {', '.join(LORA_DTYPES)}, got {self.lora_dtype!r}"
+            )
         if isinstance(self.local_adapter_roots, (str, Path)):  # one root, not its characters
             self.local_adapter_roots = (self.local_adapter_roots,)
         self.local_adapter_roots = tuple(Path(r) for r in self.local_adapter_roots)
@@ -125,5 +134,12 @@ class EngineConfig:
     def torch_kv_dtype(self) -> torch.dtype:
         """The KV cache's element type: the model's dtype, or float8 e4m3 for ``fp8``."""
         if self.kv_cache_dtype == "fp8":
+            return torch.float8_e4m3fn
+        return self.torch_dtype
+
+    @property
+    def torch_lora_dtype(self) -> torch.dtype:
+        """The adapter slot tables' element type: the model's dtype, or float8 e4m3 for ``fp8``."""
+        if self.lora_dtype == "fp8":
             return torch.float8_e4m3fn
         return self.torch_dtype

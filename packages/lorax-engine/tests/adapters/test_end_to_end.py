@@ -2,12 +2,15 @@
 
 Base-model requests and adapters of ranks 4/8/16 with different target sets share batches; with
 two GPU slots for three adapters, one is evicted to the CPU tier and promoted back, and its
-requests still give PEFT's tokens.
+requests still give PEFT's tokens. With fp8 slot tables (``--lora-dtype fp8``) the reference is
+PEFT on each adapter's fp8 round trip.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,13 +19,15 @@ from typing import Any
 
 import pytest
 import torch
-from engine_testkit import hf_greedy, make_engine
+from engine_testkit import fp8_round_trip, hf_greedy, make_engine
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from lorax_engine.adapters import AdapterRef, MergeSpec
 from lorax_engine.core.factory import LoadedEngine
 from lorax_engine.core.request import Request
+from lorax_engine.lora import PEFT_TARGETS
 from lorax_engine.params import SamplingParams
 
 from .conftest import ALL_TARGETS, peft_quiet, save_adapter_for, upload_dir
@@ -218,6 +223,69 @@ def test_merged_adapter_matches_peft_add_weighted_adapter(
     for i in range(len(PROMPTS)):
         assert got[f"m-{i}"] == want[i], i
         assert got[f"r4-{i}"] == refs["r4"][i], i
+
+
+def _fp8_round_trip_adapter(src: Path, dst: Path) -> None:
+    """``src`` with its weights as fp8 slot tables hold them (engine_testkit.fp8_round_trip):
+    one scale for the A and one for the B of each layer's fused projection (q/k/v, o, gate/up,
+    down), shared by its slices."""
+    tensors = load_file(str(src / "adapter_model.safetensors"))
+    groups: dict[tuple[int, str, str], list[str]] = {}  # (layer, projection, A|B) -> names
+    for name in tensors:
+        m = re.search(r"\.layers\.(\d+)\..*\.(\w+_proj)\.lora_([AB])\.weight$", name)
+        assert m is not None, name
+        groups.setdefault((int(m[1]), PEFT_TARGETS[m[2]][0], m[3]), []).append(name)
+    for names in groups.values():
+        rounded, _ = fp8_round_trip([tensors[n] for n in names])
+        tensors.update(zip(names, rounded, strict=True))
+    dst.mkdir()
+    save_file(tensors, str(dst / "adapter_model.safetensors"))
+    shutil.copy(src / "adapter_config.json", dst)
+
+
+def test_fp8_slot_tables_match_peft_on_the_fp8_round_trip(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]], tmp_path: Path
+) -> None:
+    """``lora_dtype="fp8"``: adapters of three ranks and target sets and the base model in one
+    batch give the tokens PEFT gives with each adapter's weights replaced by their round trip
+    through fp8 at the engine's per-(layer, projection) scales."""
+    ckpt, root, refs = setup
+    names = ["r4", "r8", "r16"]
+    want: dict[str, list[list[int]]] = {"base": refs["base"]}
+    for name in names:
+        _fp8_round_trip_adapter(root / name, tmp_path / name)
+        want[name] = [_peft_greedy(ckpt, tmp_path / name, p) for p in PROMPTS]
+    # The rounding changes every adapter's tokens: serving the weights unrounded cannot pass.
+    assert all(want[n] != refs[n] for n in names)
+    jobs = [(f"{n}-{i}", _ref(n), p) for n in [*names, "base"] for i, p in enumerate(PROMPTS)]
+    with _running_engine(ckpt, root, num_slots=3, lora_dtype="fp8") as engine:
+        slots = engine.core.runner.lora_slots
+        assert slots is not None
+        assert slots.table(0, "qkv").lora_a.dtype == torch.float8_e4m3fn
+        got = _generate(engine, jobs)
+    for rid, tokens in got.items():
+        name, i = rid.split("-")
+        assert tokens == want[name][int(i)], rid
+
+
+@pytest.mark.gpu
+def test_fp8_slot_tables_on_cuda_match_model_dtype_tables_of_the_round_trip(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]], tmp_path: Path
+) -> None:
+    """On CUDA (graphs, the Triton kernels): each adapter served from fp8 tables gives the tokens
+    of its fp8 round trip served from float32 tables, where only the scales' place differs."""
+    ckpt, root, _ = setup
+    names = ["r4", "r8", "r16"]
+    for name in names:
+        _fp8_round_trip_adapter(root / name, tmp_path / name)
+    jobs = [(f"{n}-{i}", _ref(n), p) for n in [*names, "base"] for i, p in enumerate(PROMPTS)]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    got: dict[str, dict[str, list[int]]] = {}
+    for lora_dtype, adapters in (("fp8", root), ("auto", tmp_path)):
+        config = {"device": "cuda", "max_batch_total_tokens": 4096, "lora_dtype": lora_dtype}
+        with _running_engine(ckpt, adapters, num_slots=3, **config) as engine:
+            got[lora_dtype] = _generate(engine, jobs)
+    assert got["fp8"] == got["auto"]
 
 
 def test_s3_adapters_through_the_engine(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_testkit import fp8_round_trip
 
 import lorax_kernels
 from lorax_engine.adapters import (
@@ -144,6 +145,73 @@ def test_strided_slot_views_give_the_kernels_the_same_result_as_contiguous_table
             assert torch.equal(tiled[0], tiled[1]), (layer, proj)
             assert torch.equal(fused[0], fused[1]), (layer, proj)
             torch.testing.assert_close(fused[0], tiled[0], rtol=1e-4, atol=1e-4)
+
+
+def _fp8_round_trip(spec: ModelLoraSpec, w: LoraWeights) -> LoraWeights:
+    """``w`` with every layer's fused projection replaced by its fp8 round trip (float32)."""
+    modules = dict(w.modules)
+    for layer in range(spec.num_layers):
+        for names in PROJECTIONS.values():
+            a, _ = fp8_round_trip([w.modules[(layer, n)][0] for n in names])
+            b, _ = fp8_round_trip([w.modules[(layer, n)][1] for n in names])
+            for n, a_n, b_n in zip(names, a, b, strict=True):
+                modules[(layer, n)] = (a_n, b_n)
+    return LoraWeights(w.adapter_key, w.rank, w.scale, modules)
+
+
+def test_fp8_tables_are_written_without_host_sync_and_read_as_the_round_trip(
+    spec: Spec,
+) -> None:
+    """``--lora-dtype fp8``: writing pinned bfloat16 weights never waits for the device, and the
+    kernels' result on the fp8 tables is their result on tables of the round trip in the
+    activations' dtype (float32; bfloat16, as the engine runs, rounds the round trip)."""
+    model_spec = ModelLoraSpec(spec.architecture, spec.num_layers, dict(spec.targets))
+    fp8 = LoraSlots.allocate(model_spec, 4, 16, torch.float8_e4m3fn, "cuda")
+    refs = {
+        dtype: LoraSlots.allocate(model_spec, 4, 16, dtype, "cuda")
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    for slot, rank in enumerate((16, 4, 8)):
+        w = _random_weights(model_spec, f"w{slot}", rank, slot)
+        bf16 = {k: (a.bfloat16(), b.bfloat16()) for k, (a, b) in w.modules.items()}
+        w = LoraWeights(w.adapter_key, rank, w.scale, bf16).pin_memory()
+        torch.cuda.set_sync_debug_mode("error")  # the promoter thread must not wait
+        try:
+            fp8.write_(slot, w)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        round_trip = _fp8_round_trip(model_spec, w)
+        for ref in refs.values():
+            ref.write_(slot, round_trip)
+    torch.cuda.synchronize()
+    gen = torch.Generator().manual_seed(0)
+    tokens = 37
+    token_slots = torch.randint(-1, 4, (tokens,), generator=gen, dtype=torch.int32).cuda()
+    meta = lorax_kernels.LoraBatchMeta.allocate(64, 4, torch.device("cuda"))
+    meta.update_(token_slots)
+    keys = [(layer, proj) for layer in range(model_spec.num_layers) for proj in PROJECTIONS]
+    for dtype, rtol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+        for layer, proj in keys:
+            ref = refs[dtype].table(layer, proj)
+            x = torch.randn(tokens, ref.in_features, generator=gen).to("cuda", dtype)
+            tiled, fused = [], []
+            for t in (fp8.table(layer, proj), ref):
+                y = torch.zeros(tokens, t.slice_offsets[-1], device="cuda", dtype=dtype)
+                h = lorax_kernels.lora_shrink(x, t.lora_a, t.slot_ranks, meta)
+                lorax_kernels.lora_expand_(
+                    y, h, t.lora_b, t.slot_ranks, t.slot_scales, t.slice_offsets, meta
+                )
+                tiled.append(y)
+                y = torch.zeros(tokens, t.slice_offsets[-1], device="cuda", dtype=dtype)
+                lorax_kernels.lora_apply_(
+                    y, x, t.lora_a, t.lora_b, t.slot_ranks, t.slot_scales, t.slice_offsets, meta
+                )
+                fused.append(y)
+            assert tiled[1].abs().sum() > 0
+            for got, want in (tiled, fused):
+                tol = rtol * float(want.abs().max())
+                msg = f"{dtype} {layer} {proj}"
+                torch.testing.assert_close(got, want, rtol=rtol, atol=tol, msg=msg)
 
 
 def test_a_slot_is_never_rewritten_under_a_step_still_reading_it(spec: Spec) -> None:

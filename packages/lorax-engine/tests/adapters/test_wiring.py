@@ -51,6 +51,8 @@ ADAPTER_FLAGS = [
     "1000",
     "--max-lora-rank",
     "32",
+    "--lora-dtype",
+    "fp8",
 ]
 EXPECTED = {
     "lora_slots": 3,
@@ -61,6 +63,7 @@ EXPECTED = {
     "adapter_memory_fraction": 0.25,
     "adapter_max_bytes": 1000,
     "lora_max_rank": 32,
+    "lora_dtype": "fp8",
 }
 
 
@@ -77,6 +80,7 @@ def test_engine_cli_adapter_flags() -> None:
     assert defaults.adapter_cycle_time_s == 2.0  # LoRAX's defaults
     assert defaults.adapter_memory_fraction == 0.1
     assert defaults.adapter_load_timeout_s == 120.0
+    assert defaults.lora_dtype == "auto"
 
 
 def test_launcher_passes_adapter_flags_to_the_engine() -> None:
@@ -102,6 +106,7 @@ def _config_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         {"adapter_memory_fraction": 1.5},
         {"adapter_max_bytes": 0},
         {"preloaded_adapter_ids": ["a"]},  # with adapters off (lora_slots 0)
+        {"lora_dtype": "int8"},
     ],
 )
 def test_bad_adapter_settings_are_refused(bad: dict[str, Any]) -> None:
@@ -130,6 +135,17 @@ def test_adapter_memory_fraction_bounds_the_slots(make_checkpoint: Callable[[str
     assert slots(100 * per_slot, 0.025) == 2  # room for 2.5
     with pytest.raises(EngineStartupError, match="adapter-memory-fraction"):
         slots(100 * per_slot, 0.005)
+
+    def fit(lora_dtype: str) -> int:  # bfloat16 tables against fp8 ones, in the same memory
+        cfg = EngineConfig(
+            device="cpu", dtype="bfloat16", lora_slots=1000, lora_max_rank=8, lora_dtype=lora_dtype
+        )
+        assert cfg.torch_lora_dtype == (
+            torch.float8_e4m3fn if lora_dtype == "fp8" else torch.bfloat16
+        )
+        return num_lora_slots(cfg, spec, 1000 * per_slot)
+
+    assert 1.9 * fit("auto") < fit("fp8") < 2.1 * fit("auto")
 
 
 def _run(engine: LoadedEngine, jobs: list[tuple[str, str | None]], prompt: list[int]) -> None:

@@ -36,6 +36,7 @@ _ENGINE_FLAGS = {
     "block_size": "block_size",
     "max_active_adapters": "lora_slots",
     "max_lora_rank": "lora_max_rank",
+    "lora_dtype": "lora_dtype",
     "adapter_source": "adapter_source",
     "local_adapter_root": "local_adapter_roots",
     "preloaded_adapter_ids": "preloaded_adapter_ids",
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_ACTIVE_ADAPTERS,
         help="adapter slots on the device (each preallocates LoRA memory; 0 disables adapters)",
+    )
+    parser.add_argument(
+        "--lora-dtype",
+        choices=["auto", "fp8"],
+        help="adapter slot tables in the model's dtype (auto) or float8 e4m3 (fp8: weights "
+        "rounded with per-layer scales, half the adapter bytes per step, twice the slots)",
     )
     parser.add_argument("--adapter-source", choices=["hub", "local", "s3"])
     parser.add_argument(

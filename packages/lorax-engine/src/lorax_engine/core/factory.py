@@ -144,14 +144,18 @@ def build_engine(
     """
     # First: a tokenizer problem must not wait behind KV allocation and graph capture.
     constraints = constraint_factory(config, tokenizer)
-    device, dtype = config.torch_device, config.torch_dtype
+    device = config.torch_device
     bs = config.block_size
     slots = None
     if config.lora_slots > 0:
         # Before the KV pool, which is sized from the memory left.
         num_slots = num_lora_slots(config, model.shard_lora_spec(), _memory_bytes(device))
         slots = LoraSlots.allocate(
-            model.shard_lora_spec(), num_slots, config.lora_max_rank, dtype, device
+            model.shard_lora_spec(),
+            num_slots,
+            config.lora_max_rank,
+            config.torch_lora_dtype,
+            device,
         )
     blocks = num_kv_blocks(config, model)
     if shards is not None:
@@ -193,7 +197,7 @@ def num_lora_slots(config: EngineConfig, spec: ModelLoraSpec, memory_bytes: int)
     Raises:
         EngineStartupError: not even one slot fits.
     """
-    per_slot = LoraSlots.bytes_per_slot(spec, config.lora_max_rank, config.torch_dtype)
+    per_slot = LoraSlots.bytes_per_slot(spec, config.lora_max_rank, config.torch_lora_dtype)
     budget = int(memory_bytes * config.adapter_memory_fraction)
     fit = budget // per_slot
     if fit < 1:

@@ -61,7 +61,11 @@ def worker_main(rank: int, launch: ShardLaunch) -> None:
     slots = None
     if num_slots > 0:
         slots = LoraSlots.allocate(
-            model.shard_lora_spec(), num_slots, config.lora_max_rank, dtype, device
+            model.shard_lora_spec(),
+            num_slots,
+            config.lora_max_rank,
+            config.torch_lora_dtype,
+            device,
         )
     kv = allocate_kv_cache(
         model.shard_cfg, num_blocks, config.block_size, config.torch_kv_dtype, device

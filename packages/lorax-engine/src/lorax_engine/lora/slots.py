@@ -13,6 +13,10 @@ an adapter's ``rank`` rows for all layers are one contiguous block, copied strai
 pinned host buffer (:class:`~lorax_engine.lora.packed.PackedLora`) without any padding on the
 host; B's rank must be its innermost dimension for the expand kernel, so a lower-rank B is a
 strided copy. Memory is the same as per-table tensors: every slot still holds ``max_rank`` rows.
+
+Tables in float8 e4m3 (``--lora-dtype fp8``) hold the adapter divided by one scale per layer and
+projection for A and one for B (:mod:`lorax_engine.lora.fp8`); their product multiplies the
+table's scale, so the kernels' ``scale * (x A^T) B^T`` is the adapter's delta.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lorax_engine.lora.fp8 import FP8_DTYPE, layer_scales, to_fp8_
 from lorax_engine.lora.packed import LoraWeightsLike, PackedLora, pack_lora
 from lorax_engine.lora.slot_table import LoraSlotTable
 from lorax_engine.lora.spec import PROJECTIONS, ModelLoraSpec
@@ -51,6 +56,8 @@ class LoraSlots:
     ) -> None:
         if num_slots <= 0 or max_rank <= 0:
             raise ValueError("num_slots and max_rank must be positive")
+        if dtype.itemsize == 1 and dtype != FP8_DTYPE:
+            raise ValueError(f"8-bit slot tables are float8_e4m3fn, not {dtype}")
         self.spec = spec
         self.num_slots = num_slots
         self.max_rank = max_rank
@@ -112,7 +119,8 @@ class LoraSlots:
         """Copy an adapter into ``slot``; untargeted projections get rank 0.
 
         Weights already packed in pinned memory (as the CPU tier keeps them) are copied
-        asynchronously; anything else is packed first. Every launch goes to the current stream.
+        asynchronously; anything else is packed first. Every launch goes to the current stream,
+        and nothing waits for the device (fp8 tables are quantized there).
 
         Raises:
             IndexError: ``slot`` is out of range.
@@ -127,12 +135,16 @@ class LoraSlots:
         rank, layers = packed.rank, packed.num_layers
         region = self._weights[slot]  # [slot_numel]
         region.zero_()
-        for target, a in packed.a.items():
-            seg = self._segments[target]
-            dev_a = self._segment_a(region, seg)  # [max_rank, num_layers, in]
-            dev_a[:rank, :layers].copy_(a, non_blocking=True)
-            dev_b = self._segment_b(region, seg)  # [num_layers, max_out, max_rank]
-            dev_b[:layers, : seg.out_features, :rank].copy_(packed.b[target], non_blocking=True)
+        factors = None
+        if self._weights.dtype == FP8_DTYPE:
+            factors = self._write_fp8(region, packed)
+        else:
+            for target, a in packed.a.items():
+                seg = self._segments[target]
+                dev_a = self._segment_a(region, seg)  # [max_rank, num_layers, in]
+                dev_a[:rank, :layers].copy_(a, non_blocking=True)
+                dev_b = self._segment_b(region, seg)  # [num_layers, max_out, max_rank]
+                dev_b[:layers, : seg.out_features, :rank].copy_(packed.b[target], non_blocking=True)
         targeted = [
             any(layer in packed.layers.get(name, ()) for name in PROJECTIONS[proj])
             for layer in range(self.spec.num_layers)
@@ -142,6 +154,34 @@ class LoraSlots:
         scales = torch.tensor([packed.scale if t else 0.0 for t in targeted], dtype=torch.float32)
         self._ranks[:, slot].copy_(ranks, non_blocking=True)
         self._scales[:, slot].copy_(scales, non_blocking=True)
+        if factors is not None:
+            # [num_layers, num_projections] flattens to the tables' order, layer * P + p.
+            self._scales[:, slot].mul_(factors.view(-1))
+
+    def _write_fp8(self, region: torch.Tensor, packed: PackedLora) -> torch.Tensor:
+        """Write ``packed`` rounded to fp8 into ``region``; return ``s_A * s_B`` of every
+        ``(layer, projection)`` (``[num_layers, num_projections]`` float32, 1 where the adapter
+        has no layer), the factor of each table's scale."""
+        rank, layers, dev = packed.rank, packed.num_layers, region.device
+        factors = torch.ones(self.spec.num_layers, len(self._projections), device=dev)
+        for p, proj in enumerate(self._projections):
+            names = [n for n in PROJECTIONS[proj] if n in packed.a]
+            if not names:
+                continue
+            # Quantized from 16-bit device temporaries: the host copy stays as the CPU tier
+            # keeps it (and may share it with other ids).
+            a = [packed.a[n].to(dev, non_blocking=True) for n in names]  # [rank, layers, in]
+            b = [packed.b[n].to(dev, non_blocking=True) for n in names]  # [layers, out, rank]
+            s_a = layer_scales(a, layer_dim=1)  # [layers]
+            s_b = layer_scales(b, layer_dim=0)  # [layers]
+            for name, a_n, b_n in zip(names, a, b, strict=True):
+                seg = self._segments[name]
+                dev_a = self._segment_a(region, seg)[:rank, :layers]
+                to_fp8_(dev_a, a_n, s_a, layer_dim=1)
+                dev_b = self._segment_b(region, seg)[:layers, : seg.out_features, :rank]
+                to_fp8_(dev_b, b_n, s_b, layer_dim=0)
+            factors[:layers, p] = s_a * s_b
+        return factors
 
     def clear_(self, slot: int) -> None:
         """Empty a slot (rank 0: tokens mapped to it get no delta)."""
