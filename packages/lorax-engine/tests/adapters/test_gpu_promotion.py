@@ -110,6 +110,14 @@ def _random_weights(spec: ModelLoraSpec, key: str, rank: int, seed: int) -> Lora
     return LoraWeights(key, rank, 0.5, modules)
 
 
+def _mixed_batch(tokens: int, num_slots: int, gen: torch.Generator) -> lorax_kernels.LoraBatchMeta:
+    """Batch metadata of ``tokens`` tokens on random slots, some without adapter (-1)."""
+    token_slots = torch.randint(-1, num_slots, (tokens,), generator=gen, dtype=torch.int32)
+    meta = lorax_kernels.LoraBatchMeta.allocate(64, num_slots, torch.device("cuda"))
+    meta.update_(token_slots.cuda())
+    return meta
+
+
 def test_strided_slot_views_give_the_kernels_the_same_result_as_contiguous_tables(
     spec: Spec,
 ) -> None:
@@ -120,9 +128,7 @@ def test_strided_slot_views_give_the_kernels_the_same_result_as_contiguous_table
     torch.cuda.synchronize()
     gen = torch.Generator().manual_seed(0)
     tokens = 37
-    token_slots = torch.randint(-1, 4, (tokens,), generator=gen, dtype=torch.int32).cuda()
-    meta = lorax_kernels.LoraBatchMeta.allocate(64, 4, torch.device("cuda"))
-    meta.update_(token_slots)
+    meta = _mixed_batch(tokens, 4, gen)
     for layer in range(model_spec.num_layers):
         for proj in PROJECTIONS:
             t = slots.table(layer, proj)
@@ -186,9 +192,7 @@ def test_fp8_tables_are_written_without_host_sync_and_read_as_the_round_trip(
     torch.cuda.synchronize()
     gen = torch.Generator().manual_seed(0)
     tokens = 37
-    token_slots = torch.randint(-1, 4, (tokens,), generator=gen, dtype=torch.int32).cuda()
-    meta = lorax_kernels.LoraBatchMeta.allocate(64, 4, torch.device("cuda"))
-    meta.update_(token_slots)
+    meta = _mixed_batch(tokens, 4, gen)
     keys = [(layer, proj) for layer in range(model_spec.num_layers) for proj in PROJECTIONS]
     for dtype, rtol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
         for layer, proj in keys:
