@@ -2,7 +2,9 @@
 
 Usage (on the GPU machine, from the repository root):
     PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/run_all.py
-Optional arguments name a subset: decode prefill sgmv cache fused greedy quant pdl.
+Optional arguments name a subset: decode prefill sgmv cache fused greedy quant pdl; ``--no-pdl``
+launches every kernel plainly (by default the decode kernels are PDL-launched on Hopper, as in the
+engine, so a kernel timed back to back overlaps its own next call).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import torch
 import triton
 from common import copy_bandwidth_gbs, matmul_tflops
 
+from lorax_kernels import pdl
+
 
 def main() -> None:
     """Measure the ceilings, then each op; print everything as markdown."""
-    which = set(sys.argv[1:]) or {
+    args = set(sys.argv[1:])
+    pdl.set_enabled("--no-pdl" not in args)
+    which = (args - {"--no-pdl"}) or {
         "decode",
         "prefill",
         "sgmv",
@@ -40,7 +46,7 @@ def main() -> None:
     mm = matmul_tflops()
     print(
         f"GPU: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}, "
-        f"triton {triton.__version__}"
+        f"triton {triton.__version__}; PDL launches {'on' if '--no-pdl' not in args else 'off'}"
     )
     print(
         f"Measured copy bandwidth (read + write): {copy_gbs:.0f} GB/s; "
