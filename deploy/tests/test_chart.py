@@ -53,6 +53,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "adapters": {
                 "maxActive": 128,
                 "maxRank": 16,
+                "dtype": "fp8",
                 "source": "s3",
                 "localClaimName": "team-adapters",
                 "s3SecretName": "aws",
@@ -229,6 +230,7 @@ def test_engine_args_and_environment(scenario: tuple[dict[str, Any], list[Manife
         adapters = {"maxActive": 32, "maxRank": 64, **engine_values.get("adapters", {})}
         assert parsed.max_active_adapters == adapters["maxActive"]
         assert parsed.max_lora_rank == adapters["maxRank"]
+        assert parsed.lora_dtype == (adapters.get("dtype") or "auto")
         assert parsed.adapter_source == adapters.get("source", "")
         pod = engine["spec"]["template"]["spec"]
         if "localClaimName" in adapters:
