@@ -159,7 +159,8 @@ def sweep(copy_gbs: float) -> str:
     weights = {name: Weights(k, n) for name, (k, n) in SHAPES.items()}
     out = []
     # Both kernels' tl.dot tiles are 16 rows whatever M; their CUDA-core modes run at M <= 4.
-    # "bf16 GEMV": the fp8 GEMV's tilings streaming bf16 weights (no scale), against cuBLAS at M = 1,
+    # "bf16 GEMV": the fp8 GEMV's tilings streaming bf16 weights (no scale), against cuBLAS at
+    # M = 1,
     # the batch-1 decode shape where cuBLAS reads qkv and o at 60-70% of copy bandwidth.
     kernels = (
         ("fp8 GEMV", FP8_CANDIDATES, (1, 4, 16)),

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448.0
+from lorax_kernels.fp8_gemv import FP8_MAX
 
 
 def layer_scales(parts: Sequence[torch.Tensor], layer_dim: int) -> torch.Tensor:

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lorax_engine.lora.fp8 import FP8_DTYPE, layer_scales, to_fp8_
+from lorax_engine.lora.fp8 import layer_scales, to_fp8_
 from lorax_engine.lora.packed import LoraWeightsLike, PackedLora, pack_lora
 from lorax_engine.lora.slot_table import LoraSlotTable
 from lorax_engine.lora.spec import PROJECTIONS, ModelLoraSpec
+from lorax_kernels.fp8_gemv import FP8
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,7 +57,7 @@ class LoraSlots:
     ) -> None:
         if num_slots <= 0 or max_rank <= 0:
             raise ValueError("num_slots and max_rank must be positive")
-        if dtype.itemsize == 1 and dtype != FP8_DTYPE:
+        if dtype.itemsize == 1 and dtype != FP8:
             raise ValueError(f"8-bit slot tables are float8_e4m3fn, not {dtype}")
         self.spec = spec
         self.num_slots = num_slots
@@ -136,7 +137,7 @@ class LoraSlots:
         region = self._weights[slot]  # [slot_numel]
         region.zero_()
         factors = None
-        if self._weights.dtype == FP8_DTYPE:
+        if self._weights.dtype == FP8:
             factors = self._write_fp8(region, packed)
         else:
             for target, a in packed.a.items():

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
 from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
-from lorax_kernels.pdl import launch_options
+from lorax_kernels.pdl import launch_options, pdl_entry
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,10 +127,7 @@ def _fp8_gemv_kernel(
         acc_k = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # one row's products per K
     k_begin = split * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    if PDL:
-        # Nothing before the wait: x is the previous kernel's output, y may be its input.
-        gdc_wait()
-        gdc_launch_dependents()  # after the wait: the next kernel starts one kernel behind
+    pdl_entry(PDL)  # before x (the previous kernel's output) or y (maybe its input) is touched
     for k0 in range(k_begin, k_end, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
         k_mask = rk < K

@@ -301,8 +301,8 @@ def lora_shrink(
 
     x: ``[num_tokens, in_features]``; lora_a: ``[num_slices, num_slots, max_rank, in_features]``
     in x's dtype or float8 e4m3 (read as its exact 16-bit value: a quantization scale is the
-    caller's to fold into ``slot_scales``); slot_ranks: ``[num_slots]`` int32. Returns ``h``: ``[num_slices, num_tokens,
-    max_rank]`` float32 with ``h[s, t, :r] = x[t] @ lora_a[s, slot(t), :r]^T`` and zeros past the
+    caller's to fold into ``slot_scales``); slot_ranks: ``[num_slots]`` int32. Returns ``h``:
+    ``[num_slices, num_tokens, max_rank]`` float32 with ``h[s, t, :r] = x[t] @ lora_a[s, slot(t), :r]^T`` and zeros past the
     slot's rank and for tokens without adapter. ``x`` may have more rows than the tokens given to
     ``meta.update_`` (a CUDA-graph bucket); those rows have no adapter and their ``h`` is
     unspecified on CUDA (``lora_expand_`` never reads it).
