@@ -10,7 +10,7 @@
 # lorax-kernels (~7 min: one call of its own) and of lorax-engine (~1-2 min); gpu-tests is both
 # (the interpreter tests, which CI runs, are left out). kernels runs the kernel benchmarks whose
 # numbers pick defaults: decode attention with its partition sweep, SGMV, the quantized GEMVs and
-# their tiling sweep, and the PDL experiment on the GEMV chain. engine runs bench_engine.py
+# their tiling sweep, and PDL on the GEMV chain (bench_pdl.py). engine runs bench_engine.py
 # (batch 1, 16, 64, 256) and profile_step.py. The e2e sweep is two phases, each one engine
 # start-up and at most E2E_TIMEOUT seconds, so that each fits one 10-minute GPU command on its
 # own: e2e-saturation (rate inf for base, N = 1, 8, 64, 512, 2000) and e2e-latency (N = 64, 2000

@@ -226,6 +226,22 @@ def to_hf_names(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def add_no_pdl(ap: argparse.ArgumentParser) -> None:
+    """``--no-pdl``: the plain-launch side of an A/B against the engine's default."""
+    ap.add_argument(
+        "--no-pdl",
+        action="store_true",
+        help="plain launches (without, decode kernels are PDL-launched where the GPU supports it,"
+        " as the engine does: lorax_kernels.pdl)",
+    )
+
+
+def apply_no_pdl(args: argparse.Namespace) -> bool:
+    """Switch ``lorax_kernels.pdl`` as ``--no-pdl`` says; returns whether PDL launches are on."""
+    pdl.set_enabled(not args.no_pdl)
+    return not args.no_pdl
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,16,64,256")
@@ -246,19 +262,14 @@ def main() -> None:
         help="comma-separated batch sizes for HF generate (input/output as above)",
     )
     ap.add_argument("--hf-output", type=int, default=128)
-    ap.add_argument(
-        "--no-pdl",
-        action="store_true",
-        help="plain launches (without, decode kernels are PDL-launched where the GPU supports it,"
-        " as the engine does: lorax_kernels.pdl)",
-    )
+    add_no_pdl(ap)
     args = ap.parse_args()
-    pdl.set_enabled(not args.no_pdl)
+    pdl_on = apply_no_pdl(args)
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
     bw = copy_bandwidth()
     emit(event="copy_bw_TBps", value=round(bw / 1e12, 3))
-    emit(event="pdl", enabled=not args.no_pdl)
+    emit(event="pdl", enabled=pdl_on)
 
     dev = torch.device("cuda")
     t = time.perf_counter()

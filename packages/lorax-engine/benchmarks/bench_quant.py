@@ -37,7 +37,7 @@ from bench_common import (
     random_prompts,
     run_batch,
 )
-from bench_engine import NullTokenizer, copy_bandwidth
+from bench_engine import NullTokenizer, add_no_pdl, apply_no_pdl, copy_bandwidth
 
 from lorax_engine.config import LORA_DTYPES
 from lorax_engine.core.block_manager import BlockManager
@@ -51,7 +51,6 @@ from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.quant.formats import AWQ_ORDER, W4Weight, awq_to_w4, gptq_to_w4, pack_cols
 from lorax_engine.quant.linear import Fp8Linear, W4Linear
 from lorax_engine.quant.spec import QuantSpec
-from lorax_kernels import pdl
 from lorax_kernels.w4a16 import pack_rows
 
 # The engine's --quantize methods, the unquantized bf16 baseline and GPTQ with act-order.
@@ -202,14 +201,9 @@ def main() -> None:
     )
     ap.add_argument("--group-size", type=int, default=128, help="4-bit group (tiny: 32)")
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
-    ap.add_argument(
-        "--no-pdl",
-        action="store_true",
-        help="plain launches (without, decode kernels are PDL-launched where the GPU supports it,"
-        " as the engine does: lorax_kernels.pdl)",
-    )
+    add_no_pdl(ap)
     args = ap.parse_args()
-    pdl.set_enabled(not args.no_pdl)
+    pdl_on = apply_no_pdl(args)
     methods = quant_methods(ap, args.methods)
     batches = [int(b) for b in args.batches.split(",")]
     cfg = model_shape(args.tiny)
@@ -218,7 +212,7 @@ def main() -> None:
     torch.manual_seed(0)
     bw = copy_bandwidth() if dev.type == "cuda" else None
     emit(event="copy_bw_TBps", value=round(bw / 1e12, 3) if bw else None)
-    emit(event="pdl", enabled=not args.no_pdl)
+    emit(event="pdl", enabled=pdl_on)
 
     t = time.perf_counter()
     max_b = max(batches)

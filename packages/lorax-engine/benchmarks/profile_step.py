@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from bench_engine import LLAMA3_8B, NullTokenizer, replay_ms
+from bench_engine import LLAMA3_8B, NullTokenizer, add_no_pdl, apply_no_pdl, replay_ms
 from torch.profiler import ProfilerActivity, profile
 
 from lorax_engine.core.block_manager import BlockManager
@@ -35,7 +35,6 @@ from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.params import SamplingParams
-from lorax_kernels import pdl
 
 PHASES: dict[str, list[float]] = defaultdict(list)
 # CUDA events around each ``runner.execute``: (when the GPU reached the step, when it finished it).
@@ -154,14 +153,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--trace-steps", type=int, default=3)
-    ap.add_argument(
-        "--no-pdl",
-        action="store_true",
-        help="plain launches (without, decode kernels are PDL-launched where the GPU supports it,"
-        " as the engine does: lorax_kernels.pdl)",
-    )
+    add_no_pdl(ap)
     args = ap.parse_args()
-    pdl.set_enabled(not args.no_pdl)
+    apply_no_pdl(args)
     batches = [int(b) for b in args.batches.split(",")]
     dev = torch.device("cuda")
     max_b = max(batches)
