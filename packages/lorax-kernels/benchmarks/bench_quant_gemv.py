@@ -48,11 +48,6 @@ FP8_CANDIDATES = [
     Fp8GemvConfig(block_n=64, block_k=256, warps=4, stages=3, waves=4, dot=True),
     Fp8GemvConfig(block_n=32, block_k=256, warps=4, stages=4, waves=8, dot=True),
     Fp8GemvConfig(block_n=128, block_k=256, warps=8, stages=3, waves=2, dot=True),
-    # One row's products kept per K position and summed once after the loop (64 fp32 a thread).
-    Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=4, waves=8, dot=False, defer_sum=True),
-    Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=3, waves=4, dot=False, defer_sum=True),
-    Fp8GemvConfig(block_n=8, block_k=1024, warps=4, stages=3, waves=8, dot=False, defer_sum=True),
-    Fp8GemvConfig(block_n=32, block_k=512, warps=8, stages=3, waves=4, dot=False, defer_sum=True),
 ]
 W4_CANDIDATES = [
     DEFAULT_DECODE,
@@ -173,8 +168,6 @@ def sweep(copy_gbs: float) -> str:
             for cfg in candidates:
                 if cfg is not None and not cfg.dot and m > 4:
                     continue  # CUDA-core rows: one unrolled reduction per row, not for 16
-                if cfg is not None and cfg.defer_sum and m > 1:
-                    continue  # one row only (more rows take the per-step sums)
                 label = "cuBLAS F.linear" if cfg is None else str(cfg).split("(", 1)[1].rstrip(")")
                 row: list[object] = [label]
                 total = 0.0

@@ -5,9 +5,7 @@ Decode reads the whole weight for a handful of tokens, so the kernel is bound by
 each program streams a ``[BLOCK_N, BLOCK_K]`` tile of fp8 rows (K contiguous, 16-byte loads),
 converts it in registers and multiplies it with x (tiny, re-read from L2 by every program).
 Two inner products: ``DOT`` pads the rows to a 16-row ``tl.dot`` on the tensor cores; without it
-each row is a broadcast multiply and a sum over K on the CUDA cores (less work for 1-2 rows),
-either summed every step or, for one row (``defer_sum``), kept per K position across the steps
-and summed once after the loop.
+each row is a broadcast multiply and a sum over K on the CUDA cores (less work for 1-2 rows).
 
 Small N gives too few column tiles to fill the GPU, so K is split across programs until about
 ``waves`` programs per SM stream the weight. Each program writes an fp32 partial; the last program
@@ -38,11 +36,7 @@ from lorax_kernels.pdl import launch_options, pdl_entry
 class Fp8GemvConfig:
     """One tiling of the GEMV: ``[block_n, block_k]`` weight tiles, ``warps`` per program,
     ``stages`` of software pipelining, K split until ``waves`` programs per SM, ``dot``: tensor
-    cores (16-row tiles) rather than CUDA-core reductions. ``defer_sum`` (CUDA cores, one row):
-    the products accumulate per K position in a ``[block_n, block_k]`` fp32 tile and are summed
-    over K once, after the loop, instead of by warp shuffles at every step (an experiment: one
-    row of fp8 weights does twice bf16's multiply-adds per byte, and the per-step sums as many
-    shuffles again as there are rows per thread; not yet timed)."""
+    cores (16-row tiles) rather than CUDA-core reductions."""
 
     block_n: int
     block_k: int
@@ -50,7 +44,6 @@ class Fp8GemvConfig:
     stages: int
     waves: int
     dot: bool
-    defer_sum: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_n", "block_k", "warps"):
@@ -61,8 +54,6 @@ class Fp8GemvConfig:
             raise ValueError("tl.dot tiles need block_n and block_k >= 16")
         if self.stages < 1 or self.waves < 1:
             raise ValueError("stages and waves must be >= 1")
-        if self.defer_sum and self.dot:
-            raise ValueError("defer_sum is for the CUDA-core rows (dot=False)")
 
 
 # Measured on the H200 (bench_quant_gemv.py --sweep-only, session 4, summed over the Llama-3-8B
@@ -111,7 +102,6 @@ def _fp8_gemv_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     DOT: tl.constexpr,
-    DEFER_SUM: tl.constexpr,
     IS_FP32: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -123,8 +113,6 @@ def _fp8_gemv_kernel(
     n_mask = rn < N
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn  # [BLOCK_N, 1]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if DEFER_SUM:
-        acc_k = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # one row's products per K
     k_begin = split * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
     pdl_entry(PDL)  # before x (the previous kernel's output) or y (maybe its input) is touched
@@ -143,9 +131,6 @@ def _fp8_gemv_kernel(
             else:
                 # fp8 -> 16-bit is exact, so the tensor cores see the stored weight.
                 acc += tl.dot(x, tl.trans(w.to(x.dtype)))  # [BLOCK_M, BLOCK_N]
-        elif DEFER_SUM:
-            x0 = tl.load(x_ptr + rk, mask=k_mask, other=0.0)  # [BLOCK_K]: the one row
-            acc_k += w.to(tl.float32) * x0.to(tl.float32)[None, :]
         else:
             wf = w.to(tl.float32)  # [BLOCK_N, BLOCK_K]
             for i in tl.static_range(BLOCK_M):
@@ -153,8 +138,6 @@ def _fp8_gemv_kernel(
                 xi = tl.load(x_ptr + i * stride_xm + rk, mask=k_mask & row_ok, other=0.0)
                 row = tl.sum(wf * xi.to(tl.float32)[None, :], axis=1)  # [BLOCK_N]
                 acc += tl.where(rm[:, None] == i, row[None, :], 0.0)
-    if DEFER_SUM:
-        acc += tl.sum(acc_k, axis=1)[None, :]  # [1, BLOCK_N]
     out_mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K:
         # [num_splits, M, N] fp32 partials; the last program of this column tile sums them.
@@ -245,7 +228,6 @@ def fp8_gemv(
         BLOCK_K=cfg.block_k,
         SPLIT_K=split > 1,
         DOT=cfg.dot,
-        DEFER_SUM=cfg.defer_sum and block_m == 1,
         IS_FP32=x.dtype == torch.float32,
         PDL=pdl,
         num_warps=cfg.warps,
