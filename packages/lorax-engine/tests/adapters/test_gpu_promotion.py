@@ -214,8 +214,10 @@ def test_fp8_tables_are_written_without_host_sync_and_read_as_the_round_trip(
             assert tiled[1].abs().sum() > 0
             for got, want in (tiled, fused):
                 tol = rtol * float(want.abs().max())
-                msg = f"{dtype} {layer} {proj}"
-                torch.testing.assert_close(got, want, rtol=rtol, atol=tol, msg=msg)
+                where = f"{dtype} {layer} {proj}: "
+                torch.testing.assert_close(
+                    got, want, rtol=rtol, atol=tol, msg=lambda m, where=where: where + m
+                )
 
 
 def test_a_slot_is_never_rewritten_under_a_step_still_reading_it(spec: Spec) -> None:
