@@ -56,12 +56,20 @@ class Fp8GemvConfig:
             raise ValueError("stages and waves must be >= 1")
 
 
-# Measured on the H200 (bench_quant_gemv.py --sweep-only, session 4, summed over the Llama-3-8B
-# projections). 1-2 rows: CUDA-core rows on 16 x 512 tiles (one 512-byte row per warp-wide load,
-# 16 B per thread), K split to 8 programs per SM with 4 stages in flight: 70.9 µs against 76.7 µs
-# for 4 programs per SM and 3 stages, which left qkv and o at 44-52% of copy bandwidth. More rows:
-# tensor cores on 32 x 256 tiles at 8 programs per SM (100.1 µs at 4 rows; 64 x 256: 102.4 µs).
+# Measured on the H200 (bench_quant_gemv.py --sweep-only, summed over the Llama-3-8B
+# projections). 1-2 rows, session 4: CUDA-core rows on 16 x 512 tiles (one 512-byte row per
+# warp-wide load, 16 B per thread), K split to 8 programs per SM with 4 stages in flight: 70.9 µs
+# against 76.7 µs for 4 programs per SM and 3 stages, which left qkv and o at 44-52% of copy
+# bandwidth. Run 7: rows of at most 4096 inputs (qkv, o, gate_up) read faster as 8 x 1024 tiles
+# at 4 programs per SM and 2 stages (9.5 / 7.4 / 31.5 µs against 11.2 / 8.0 / 32.6): twice the
+# bytes per program per step, where a short row splits into few steps; down's 14336-long rows
+# stay on 16 x 512 (18.4 against 20.7 µs). More rows: tensor cores on 32 x 256 tiles at 8
+# programs per SM (100.1 µs at 4 rows; 64 x 256: 102.4 µs).
 DEFAULT_FEW_ROWS = Fp8GemvConfig(block_n=16, block_k=512, warps=4, stages=4, waves=8, dot=False)
+DEFAULT_FEW_ROWS_SHORT_K = Fp8GemvConfig(
+    block_n=8, block_k=1024, warps=4, stages=2, waves=4, dot=False
+)
+SHORT_K_MAX = 4096
 DEFAULT_MANY_ROWS = Fp8GemvConfig(block_n=32, block_k=256, warps=4, stages=4, waves=8, dot=True)
 # 16-bit weights, 1-2 rows (the same sweep's bf16 table, run 5: 118.8 µs a layer against cuBLAS's
 # 120.0; 8 programs per SM and 4 stages: 125.6).
@@ -71,11 +79,14 @@ DEFAULT_DENSE_FEW_ROWS = Fp8GemvConfig(
 FEW_ROWS_MAX = 2
 
 
-def default_config(m: int, dense: bool = False) -> Fp8GemvConfig:
-    """The tiling ``fp8_gemv`` uses for ``m`` rows of fp8 weights, or of 16-bit ones (``dense``)."""
+def default_config(m: int, k: int, dense: bool = False) -> Fp8GemvConfig:
+    """The tiling ``fp8_gemv`` uses for ``m`` rows of ``k`` inputs, of fp8 weights or of 16-bit
+    ones (``dense``)."""
     if m > FEW_ROWS_MAX:
         return DEFAULT_MANY_ROWS
-    return DEFAULT_DENSE_FEW_ROWS if dense else DEFAULT_FEW_ROWS
+    if dense:
+        return DEFAULT_DENSE_FEW_ROWS
+    return DEFAULT_FEW_ROWS_SHORT_K if k <= SHORT_K_MAX else DEFAULT_FEW_ROWS
 
 
 @triton.jit
@@ -191,7 +202,7 @@ def fp8_gemv(
         raise ValueError(f"fp8_gemv serves up to {GEMV_MAX_ROWS} rows, got {m}")
     if x.stride(1) != 1:
         x = x.contiguous()
-    cfg = config or default_config(m, dense=scale is None)
+    cfg = config or default_config(m, k, dense=scale is None)
     if pdl is None:
         pdl, launch = launch_options(x.device)
     else:
