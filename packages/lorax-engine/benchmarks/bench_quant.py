@@ -8,7 +8,8 @@ Prints JSON lines.
         [--lora-dtype auto|fp8] [--tiny]
 
 One bf16 model is made on the GPU; every method then swaps the projections' base matmul the way
-the loader does for ``--quantize``: fp8 through ``Fp8Linear`` (quantized at load), GPTQ and AWQ by
+the loader does for ``--quantize``: fp8 through ``Fp8Linear`` (quantized at load; the LM head too,
+by the loader's ``fp8_lm_head_``), GPTQ and AWQ by
 rounding the same bf16 weights to 4 bits (group 128, the grid of ``quant.quantizer.quantize_rtn``,
 vectorised on the GPU), packing them in the checkpoint format and converting them with the
 loader's own ``gptq_to_w4`` / ``awq_to_w4`` into ``W4Linear``. ``gptq-act`` adds act-order
@@ -50,6 +51,7 @@ from lorax_engine.models.decoder import DecoderModel, LoraLinear
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.quant.formats import AWQ_ORDER, W4Weight, awq_to_w4, gptq_to_w4, pack_cols
 from lorax_engine.quant.linear import Fp8Linear, W4Linear
+from lorax_engine.quant.load import fp8_lm_head_
 from lorax_engine.quant.spec import QuantSpec
 from lorax_kernels.w4a16 import pack_rows
 
@@ -120,7 +122,12 @@ def quantize_(
     dtype: torch.dtype,
     group: int,
 ) -> None:
-    """Give every projection its base matmul for ``method`` (from the kept bf16 weights)."""
+    """Give every projection (and, for fp8, the LM head) its base matmul for ``method`` (from the
+    kept bf16 weights; the head's under ``"lm_head"``)."""
+    model.lm_head = torch.nn.Parameter(originals["lm_head"], requires_grad=False)
+    model.lm_head_quant = None
+    if method == "fp8":
+        fp8_lm_head_(model)
     for i, (name, module) in enumerate(projections(model)):
         w = originals[name]
         if method == "bf16":
@@ -220,6 +227,8 @@ def main() -> None:
     model = build_model(cfg, dtype, dev, max_positions=total + 64)
     init_random_(model, seed=0)
     originals = {n: m.weight.data for n, m in projections(model) if m.weight is not None}
+    assert model.lm_head is not None  # both shapes have an untied head
+    originals["lm_head"] = model.lm_head.data
     spec = model.lora_spec()
     table_dtype = torch.float8_e4m3fn if args.lora_dtype == "fp8" else dtype
     slots = LoraSlots.allocate(spec, max_b, args.lora_rank, table_dtype, dev)

@@ -1,6 +1,6 @@
 """Test helpers: drive an EngineCore step by step and collect events; run a batch mixing
 adapters on a running core; write random PEFT adapters; round adapter weights to fp8 as
-``--lora-dtype fp8`` does."""
+``--lora-dtype fp8`` does, and base weights as ``--quantize fp8`` does."""
 
 from __future__ import annotations
 
@@ -149,3 +149,13 @@ def fp8_round_trip(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor],
     amax = torch.stack([t.abs().amax() for t in tensors]).amax().float()
     scale = amax / 448.0 if amax > 0 else torch.ones(())
     return [(t.float() / scale).to(torch.float8_e4m3fn).float() * scale for t in tensors], scale
+
+
+def fp8_rows_round_trip(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[out, in]`` as ``--quantize fp8`` serves it, written here from the rule, not
+    from the engine's code: each output row is divided by its own float32 scale, its amax / 448
+    (floored at 1e-12 / 448 so zero rows stay zero), rounded to float8 e4m3, and multiplied back.
+    Returns the float32 values the engine computes with."""
+    w = weight.float()
+    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0  # [out, 1]
+    return (w / scale).to(torch.float8_e4m3fn).float() * scale

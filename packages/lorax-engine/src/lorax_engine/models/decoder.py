@@ -206,6 +206,10 @@ class DecoderModel(nn.Module):
 
     ``cfg`` is the whole model's shape; ``shard_cfg`` what this shard holds (``cfg`` itself
     without tensor parallelism), which sizes its KV cache and LoRA slot tables.
+
+    ``lm_head_quant``: a quantized LM head (``quant.load`` sets one for ``--quantize fp8``), a
+    module ``(hidden, bias) -> logits`` over this shard's vocabulary rows. When set,
+    ``compute_logits`` reads it instead of ``lm_head`` (or, tied, the embedding table).
     """
 
     def __init__(
@@ -224,6 +228,7 @@ class DecoderModel(nn.Module):
             if cfg.tie_word_embeddings
             else nn.Parameter(torch.empty(shard.vocab_size, cfg.hidden_size))
         )
+        self.lm_head_quant: nn.Module | None = None
         self.rotary = RotaryEmbedding(cfg.rope, cfg.head_dim, max_positions)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -249,8 +254,12 @@ class DecoderModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, hidden] -> [n, vocab]`` float32 logits (gathered from the shards: every shard
         gets them, as one all-gather is cheaper than a gather to one rank with NCCL)."""
-        weight = self.embed.weight if self.lm_head is None else self.lm_head
-        logits = self.tp.gather_columns(linear(hidden, weight, None))  # [n, padded vocab]
+        if self.lm_head_quant is not None:
+            local = self.lm_head_quant(hidden, None)  # [n, vocab / shards]
+        else:
+            weight = self.embed.weight if self.lm_head is None else self.lm_head
+            local = linear(hidden, weight, None)  # [n, vocab / shards]
+        logits = self.tp.gather_columns(local)  # [n, padded vocab]
         return logits[:, : self.cfg.vocab_size].float()
 
     def lora_spec(self) -> ModelLoraSpec:

@@ -1,4 +1,5 @@
-"""Quantized base matmuls that replace a ``LoraLinear``'s 16-bit weight (LoRA stays 16-bit on top).
+"""Quantized base matmuls that replace a ``LoraLinear``'s 16-bit weight (LoRA stays 16-bit on top),
+and under fp8 the LM head's (``DecoderModel.lm_head_quant``).
 
 Each is a module ``quant(x, bias) -> x W^T + bias`` holding its weight as buffers, so the model
 moves and CUDA-graphs as before.
