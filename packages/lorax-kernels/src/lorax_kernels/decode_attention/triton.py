@@ -41,19 +41,21 @@ NO_SPLIT_PROGRAMS_PER_SM = 2
 # Smaller grids split each sequence into at most this many partitions per SM's worth of programs
 # (batch 16, context 16k: 101% of copy bandwidth instead of 84% at ~2 per SM) ...
 SPLIT_PROGRAMS_PER_SM = 4
-# ... and at most this many per sequence: at batch 1 on the H200 (bench_decode_attention.py's
-# partition sweep, session 4) 16 partitions beat 32 at context 4k (21.4 vs 28.3 µs) and nearly
-# tie at 16k (46.8 vs 45.3 µs).
-MAX_PARTITIONS = 16
+# ... and at most this many per sequence. Run 7's partition sweep (bench_decode_attention.py, H200,
+# the merge folding a whole GQA group at once): at batch 1, 32 partitions of 512 tokens read a
+# 16k context in 30.6 µs against 38.0 for 16 of 1024, and cost 1.3 µs at 4k (16.3 against 15.0).
+# Session 4, with the slower merge, had 16 beating 32.
+MAX_PARTITIONS = 32
 # The shortest partition is MIN_PARTITION tokens for grids of up to PROGRAMS_PER_MIN_PARTITION
 # (sequence, kv head) programs and doubles with every doubling of the grid beyond: the merge costs
 # about as much as several 64-token steps, and a grid of ~1 program per SM gains little from more
-# programs. Sweep optimum on the H200: 64 tokens at batch 1, 512 at batch 16.
+# programs. Run 7's sweep: 64 tokens at batch 1, 256-512 at batch 16 (context 1k: 4 x 256 in
+# 29.7 µs, 2 x 512 in 27.8, unsplit 36.1).
 MIN_PARTITION = 64
-PROGRAMS_PER_MIN_PARTITION = 16
-# A sequence of at most this many shortest partitions is not split (batch 1, context 128: 4.9 µs
-# unsplit against 12.0 µs in two; context 512: 14.8 µs unsplit, 12.4 µs in eight).
-UNSPLIT_PARTITIONS = 4
+PROGRAMS_PER_MIN_PARTITION = 32
+# A sequence of at most this many shortest partitions is not split (batch 1, context 128: 4.7 µs
+# unsplit against 7.0 in two; batch 16, context 512: 19.9 unsplit, 18.6 in two).
+UNSPLIT_PARTITIONS = 2
 # Split sequences of grids of at most this many sequences are merged by a second launch rather
 # than by the last partition of each to finish (partition sweep, H200, run 6, the group's heads
 # merged together: batch 1, bf16 KV, context 512 6.72 vs 7.52 µs, 1k 7.52 vs 7.81, 4k 15.62 vs
