@@ -55,11 +55,14 @@ W4_CANDIDATES = [
     W4Config(block_n=32, block_k=128, warps=4, stages=4, waves=8),
     W4Config(block_n=128, block_k=128, warps=8, stages=3, waves=2),
     W4Config(block_n=128, block_k=64, warps=4, stages=3, waves=4),
-    # CUDA-core inner products (M <= 4): one 128-row group per step, 64 weight values per thread
-    # at 64 columns and 4 warps, 128 at 128 columns.
-    W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4, dot=False),
-    W4Config(block_n=64, block_k=128, warps=4, stages=2, waves=8, dot=False),
+    # The one-row CUDA-core kernel (M = 1): one 128-row group per step; 128 weights a thread at
+    # 128 columns and 4 warps, 256 at 256; more programs per SM hide more load latency.
     W4Config(block_n=128, block_k=128, warps=4, stages=2, waves=4, dot=False),
+    W4Config(block_n=128, block_k=128, warps=4, stages=1, waves=8, dot=False),
+    W4Config(block_n=256, block_k=128, warps=4, stages=2, waves=4, dot=False),
+    W4Config(block_n=256, block_k=128, warps=8, stages=2, waves=4, dot=False),
+    W4Config(block_n=512, block_k=128, warps=8, stages=2, waves=2, dot=False),
+    W4Config(block_n=64, block_k=128, warps=2, stages=2, waves=8, dot=False),
 ]
 
 
@@ -166,8 +169,8 @@ def sweep(copy_gbs: float) -> str:
         for m in ms:
             rows = []
             for cfg in candidates:
-                if cfg is not None and not cfg.dot and m > 4:
-                    continue  # CUDA-core rows: one unrolled reduction per row, not for 16
+                if cfg is not None and not cfg.dot and m > (1 if kernel == "w4a16" else 4):
+                    continue  # CUDA-core rows: w4a16's kernel takes one, the fp8 GEMV's unroll
                 label = "cuBLAS F.linear" if cfg is None else str(cfg).split("(", 1)[1].rstrip(")")
                 row: list[object] = [label]
                 total = 0.0

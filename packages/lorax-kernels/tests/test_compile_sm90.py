@@ -96,6 +96,9 @@ def _w4a16() -> None:
             w4a16_matmul(
                 torch.empty(rows, 4096, dtype=BF16), qweight, scales, scales, act_order, 128
             )
+    # Group 24: no power-of-two step fits in a group; one scale and zero per word row.
+    scales_24 = torch.empty(-(-4096 // 24), 4096, dtype=BF16)
+    w4a16_matmul(torch.empty(1, 4096, dtype=BF16), qweight, scales_24, scales_24, None, 24)
 
 
 def _multi_lora() -> None:

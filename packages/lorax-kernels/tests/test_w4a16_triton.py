@@ -66,6 +66,17 @@ SMALL = [
     (1, 240, 24, 24, False),  # group 24: per-row groups with 64-row steps
     (33, 160, 24, 32, True),  # prefill tiles: two row tiles, one group per 32-row step
 ]
+# The one-row kernel (dot=False): groups per step and per word row, act-order, K split, the last
+# group and the last split short.
+ONE_ROW = [
+    (1, 64, 40, 32, False),
+    (1, 72, 24, 8, True),  # group 8: one scale and zero per word row
+    (1, 1024, 40, 128, True),  # K split, the last program sums the partials
+    (1, 328, 24, 8, False),
+    (1, 200, 40, 64, True),  # the last group short (200 = 3 * 64 + 8)
+    (1, 240, 24, 24, False),  # group 24: per-word-row groups with 8-row steps
+    (1, 96, 16, 96, True),
+]
 LARGE = [
     (1, 4096, 4096, 128, False),
     (16, 4096, 4096, 128, True),
@@ -76,16 +87,11 @@ LARGE = [
 
 
 def _cuda_cores():
-    """The decode default on CUDA cores (``dot=False``); imported here, as Triton must follow
-    TRITON_INTERPRET."""
+    """The decode tiling on the one-row CUDA-core kernel (``dot=False``); imported here, as
+    Triton must follow TRITON_INTERPRET."""
     from lorax_kernels.w4a16.triton import DEFAULT_DECODE
 
     return replace(DEFAULT_DECODE, dot=False)
-
-
-def _decode(cases: list[tuple[int, int, int, int, bool]]) -> list[tuple[int, int, int, int, bool]]:
-    """The cases the CUDA-core inner product serves: M <= GEMV_MAX_ROWS (16)."""
-    return [c for c in cases if c[0] <= 16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -95,7 +101,7 @@ def test_w4a16_small(m: int, k: int, n: int, group: int, act_order: bool, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), _decode(SMALL))
+@pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), ONE_ROW)
 def test_w4a16_small_cuda_cores(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
     _check(m, k, n, group, act_order, dtype, _cuda_cores())
 
@@ -106,14 +112,14 @@ def test_w4a16_small_tiles_split_more(dot: bool) -> None:
     from lorax_kernels.w4a16.triton import W4Config
 
     cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8, dot=dot)
-    _check(3, 512, 40, 64, True, torch.float16, cfg)
+    _check(3 if dot else 1, 512, 40, 64, True, torch.float16, cfg)
 
 
-def test_w4a16_cuda_cores_reject_prefill() -> None:
-    """dot=False is a decode kernel: more rows than GEMV_MAX_ROWS are refused, not rerouted."""
-    from lorax_kernels.w4a16.triton import GEMV_MAX_ROWS, w4a16_matmul
+def test_w4a16_cuda_cores_reject_more_rows() -> None:
+    """dot=False is the one-row kernel: two rows are refused, not rerouted."""
+    from lorax_kernels.w4a16.triton import w4a16_matmul
 
-    x, qweight, scales, zeros, perm = _case(GEMV_MAX_ROWS + 1, 64, 24, 32, False, torch.float32, 0)
+    x, qweight, scales, zeros, perm = _case(2, 64, 24, 32, False, torch.float32, 0)
     with pytest.raises(ValueError, match="dot=False"):
         w4a16_matmul(x, qweight, scales, zeros, perm, 32, _cuda_cores())
 
@@ -137,7 +143,10 @@ def test_w4a16_real_shapes(m: int, k: int, n: int, group: int, act_order: bool, 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), _decode(LARGE))
+@pytest.mark.parametrize(
+    ("m", "k", "n", "group", "act_order"),
+    [(1, 4096, 4096, 128, False), (1, 14336, 4096, 128, True), (1, 4096, 28672, 128, True)],
+)
 def test_w4a16_real_shapes_cuda_cores(
     m: int, k: int, n: int, group: int, act_order: bool, dtype
 ) -> None:
@@ -153,7 +162,7 @@ def test_w4a16_decode_split_is_deterministic(dot: bool) -> None:
     config = None if dot else _cuda_cores()
     dtype = torch.bfloat16 if CUDA else torch.float16
     k, n = (14336, 4096) if CUDA else (512, 24)
-    x, qweight, scales, zeros, perm = _case(4, k, n, 128, True, dtype, 1)
+    x, qweight, scales, zeros, perm = _case(4 if dot else 1, k, n, 128, True, dtype, 1)
     first = w4a16_matmul(x, qweight, scales, zeros, perm, 128, config)
     for _ in range(3):
         assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, perm, 128, config), first)

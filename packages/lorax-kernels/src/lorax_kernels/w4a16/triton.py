@@ -12,10 +12,8 @@ group: it loads one scale row and one zero row, dots x with the integer ``q - ze
 16 bits) and scales the ``[BLOCK_M, BLOCK_N]`` product. A group size no power-of-two tile
 divides (8, 24, 40, ...) falls back to one scale and zero per row of the tile.
 
-Decode has a second inner product, ``W4Config.dot=False``: no 16-row padding; each of the M rows
-is a broadcast multiply of x's row with the unpacked weight and a sum over K on the CUDA cores.
-Per one-group step the scale and zero are folded in after the sum,
-``s * (sum_k q[k] x[k] - z * sum_k x[k])``, so a weight element costs its unpack and one FMA.
+One row (batch-1 decode) has a kernel of its own on the CUDA cores, ``W4Config.dot=False``
+(``w4a16.one_row``: no 16-row padding, about three instructions a weight).
 
 Small batches (M <= 16, decode) have too few output tiles to keep the GPU busy, so they also split
 K (GEMV-style): each program reduces one range of input rows into an fp32 partial, and the last
@@ -38,6 +36,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
+from lorax_kernels.w4a16.one_row import w4a16_one_row
 
 # Up to this many rows (decode batches) the K dimension is split across programs.
 GEMV_MAX_ROWS = 16
@@ -49,10 +48,9 @@ class W4Config:
     largest power of two <= block_k that divides the group size), ``warps`` per program,
     ``stages`` of software pipelining; decode splits K until ``waves`` programs per SM.
 
-    ``dot``: tensor cores on rows padded to a 16-row ``tl.dot`` tile; False computes each row's
-    inner product on the CUDA cores (less work for a few rows). False is for decode only
-    (M <= ``GEMV_MAX_ROWS``): ``w4a16_matmul`` rejects it on more rows rather than silently
-    running a different kernel than the one asked for."""
+    ``dot``: tensor cores on rows padded to a 16-row ``tl.dot`` tile; False is the one-row
+    CUDA-core kernel (``one_row``), for one row only: ``w4a16_matmul`` rejects it on more rows
+    rather than silently running a different kernel than the one asked for."""
 
     block_n: int
     block_k: int
@@ -78,8 +76,9 @@ class W4Config:
 
 
 # Measured on the H200 (bench_quant_gemv.py --sweep-only, session 4, summed over the Llama-3-8B
-# projections): at one row the CUDA-core inner product on 128-column tiles reads the weights in
-# 98 µs against 138 µs for the 16-row tl.dot tile; from 4 rows on tl.dot wins (139 vs 238 µs).
+# projections): at one row a CUDA-core inner product on 128-column tiles read the weights in
+# 98 µs against 138 µs for the 16-row tl.dot tile (the one-row kernel has been rewritten since,
+# to a third of the instructions a weight; its tiling is the earlier one's until a sweep times it).
 # Decode tl.dot: a 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at
 # 4 warps, one 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K
 # per program.
@@ -121,7 +120,6 @@ def _w4a16_kernel(
     SPLIT_K: tl.constexpr,
     HAS_PERM: tl.constexpr,
     GROUP_PER_STEP: tl.constexpr,
-    DOT: tl.constexpr,
     IS_FP32: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
@@ -148,48 +146,31 @@ def _w4a16_kernel(
             cols = tl.load(perm_ptr + rk, mask=k_mask, other=0)  # act-order: x's columns
         else:
             cols = rk
-        if DOT:
-            x = tl.load(
-                x_ptr + rm[:, None] * stride_xm + cols[None, :],
-                mask=m_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            )  # [BLOCK_M, BLOCK_K]
+        x = tl.load(
+            x_ptr + rm[:, None] * stride_xm + cols[None, :],
+            mask=m_mask[:, None] & k_mask[None, :],
+            other=0.0,
+        )  # [BLOCK_M, BLOCK_K]
         if GROUP_PER_STEP:
             g = k0 // group_size
             s = tl.load(s_ptr + g * stride_sg + rn, mask=n_mask, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + g * stride_sg + rn, mask=n_mask, other=0.0)  # [BLOCK_N]
-            if not DOT:
-                # int -> float conversion runs at 1/8 of the FMA rate: instead OR the nibble
-                # into the mantissa of 2^23 (exactly 2^23 + q) and subtract 2^23.
-                qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-                zf = z.to(tl.float32)
-                for i in tl.static_range(BLOCK_M):
-                    xi = _x_row(x_ptr, i, cols, k_mask, M, stride_xm)  # [BLOCK_K] fp32
-                    qx = tl.sum(qf * xi[:, None], axis=0)  # [BLOCK_N]
-                    row = s * (qx - zf * tl.sum(xi, axis=0))
-                    acc += tl.where(rm[:, None] == i, row[None, :], 0.0)
+            if IS_FP32:
+                w = q.to(tl.float32) - z[None, :]
+                part = tl.dot(x, w, input_precision="ieee")
             else:
-                if IS_FP32:
-                    w = q.to(tl.float32) - z[None, :]
-                    part = tl.dot(x, w, input_precision="ieee")
-                else:
-                    # q - zero is a small integer, exact in x's 16-bit dtype: the tensor cores
-                    # see the exact weight up to its scale, applied to the fp32 product.
-                    w = q.to(x.dtype) - z.to(x.dtype)[None, :]  # [BLOCK_K, BLOCK_N]
-                    part = tl.dot(x, w)
-                acc += part * s[None, :]
+                # q - zero is a small integer, exact in x's 16-bit dtype: the tensor cores
+                # see the exact weight up to its scale, applied to the fp32 product.
+                w = q.to(x.dtype) - z.to(x.dtype)[None, :]  # [BLOCK_K, BLOCK_N]
+                part = tl.dot(x, w)
+            acc += part * s[None, :]
         else:
             g = rk // group_size  # [BLOCK_K]
             kn_mask = k_mask[:, None] & n_mask[None, :]
             s = tl.load(s_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
             z = tl.load(z_ptr + g[:, None] * stride_sg + rn[None, :], mask=kn_mask, other=0.0)
             w = (q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)  # [BLOCK_K, BLOCK_N]
-            if not DOT:  # scales vary along K within the step: fold them per element
-                for i in tl.static_range(BLOCK_M):
-                    xi = _x_row(x_ptr, i, cols, k_mask, M, stride_xm)  # [BLOCK_K] fp32
-                    row = tl.sum(w * xi[:, None], axis=0)  # [BLOCK_N]
-                    acc += tl.where(rm[:, None] == i, row[None, :], 0.0)
-            elif IS_FP32:
+            if IS_FP32:
                 acc += tl.dot(x, w, input_precision="ieee")
             else:
                 acc += tl.dot(x, w.to(x.dtype))
@@ -211,14 +192,6 @@ def _w4a16_kernel(
                 )
             tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
-
-
-@triton.jit
-def _x_row(x_ptr, i, cols, k_mask, M, stride_xm):
-    """Row ``i`` of x at columns ``cols`` in fp32, zeros past K or past M (BLOCK_M pads M to a
-    power of two). The CUDA-core path runs on decode's single row tile, so tile row i is x's."""
-    row_ok = tl.full(cols.shape, i, tl.int32) < M
-    return tl.load(x_ptr + i * stride_xm + cols, mask=k_mask & row_ok, other=0.0).to(tl.float32)
 
 
 def step_rows(group_size: int, block_k: int) -> int:
@@ -245,26 +218,40 @@ def w4a16_matmul(
     ``config`` overrides the default tiling (the benchmark's sweep)."""
     m, k = x.shape
     n = qweight.shape[1]
-    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     if m == 0:
-        return y
+        return torch.empty(0, n, device=x.device, dtype=x.dtype)
     if x.stride(1) != 1:
         x = x.contiguous()
+    cfg = config or default_config(m)
+    block_k = step_rows(group_size, cfg.block_k)
+    if not cfg.dot:
+        if m != 1:
+            raise ValueError(f"dot=False (the one-row kernel) serves one row, got {m}")
+        return w4a16_one_row(
+            x,
+            qweight,
+            scales,
+            zeros,
+            perm,
+            group_size,
+            block_n=cfg.block_n,
+            block_k=block_k,
+            warps=cfg.warps,
+            stages=cfg.stages,
+            waves=cfg.waves,
+        )
     decode = m <= GEMV_MAX_ROWS
     if perm is not None and not decode:
         # Gathering x through perm inside every tile made act-order 7x slower than plain GPTQ at
         # 64 rows on the H200 (bench_quant_gemv); one gather of the whole activation first is a
         # single small launch.
         x, perm = x.index_select(1, perm), None
-    cfg = config or default_config(m)
-    if not cfg.dot and not decode:
-        raise ValueError(f"dot=False (CUDA-core rows) serves up to {GEMV_MAX_ROWS} rows, got {m}")
-    block_k = step_rows(group_size, cfg.block_k)
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     tiles_n = triton.cdiv(n, cfg.block_n)
     if decode:
-        # One row tile: 16 rows for tl.dot (its minimum), the next power of two on CUDA cores;
-        # K split until ~waves programs per SM stream the weight, each over whole BLOCK_K steps.
-        block_m = 16 if cfg.dot else triton.next_power_of_2(m)
+        # One row tile of 16 rows (tl.dot's minimum); K split until ~waves programs per SM
+        # stream the weight, each over whole BLOCK_K steps.
+        block_m = 16
         steps = triton.cdiv(k, block_k)
         split = max(1, min(steps, cfg.waves * num_sms(x.device) // tiles_n))
         k_per_split = triton.cdiv(steps, split) * block_k
@@ -299,7 +286,6 @@ def w4a16_matmul(
         SPLIT_K=split > 1,
         HAS_PERM=perm is not None,
         GROUP_PER_STEP=group_size % block_k == 0,
-        DOT=cfg.dot,
         IS_FP32=x.dtype == torch.float32,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
