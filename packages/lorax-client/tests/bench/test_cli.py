@@ -50,7 +50,9 @@ def test_sweep_over_adapters_writes_results_and_plot(
         assert s["tokens"]["prompt_len_error_mean"] == 0
         assert s["tokens"]["prompt_len_mismatch"] == 0
         assert s["throughput"]["output_tokens_per_s"] > 0
+        assert s["throughput"]["steady_output_tokens_per_s"] > 0
         assert s["slo"]["attainment"] == 1.0
+        assert "token_times_s" not in point["requests"][0]  # the summary's, not the file's
         adapters = {r["adapter_id"] for r in point["requests"]}
         if point["num_adapters"] == 0:
             assert adapters == {None}

@@ -75,6 +75,7 @@ def test_summary_counts_throughput_latency_and_slo() -> None:
     assert s["throughput"]["requests_per_s"] == pytest.approx(0.3)
     assert s["throughput"]["output_tokens_per_s"] == pytest.approx(1.7)
     assert s["throughput"]["total_tokens_per_s"] == pytest.approx(5.0)
+    assert s["throughput"]["steady_output_tokens_per_s"] is None  # no token times recorded
     assert s["tokens"]["output"] == 17
     assert s["tokens"]["output_len_mismatch"] == 1
     assert s["tokens"]["prompt_len_error_mean"] == pytest.approx(1.0)
@@ -104,3 +105,26 @@ def test_send_lag_excludes_the_concurrency_wait() -> None:
     s = summarize([late], slo_ttft_s=6.0)
     assert s["client"]["send_lag_s"]["max"] == pytest.approx(0.25)
     assert s["client"]["wait_s"]["max"] == pytest.approx(0.5)
+
+
+def test_steady_rate_leaves_out_the_ramp_and_the_drain() -> None:
+    """Two waves of requests: 10 tokens/s while eight stream together, then one straggler alone
+    at 1 token/s for 20 s. The whole-run rate falls with the straggler's tail; the steady rate
+    (between 10% and 90% of the token arrivals) stays the crowd's."""
+    results = []
+    for i in range(8):  # 8 requests, each 1.25 tokens/s for 40 s: 10 tokens/s together
+        r = _ok(i, sent=0.0, ttft=0.8, e2e=40.0, tokens=50)
+        r.token_times_s = [0.8 * (k + 1) for k in range(50)]
+        results.append(r)
+    tail = _ok(8, sent=0.0, ttft=40.0, e2e=60.0, tokens=20)
+    tail.token_times_s = [40.0 + k for k in range(1, 21)]
+    results.append(tail)
+    s = summarize(results, slo_ttft_s=60.0)
+    assert s["throughput"]["output_tokens_per_s"] == pytest.approx(420 / 60.0)
+    assert s["throughput"]["steady_output_tokens_per_s"] == pytest.approx(10.0, rel=0.02)
+
+
+def test_steady_rate_needs_enough_tokens() -> None:
+    r = _ok(0, sent=0.0, ttft=0.1, e2e=1.0, tokens=10)
+    r.token_times_s = [0.1 * k for k in range(1, 11)]
+    assert summarize([r], slo_ttft_s=1.0)["throughput"]["steady_output_tokens_per_s"] is None

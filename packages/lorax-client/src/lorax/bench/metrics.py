@@ -7,6 +7,10 @@ Definitions (the usual ones of vLLM's and S-LoRA's benchmarks):
 - e2e latency: from sending the request to the end of its response.
 - duration: from the start of the run to the last response's end; throughput is completed
   requests (and their tokens) over it.
+- steady output throughput: the output tokens that arrived between the moments a tenth and nine
+  tenths of them had arrived, over the time between: the rate once the first prompts are in and
+  before the last responses drain at low concurrency, whose length moves the whole-run rate (with
+  two waves of requests, by tens of percent between runs of one workload).
 - SLO attainment: the share of *all* issued requests that completed with TTFT within the
   threshold (a failed request misses it).
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["RequestResult", "percentile", "summarize"]
@@ -42,6 +46,8 @@ class RequestResult:
     prompt_tokens: int | None = None
     error_type: str | None = None
     error: str | None = None
+    #: When each output token arrived, from the start of the run (not in the results file).
+    token_times_s: list[float] = field(default_factory=list[float], repr=False)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +92,21 @@ def _stats(values: list[float]) -> dict[str, float | None]:
     }
 
 
+# Fewer output tokens than this give no steady rate (the 10%-90% window would be a few events).
+STEADY_MIN_TOKENS = 50
+
+
+def steady_output_rate(results: list[RequestResult]) -> float | None:
+    """Output tokens/s of completed requests between the arrival of the tenth and the ninetieth
+    percentile of their tokens; None with fewer than ``STEADY_MIN_TOKENS`` or no time between."""
+    times = sorted(t for r in results if r.ok for t in r.token_times_s)
+    if len(times) < STEADY_MIN_TOKENS:
+        return None
+    first, last = len(times) // 10, len(times) - 1 - len(times) // 10
+    elapsed = times[last] - times[first]
+    return (last - first) / elapsed if elapsed > 0 else None
+
+
 def summarize(results: list[RequestResult], slo_ttft_s: float) -> dict[str, Any]:
     """The summary of one run (its fields are documented in docs/bench.md)."""
     ok = [r for r in results if r.ok]
@@ -118,6 +139,7 @@ def summarize(results: list[RequestResult], slo_ttft_s: float) -> dict[str, Any]
         "throughput": {
             "requests_per_s": per_s(len(ok)),
             "output_tokens_per_s": per_s(output_tokens),
+            "steady_output_tokens_per_s": steady_output_rate(results),
             "total_tokens_per_s": per_s(output_tokens + sum(prompt_known)),
         },
         "tokens": {

@@ -37,7 +37,9 @@ def results_document(
         entry = {k: v for k, v in point.items() if k != "results"}
         if per_request:
             results: list[RequestResult] = point["results"]
-            entry["requests"] = [asdict(r) for r in results]
+            entry["requests"] = [
+                {k: v for k, v in asdict(r).items() if k != "token_times_s"} for r in results
+            ]
         out_points.append(entry)
     return _finite({"schema_version": SCHEMA_VERSION, **meta, "points": out_points})
 
@@ -51,6 +53,10 @@ def write_results(path: Path, document: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f}"
 
@@ -59,6 +65,7 @@ def format_table(points: list[dict[str, Any]]) -> str:
     """One line per point: throughput, TTFT/TPOT percentiles (ms), SLO attainment, errors."""
     header = (
         f"{'adapters':>8} {'rate':>9} {'done':>6} {'err':>5} {'req/s':>8} {'out tok/s':>10} "
+        f"{'steady':>8} "
         f"{'TTFT p50':>9} {'p90':>7} {'p99':>7} {'TPOT p50':>9} {'p90':>6} {'p99':>6} "
         f"{'e2e p50':>8} {'p99':>8} {'SLO':>6}"
     )
@@ -71,11 +78,15 @@ def format_table(points: list[dict[str, Any]]) -> str:
             f"{adapters:>8} {point['rate']:>9} {s['requests']['completed']:>6} "
             f"{s['requests']['failed']:>5} {s['throughput']['requests_per_s']:>8.2f} "
             f"{s['throughput']['output_tokens_per_s']:>10.1f} "
+            f"{_rate(s['throughput'].get('steady_output_tokens_per_s')):>8} "
             f"{_ms(ttft['p50']):>9} {_ms(ttft['p90']):>7} {_ms(ttft['p99']):>7} "
             f"{_ms(tpot['p50']):>9} {_ms(tpot['p90']):>6} {_ms(tpot['p99']):>6} "
             f"{_ms(e2e['p50']):>8} {_ms(e2e['p99']):>8} {s['slo']['attainment']:>6.1%}"
         )
-    lines.append("(latencies in ms; SLO = share of issued requests with TTFT under the threshold)")
+    lines.append(
+        "(latencies in ms; steady = output tok/s between 10% and 90% of the tokens' arrivals;"
+        " SLO = share of issued requests with TTFT under the threshold)"
+    )
     errors: dict[str, int] = {}
     for point in points:
         for kind, count in point["summary"]["errors"].items():

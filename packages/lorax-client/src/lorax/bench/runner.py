@@ -163,13 +163,21 @@ class Runner:
             decoder = SSEDecoder()
             async for chunk in response.aiter_bytes():
                 for event in decoder.feed(chunk):
-                    if tracker.feed(event.data) and result.ttft_s is None:
-                        result.ttft_s = time.perf_counter() - sent
+                    _token_event(result, tracker.feed(event.data), sent)
                     if tracker.error is not None:
                         return
             for event in decoder.close():
-                if tracker.feed(event.data) and result.ttft_s is None:
-                    result.ttft_s = time.perf_counter() - sent
+                _token_event(result, tracker.feed(event.data), sent)
+
+
+def _token_event(result: RequestResult, tokens: int, sent: float) -> None:
+    """Record the arrival of an event that delivered ``tokens`` output tokens (0 or 1)."""
+    if not tokens:
+        return
+    elapsed = time.perf_counter() - sent
+    if result.ttft_s is None:
+        result.ttft_s = elapsed
+    result.token_times_s.extend([result.sent_s + elapsed] * tokens)
 
 
 def _status_error(response: httpx.Response) -> tuple[str, str]:
