@@ -58,7 +58,11 @@ class Fp8Linear(nn.Module):
         super().__init__()
         w = weight.detach().float()  # [out, in]
         self.out_features, self.in_features = w.shape
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / FP8_MAX  # [out]
+        # Divided by a tensor on w's device, not by the Python number: CUDA divides by a host
+        # scalar through its reciprocal (one ulp off for about half the values), and the same
+        # checkpoint would round to different fp8 weights on the GPU than on the CPU.
+        fp8_max = torch.full((), FP8_MAX, device=w.device)
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / fp8_max  # [out]
         self.register_buffer("qweight", (w / scale[:, None]).to(FP8))
         self.register_buffer("scale", scale)
 
