@@ -13,7 +13,7 @@ group: it loads one scale row and one zero row, dots x with the integer ``q - ze
 divides (8, 24, 40, ...) falls back to one scale and zero per row of the tile.
 
 One row (batch-1 decode) has a kernel of its own on the CUDA cores, ``W4Config.dot=False``
-(``w4a16.one_row``: no 16-row padding, about three instructions a weight).
+(``w4a16.one_row``: no 16-row padding, no shared memory or barrier in its K loop).
 
 Small batches (M <= 16, decode) have too few output tiles to keep the GPU busy, so they also split
 K (GEMV-style): each program reduces one range of input rows into an fp32 partial, and the last
@@ -77,8 +77,9 @@ class W4Config:
 
 # Measured on the H200 (bench_quant_gemv.py --sweep-only, session 4, summed over the Llama-3-8B
 # projections): at one row a CUDA-core inner product on 128-column tiles read the weights in
-# 98 µs against 138 µs for the 16-row tl.dot tile (the one-row kernel has been rewritten since,
-# to a third of the instructions a weight; its tiling is the earlier one's until a sweep times it).
+# 98 µs against 138 µs for the 16-row tl.dot tile. The one-row kernel has been rewritten since
+# (5.4 instructions a weight in its sm_90 SASS against 6.4, no barrier in its loop); its tiling is
+# the earlier one's until a sweep times it.
 # Decode tl.dot: a 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at
 # 4 warps, one 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K
 # per program.
