@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
 
 HOPPER = GPUTarget("cuda", 90, 32)
 # Shared memory one block may use on sm_90 (227 KiB): a kernel needing more compiles but fails to
@@ -75,6 +75,18 @@ def _arg_type(value: Any) -> str:
     if isinstance(value, float):
         return "fp32"
     raise TypeError(f"no Triton type for a {type(value).__name__} argument")
+
+
+def specialization(launch: Launch) -> str:
+    """The variant ``launch`` would compile on the GPU, as Triton's launcher keys its cache:
+    every argument's type and class (an int equal to 1 or divisible by 16, an aligned pointer)
+    and the constexprs. Launches with equal keys share one compiled kernel."""
+    kernel = launch.kernel
+    binder = create_function_from_signature(kernel.signature, kernel.params, make_backend(HOPPER))
+    kwargs = {k: v for k, v in launch.kwargs.items() if k not in _OPTIONS}
+    _, spec, _ = binder(*launch.args, **kwargs)
+    options = sorted((k, v) for k, v in launch.kwargs.items() if k in _OPTIONS)
+    return f"{kernel.fn.__name__} {spec} {options}"
 
 
 def compile_sm90(launch: Launch) -> int:

@@ -25,7 +25,11 @@ from lorax_kernels.paged_attention_steps import load_kv_block, online_softmax_st
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# Not specialised: the batch's sequence count and its block table's width (its row stride) change
+# with every prefill step, and Triton compiles one variant per class of each (equal to 1, divisible
+# by 16, other): nine variants, compiled on first use, seconds each, while every request in the
+# step waits. Only a binary search bound and one scalar address use them.
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
 def _prefill_kernel(
     q_ptr,
     k_cache_ptr,
