@@ -185,13 +185,13 @@ def sweep(copy_gbs: float) -> str:
             # The default per shape (the fp8 GEMV's depends on K), each tiling with its shapes.
             used: dict[str, list[str]] = {}
             for name, (k, _) in SHAPES.items():
-                cfg = {
+                shape_default = {
                     "fp8 GEMV": default_config(m, k),
                     "w4a16": w4a16_default(m),
                     "bf16 GEMV": default_config(m, k, dense=True),  # the engine: cuBLAS
                 }[kernel]
-                used.setdefault(str(cfg), []).append(name)
-            default = "; ".join(f"{cfg} for {', '.join(names)}" for cfg, names in used.items())
+                used.setdefault(str(shape_default), []).append(name)
+            default = "; ".join(f"{c} for {', '.join(names)}" for c, names in used.items())
             header = ["tiling", *(f"{s} µs (% BW)" for s in SHAPES), "total µs"]
             out.append(
                 f"### {kernel}, M = {m} (default: {default})\n\n"
