@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
 
 
 @functools.cache
@@ -33,3 +34,15 @@ def split_counters(device: torch.device) -> torch.Tensor:
     if buf is None:
         buf = _counters[device] = torch.zeros(SPLIT_COUNTERS, device=device, dtype=torch.int32)
     return buf
+
+
+def split_k(
+    k: int, block_k: int, tiles_n: int, waves: int, device: torch.device
+) -> tuple[int, int]:
+    """``(splits, k_per_split)`` of a split-K GEMV over ``k`` inputs in ``block_k`` steps: K split
+    until about ``waves`` programs per SM stream the weight (``tiles_n`` column tiles each), each
+    split whole ``block_k`` steps, none empty."""
+    steps = triton.cdiv(k, block_k)
+    splits = max(1, min(steps, waves * num_sms(device) // tiles_n))
+    k_per_split = triton.cdiv(steps, splits) * block_k
+    return triton.cdiv(k, k_per_split), k_per_split

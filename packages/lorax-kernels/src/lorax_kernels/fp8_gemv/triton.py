@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
+from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
 from lorax_kernels.pdl import launch_options, pdl_entry
 
@@ -211,10 +211,7 @@ def fp8_gemv(
     tiles_n = triton.cdiv(n, cfg.block_n)
     if tiles_n > SPLIT_COUNTERS:
         raise ValueError(f"{n} output features need more than {SPLIT_COUNTERS} column tiles")
-    steps = triton.cdiv(k, cfg.block_k)
-    split = max(1, min(steps, cfg.waves * num_sms(x.device) // tiles_n))
-    k_per_split = triton.cdiv(steps, split) * cfg.block_k
-    split = triton.cdiv(k, k_per_split)  # no empty splits
+    split, k_per_split = split_k(k, cfg.block_k, tiles_n, cfg.waves, x.device)
     parts = torch.empty(split * m * n if split > 1 else 0, device=x.device, dtype=torch.float32)
     _fp8_gemv_kernel[(tiles_n, split)](
         x,

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
+from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 
 
 @triton.jit
@@ -159,10 +159,7 @@ def w4a16_one_row(
     if x.stride(1) != 1:
         x = x.contiguous()
     tiles_n = triton.cdiv(n, block_n)
-    steps = triton.cdiv(k, block_k)
-    split = max(1, min(steps, waves * num_sms(x.device) // tiles_n))
-    k_per_split = triton.cdiv(steps, split) * block_k
-    split = triton.cdiv(k, k_per_split)  # no empty splits
+    split, k_per_split = split_k(k, block_k, tiles_n, waves, x.device)
     if split > 1 and tiles_n > SPLIT_COUNTERS:
         raise ValueError(f"{n} output features need more than {SPLIT_COUNTERS} column tiles")
     parts = torch.empty(split * n if split > 1 else 0, device=x.device, dtype=torch.float32)

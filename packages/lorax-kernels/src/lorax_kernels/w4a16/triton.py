@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lorax_kernels.device import SPLIT_COUNTERS, num_sms, split_counters
+from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 from lorax_kernels.w4a16.one_row import w4a16_one_row
 
 # Up to this many rows (decode batches) the K dimension is split across programs.
@@ -253,10 +253,7 @@ def w4a16_matmul(
         # One row tile of 16 rows (tl.dot's minimum); K split until ~waves programs per SM
         # stream the weight, each over whole BLOCK_K steps.
         block_m = 16
-        steps = triton.cdiv(k, block_k)
-        split = max(1, min(steps, cfg.waves * num_sms(x.device) // tiles_n))
-        k_per_split = triton.cdiv(steps, split) * block_k
-        split = triton.cdiv(k, k_per_split)  # no empty splits
+        split, k_per_split = split_k(k, block_k, tiles_n, cfg.waves, x.device)
     else:
         block_m, split, k_per_split = (32 if m <= 32 else 64), 1, k
     if split > 1 and tiles_n > SPLIT_COUNTERS:
