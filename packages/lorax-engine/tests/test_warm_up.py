@@ -37,11 +37,13 @@ def test_each_step_that_fits_runs_at_start_up(
     make_checkpoint: Callable[[str], Path], steps: list[list[tuple[int, int]]]
 ) -> None:
     make_engine(make_checkpoint("llama"), limits=LIMITS, max_batch_prefill_tokens=400, lora_slots=2)
-    # The long sequence is split at the 192-token limit; every other sequence uses slot 0.
+    # The long sequence is split at the 192-token limit, both pieces without adapter; the last
+    # step is one token on slot 0 (the one-token LoRA metadata update).
     assert steps == [
         [(17, -1)],
         [(16, -1), (32, 0)],
-        [(5, -1), (16, 0), (192, -1), (108, 0)],
+        [(5, -1), (16, 0), (192, -1), (108, -1)],
+        [(1, 0)],
     ]
 
 
@@ -49,7 +51,7 @@ def test_steps_over_the_prefill_budget_are_skipped(
     make_checkpoint: Callable[[str], Path], steps: list[list[tuple[int, int]]]
 ) -> None:
     make_engine(make_checkpoint("llama"), limits=LIMITS, max_batch_prefill_tokens=40)
-    assert steps == [[(17, -1)]]  # 48 and 321 tokens do not fit; no slots: no adapter
+    assert steps == [[(17, -1)], [(1, -1)]]  # 48 and 321 tokens do not fit; no slots: no adapter
 
 
 def test_requests_after_the_warm_up_match_hf(make_checkpoint: Callable[[str], Path]) -> None:

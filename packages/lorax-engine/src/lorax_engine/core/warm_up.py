@@ -6,8 +6,9 @@ integer arguments that equal 1 or are divisible by 16, and pointers by alignment
 the prefill path's attention, KV write, norm, rotary and LoRA kernels. Capturing the decode
 graphs compiles the decode step's kernels; nothing ran a prefill before the first request did.
 The steps here cover one and several sequences, token counts divisible by 16 and not, tokens
-with and without an adapter slot, and a step past the fused LoRA kernel's row limit (the tiled
-path). Their KV lands in blocks nobody owns yet, and a request writes its own KV before it
+with and without an adapter slot, a step past the fused LoRA kernel's row limit (the tiled
+path), and one token on an adapter: the LoRA metadata update runs outside the decode graphs, and
+its one-token variant would otherwise compile at the first decode step with one adapter request. Their KV lands in blocks nobody owns yet, and a request writes its own KV before it
 reads it, so nothing they leave behind is ever read. On CPU the steps cost milliseconds.
 """
 
@@ -27,9 +28,15 @@ from lorax_kernels.sgmv import DECODE_MAX_ROWS
 
 log = logging.getLogger("lorax_engine.warm_up")
 
-# Prompt lengths of each step's sequences: one odd-length sequence; two whose total is divisible
-# by 16; three past the fused LoRA kernel's rows. Longer than a sequence may be: split.
-WARM_UP_STEPS: tuple[tuple[int, ...], ...] = ((17,), (16, 32), (5, 16, DECODE_MAX_ROWS + 44))
+# Each step's sequences as (prompt length, with an adapter): one odd-length sequence; two whose
+# total is divisible by 16; three past the fused LoRA kernel's rows; one token on an adapter.
+# Longer than a sequence may be: split, the pieces alike.
+WARM_UP_STEPS: tuple[tuple[tuple[int, bool], ...], ...] = (
+    ((17, False),),
+    ((16, False), (32, True)),
+    ((5, False), (16, True), (DECODE_MAX_ROWS + 44, False)),
+    ((1, True),),
+)
 
 
 def warm_up(runner: ModelRunner, vocab_size: int) -> int:
@@ -42,13 +49,16 @@ def warm_up(runner: ModelRunner, vocab_size: int) -> int:
     pool = runner.kv_caches[0][0].shape[0]
     start = time.perf_counter()
     ran = 0
-    for lengths in WARM_UP_STEPS:
-        seqs = [n for length in lengths for n in _pieces(length, max_len)]
-        if sum(seqs) > runner.max_num_tokens or sum(-(-n // bs) for n in seqs) > pool:
+    for step in WARM_UP_STEPS:
+        seqs = [(n, lora) for length, lora in step for n in _pieces(length, max_len)]
+        if (
+            sum(n for n, _ in seqs) > runner.max_num_tokens
+            or sum(-(-n // bs) for n, _ in seqs) > pool
+        ):
             continue
         chunks = []
         next_block = 0
-        for i, n in enumerate(seqs):
+        for i, (n, lora) in enumerate(seqs):
             blocks = list(range(next_block, next_block + -(-n // bs)))
             next_block += len(blocks)
             req = Request(
@@ -57,7 +67,7 @@ def warm_up(runner: ModelRunner, vocab_size: int) -> int:
                 SamplingParams(max_new_tokens=1),
                 arrival_time=0.0,
                 # Slot 0 holds no adapter yet (rank 0): the LoRA kernels run and add nothing.
-                adapter_slot=0 if runner.lora_slots is not None and i % 2 else -1,
+                adapter_slot=0 if runner.lora_slots is not None and lora else -1,
                 block_ids=blocks,
             )
             chunks.append(ScheduledChunk.of(req, n))
