@@ -100,7 +100,7 @@ def test_w4a16_small(m: int, k: int, n: int, group: int, act_order: bool, dtype)
     _check(m, k, n, group, act_order, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)  # no tl.dot: bf16 runs in the interpreter
 @pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), ONE_ROW)
 def test_w4a16_small_cuda_cores(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
     _check(m, k, n, group, act_order, dtype, _cuda_cores())
