@@ -136,7 +136,7 @@ def test_fp8_tables_real_shapes(tokens, k, widths, ranks, grouped) -> None:
 
 
 def test_tables_of_another_dtype_are_refused() -> None:
-    from lorax_kernels import lora_expand_, lora_shrink
+    from lorax_kernels import lora_apply_, lora_expand_, lora_shrink
 
     widths = (24,)
     x, a, b, ranks, scales, slots, y = _case(3, 32, widths, [4], torch.float32, 1, False)
@@ -146,6 +146,9 @@ def test_tables_of_another_dtype_are_refused() -> None:
         lora_shrink(x, a.half(), ranks, meta)
     with pytest.raises(ValueError, match="LoRA tables must be"):
         lora_expand_(y, torch.zeros(1, 3, 4, device=DEVICE), b.half(), ranks, scales, [0, 24], meta)
+    for bad_a, bad_b in ((a.half(), b), (a, b.half())):  # 3 rows: the fused kernel's checks
+        with pytest.raises(ValueError, match="LoRA tables must be"):
+            lora_apply_(y, x, bad_a, bad_b, ranks, scales, [0, 24], meta)
 
 
 @pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)

@@ -8,8 +8,9 @@ graphs compiles the decode step's kernels; nothing ran a prefill before the firs
 The steps here cover one and several sequences, token counts divisible by 16 and not, tokens
 with and without an adapter slot, a step past the fused LoRA kernel's row limit (the tiled
 path), and one token on an adapter: the LoRA metadata update runs outside the decode graphs, and
-its one-token variant would otherwise compile at the first decode step with one adapter request. Their KV lands in blocks nobody owns yet, and a request writes its own KV before it
-reads it, so nothing they leave behind is ever read. On CPU the steps cost milliseconds.
+its one-token variant would otherwise compile at the first decode step with one adapter request.
+Their KV lands in blocks nobody owns yet, and a request writes its own KV before it reads it, so
+nothing they leave behind is ever read. On CPU the steps cost milliseconds.
 """
 
 from __future__ import annotations

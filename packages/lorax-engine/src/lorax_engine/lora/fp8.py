@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lorax_kernels.fp8_gemv import FP8_MAX
+from lorax_kernels.fp8_gemv import fp8_scale
 
 
 def layer_scales(parts: Sequence[torch.Tensor], layer_dim: int) -> torch.Tensor:
@@ -32,12 +32,7 @@ def layer_scales(parts: Sequence[torch.Tensor], layer_dim: int) -> torch.Tensor:
         p.abs().amax(dim=[d for d in range(p.dim()) if d != layer_dim]).float() for p in parts
     ]
     amax = torch.stack(amaxes).amax(dim=0)  # [num_layers]
-    # Divided by a device tensor, not the Python number: CUDA divides by a host scalar through
-    # its reciprocal, one ulp off amax / 448 for about half the values (run 7), and a scale one
-    # ulp off moves quotients at a rounding midpoint to the other fp8 neighbour, so the CPU and
-    # the GPU would store different tables from the same adapter.
-    fp8_max = torch.full((), FP8_MAX, device=amax.device)
-    return torch.where(amax > 0, amax / fp8_max, 1.0)
+    return torch.where(amax > 0, fp8_scale(amax), 1.0)
 
 
 def to_fp8_(dst: torch.Tensor, src: torch.Tensor, scales: torch.Tensor, layer_dim: int) -> None:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorax_engine.quant.formats import W4Weight
-from lorax_kernels.fp8_gemv import FP8, FP8_MAX, GEMV_MAX_ROWS, fp8_gemv, quantize_rows
+from lorax_kernels.fp8_gemv import FP8, GEMV_MAX_ROWS, fp8_gemv, fp8_scale, quantize_rows
+from lorax_kernels.fp8_gemv.reference import MIN_ABSMAX
 from lorax_kernels.w4a16 import w4a16_matmul
 
 
@@ -58,11 +59,7 @@ class Fp8Linear(nn.Module):
         super().__init__()
         w = weight.detach().float()  # [out, in]
         self.out_features, self.in_features = w.shape
-        # Divided by a tensor on w's device, not by the Python number: CUDA divides by a host
-        # scalar through its reciprocal (one ulp off for about half the values), and the same
-        # checkpoint would round to different fp8 weights on the GPU than on the CPU.
-        fp8_max = torch.full((), FP8_MAX, device=w.device)
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / fp8_max  # [out]
+        scale = fp8_scale(w.abs().amax(dim=1).clamp(min=MIN_ABSMAX))  # [out]
         self.register_buffer("qweight", (w / scale[:, None]).to(FP8))
         self.register_buffer("scale", scale)
 

@@ -9,10 +9,11 @@ from lorax_kernels.fp8_gemv.reference import (
     FP8,
     FP8_MAX,
     fp8_linear_ref,
+    fp8_scale,
     quantize_rows_ref,
 )
 
-__all__ = ["FP8", "FP8_MAX", "GEMV_MAX_ROWS", "fp8_gemv", "quantize_rows"]
+__all__ = ["FP8", "FP8_MAX", "GEMV_MAX_ROWS", "fp8_gemv", "fp8_scale", "quantize_rows"]
 
 # The GEMV serves up to this many rows; larger batches quantize x and use fp8 tensor cores.
 GEMV_MAX_ROWS = 16

@@ -273,12 +273,12 @@ def lora_apply_(
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same rows")
     if lora_a.dim() != 4:
         raise ValueError(f"lora_a must be [layers, slots, rank, in], got {tuple(lora_a.shape)}")
-    _check_table_dtype(x.dtype, lora_a)
-    _check_table_dtype(x.dtype, lora_b)
-    if not uses_fused_kernel(x.shape[0], lora_a.shape[2]):
+    if not uses_fused_kernel(x.shape[0], lora_a.shape[2]):  # these check the tables' dtypes
         h = lora_shrink(x, lora_a, slot_ranks, meta)
         lora_expand_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, meta)
         return
+    _check_table_dtype(x.dtype, lora_a)
+    _check_table_dtype(x.dtype, lora_b)
     if x.shape[1] != lora_a.shape[3]:
         raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
     if (
@@ -302,8 +302,9 @@ def lora_shrink(
     x: ``[num_tokens, in_features]``; lora_a: ``[num_slices, num_slots, max_rank, in_features]``
     in x's dtype or float8 e4m3 (read as its exact 16-bit value: a quantization scale is the
     caller's to fold into ``slot_scales``); slot_ranks: ``[num_slots]`` int32. Returns ``h``:
-    ``[num_slices, num_tokens, max_rank]`` float32 with ``h[s, t, :r] = x[t] @ lora_a[s, slot(t), :r]^T`` and zeros past the
-    slot's rank and for tokens without adapter. ``x`` may have more rows than the tokens given to
+    ``[num_slices, num_tokens, max_rank]`` float32 with
+    ``h[s, t, :r] = x[t] @ lora_a[s, slot(t), :r]^T`` and zeros past the slot's rank and for
+    tokens without adapter. ``x`` may have more rows than the tokens given to
     ``meta.update_`` (a CUDA-graph bucket); those rows have no adapter and their ``h`` is
     unspecified on CUDA (``lora_expand_`` never reads it).
     """
