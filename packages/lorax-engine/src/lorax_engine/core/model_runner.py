@@ -23,7 +23,7 @@ from lorax_kernels import LoraBatchMeta
 class RunnerOutput:
     """Logits of the chunks that sample (in chunk order) and the prompt logprobs gathered."""
 
-    sample_logits: torch.Tensor  # [num_sampling_chunks, vocab] float32
+    sample_logits: torch.Tensor  # [num_sampling_chunks, vocab], the model's dtype
     # Greedy choice and its logprob per sampling row, when the CUDA graph already computed them.
     greedy: tuple[torch.Tensor, torch.Tensor] | None = None
     # Per chunk index, logprobs of the prompt tokens it scored (token j + 1 given tokens <= j).
@@ -221,7 +221,7 @@ class ModelRunner:
         prompt_logprobs: dict[int, list[float]] = {}
         if score_rows:
             n = len(score_rows)
-            lp = torch.log_softmax(logits[:n], dim=-1)
+            lp = torch.log_softmax(logits[:n].float(), dim=-1)
             nxt = torch.tensor(score_next, dtype=torch.long, device=self.device).unsqueeze(1)
             values = lp.gather(1, nxt).squeeze(1).tolist()
             for owner, v in zip(score_owner, values, strict=True):
@@ -244,7 +244,7 @@ class ModelRunner:
         use_graph: bool,
         pending: PendingTokens | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Run one step on this model (shard): ``[len(rows), vocab]`` float32 logits of ``rows``.
+        """Run one step on this model (shard): ``[len(rows), vocab]`` logits of ``rows``.
 
         ``use_graph``: replay the decode graph instead, for every row, which also gives the greedy
         ``(ids, logprobs)``. Every shard of a sharded model calls this with the same arguments.

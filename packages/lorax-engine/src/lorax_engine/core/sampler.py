@@ -63,7 +63,7 @@ class SamplerOutput:
 
 
 class Sampler:
-    """Turns ``[rows, vocab]`` float32 logits into one token per row."""
+    """Turns ``[rows, vocab]`` logits (any float dtype, sampled in float32) into a token a row."""
 
     @torch.inference_mode()
     def __call__(
