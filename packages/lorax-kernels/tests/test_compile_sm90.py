@@ -101,16 +101,6 @@ def _w4a16() -> None:
     w4a16_matmul(torch.empty(1, 4096, dtype=BF16), qweight, scales_24, scales_24, None, 24)
 
 
-def _dense_gemm() -> None:
-    from lorax_kernels.dense_gemm.streamk import streamk_gemm
-
-    weight = torch.empty(6144, 4096, dtype=BF16)
-    streamk_gemm(torch.empty(256, 4096, dtype=BF16), weight, None)
-    streamk_gemm(
-        torch.empty(200, 4000, dtype=BF16), weight[:, :4000], torch.empty(6144, dtype=BF16)
-    )
-
-
 def _multi_lora() -> None:
     from lorax_kernels import LoraBatchMeta
     from lorax_kernels.sgmv.decode import decode_lora_
@@ -143,7 +133,6 @@ LAUNCHERS: dict[str, Callable[[], None]] = {
     "greedy": _greedy,
     "fp8_matmuls": _fp8_matmuls,
     "w4a16": _w4a16,
-    "dense_gemm": _dense_gemm,
     "multi_lora": _multi_lora,
 }
 

@@ -32,7 +32,6 @@ ROOT = HERE.parents[2]
         "test_triton_fused.py",
         "test_fp8_triton.py",
         "test_triton_greedy.py",
-        "test_triton_dense_gemm.py",
     ],
 )
 def test_triton_kernels_under_interpreter(module: str) -> None:
