@@ -7,7 +7,7 @@ import torch
 # The KV cache's 8-bit format and its largest finite value: rows are clamped to it before the
 # conversion, since an out-of-range value would otherwise become NaN.
 FP8_KV_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0
+FP8_MAX = float(torch.finfo(FP8_KV_DTYPE).max)  # 448
 
 
 def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
