@@ -193,6 +193,14 @@ def weight_bytes(model: DecoderModel) -> tuple[int, int]:
     return total - embed, total
 
 
+def head_bytes(model: DecoderModel) -> int:
+    """Bytes of the LM head as served: fp8's quantized copy, else the 16-bit head."""
+    if model.lm_head_quant is not None:
+        return sum(t.numel() * t.element_size() for t in model.lm_head_quant.buffers())
+    head = model.embed.weight if model.lm_head is None else model.lm_head
+    return head.numel() * head.element_size()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(QUANT_METHODS))
@@ -272,6 +280,7 @@ def main() -> None:
             method=method,
             setup_s=round(time.perf_counter() - t, 1),
             weight_bytes=all_bytes,
+            head_bytes=head_bytes(model),
             weight_gb=round(all_bytes / 1e9, 3),
             step_weight_gb=round(step_bytes / 1e9, 3),
         )
