@@ -30,6 +30,7 @@ import triton.language as tl
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
 from lorax_kernels.pdl import launch_options, pdl_entry
+from lorax_kernels.split_k_sum import last_split_total
 
 
 @dataclass(slots=True, frozen=True)
@@ -153,16 +154,12 @@ def _fp8_gemv_kernel(
     if SPLIT_K:
         # [num_splits, M, N] fp32 partials; the last program of this column tile sums them.
         part = part_ptr + rm[:, None] * N + rn[None, :]
-        tl.store(part + split * M * N, acc, mask=out_mask)
-        tl.debug_barrier()  # every thread's partial is stored before the release below
-        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == num_splits - 1:
-            tl.debug_barrier()
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for i in range(num_splits):  # fixed order; .cg reads L2, where the other SMs wrote
-                acc += tl.load(part + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
+        last, total = last_split_total(
+            acc, part, M * N, split, num_splits, count_ptr + pid_n, out_mask
+        )
+        if last:
             _store_out(
-                acc, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_SCALE, HAS_BIAS
+                total, s_ptr, b_ptr, y_ptr, rm, rn, n_mask, out_mask, stride_ym, HAS_SCALE, HAS_BIAS
             )
     else:
         _store_out(

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
+from lorax_kernels.split_k_sum import last_split_total
 
 
 @triton.jit
@@ -123,14 +124,10 @@ def _w4a16_one_row_kernel(
         tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
     else:
         part_ptrs = part_ptr + rn  # [num_splits, N] fp32 partials
-        tl.store(part_ptrs + split * N, y, mask=n_mask)
-        tl.debug_barrier()  # every thread's partial is stored before the release below
-        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == num_splits - 1:
-            tl.debug_barrier()
-            total = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for i in range(num_splits):  # fixed order; .cg reads L2, where the other SMs wrote
-                total += tl.load(part_ptrs + i * N, mask=n_mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
+        last, total = last_split_total(
+            y, part_ptrs, N, split, num_splits, count_ptr + pid_n, n_mask
+        )
+        if last:
             tl.store(y_ptr + rn, total.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 

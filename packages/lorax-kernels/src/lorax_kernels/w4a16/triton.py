@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
+from lorax_kernels.split_k_sum import last_split_total
 from lorax_kernels.w4a16.one_row import w4a16_one_row
 
 # Up to this many rows (decode batches) the K dimension is split across programs.
@@ -182,16 +183,10 @@ def _w4a16_kernel(
     else:
         # [num_splits, M, N] fp32 partials (this path runs with one row tile, so rm < M indexes them).
         part_ptrs = part_ptr + rm[:, None] * N + rn[None, :]
-        tl.store(part_ptrs + split * M * N, acc, mask=out_mask)
-        tl.debug_barrier()  # every thread's partial is stored before the release below
-        if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == num_splits - 1:
-            tl.debug_barrier()
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for i in range(num_splits):  # fixed order; .cg reads L2, where the other SMs wrote
-                total += tl.load(
-                    part_ptrs + i * M * N, mask=out_mask, other=0.0, cache_modifier=".cg"
-                )
-            tl.atomic_xchg(count_ptr + pid_n, 0)  # re-armed for the next launch
+        last, total = last_split_total(
+            acc, part_ptrs, M * N, split, num_splits, count_ptr + pid_n, out_mask
+        )
+        if last:
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
