@@ -19,7 +19,8 @@ from common import markdown_table, time_graph_us
 
 from lorax_kernels import LoraBatchMeta, lora_apply_, lora_expand_, lora_shrink
 from lorax_kernels.sgmv import DECODE_MAX_ROWS
-from lorax_kernels.sgmv.decode import UNIT_ELEMENTS, decode_lora_
+from lorax_kernels.sgmv.decode import decode_lora_
+from lorax_kernels.sgmv.decode_units import UNIT_ELEMENTS
 
 HIDDEN, DT = 4096, torch.bfloat16
 

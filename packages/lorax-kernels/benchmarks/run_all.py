@@ -2,7 +2,7 @@
 
 Usage (on the GPU machine, from the repository root):
     PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/run_all.py
-Optional arguments name a subset: decode prefill sgmv cache fused greedy quant pdl; ``--no-pdl``
+Optional arguments name a subset: decode prefill sgmv side cache fused greedy quant pdl; ``--no-pdl``
 launches every kernel plainly (by default the decode kernels are PDL-launched on Hopper, as in the
 engine, so a kernel timed back to back overlaps its own next call).
 """
@@ -15,6 +15,7 @@ import time
 import bench_decode_attention
 import bench_fused
 import bench_greedy
+import bench_lora_side_stream
 import bench_pdl
 import bench_prefill_attention
 import bench_quant_gemv
@@ -35,6 +36,7 @@ def main() -> None:
         "decode",
         "prefill",
         "sgmv",
+        "side",
         "cache",
         "fused",
         "greedy",
@@ -56,6 +58,7 @@ def main() -> None:
     for name, fn, arg in [
         ("decode", bench_decode_attention.run, copy_gbs),
         ("sgmv", bench_sgmv.run, copy_gbs),
+        ("side", bench_lora_side_stream.run, copy_gbs),
         ("prefill", bench_prefill_attention.run, mm),
         ("cache", bench_reshape_and_cache.run, copy_gbs),
         ("fused", bench_fused.run, copy_gbs),

@@ -104,6 +104,11 @@ def _w4a16() -> None:
 def _multi_lora() -> None:
     from lorax_kernels import LoraBatchMeta
     from lorax_kernels.sgmv.decode import decode_lora_
+    from lorax_kernels.sgmv.decode_split import (
+        decode_expand_,
+        decode_partials_shape,
+        decode_shrink_,
+    )
     from lorax_kernels.sgmv.meta import sync_size
     from lorax_kernels.sgmv.triton import expand_, shrink
 
@@ -122,6 +127,9 @@ def _multi_lora() -> None:
         a = torch.empty(3, slots, rank, 4096, dtype=table_dtype)
         b = torch.empty(3, slots, max(widths), rank, dtype=table_dtype)
         decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync)
+        partials = torch.empty(decode_partials_shape(rows, a, offsets))
+        decode_shrink_(partials, x, a, ranks, offsets, token_slots)
+        decode_expand_(y, partials, b, ranks, scales, offsets, token_slots)
         h = shrink(x, a, ranks, *tiles, meta.num_tiles, meta.block_m)
         expand_(y, h, b, ranks, scales, offsets, *tiles, meta.num_tiles, meta.block_m)
 

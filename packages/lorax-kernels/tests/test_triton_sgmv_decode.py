@@ -116,6 +116,73 @@ def test_fused_lora_fp8_tables_real_shapes(rows, k, widths, ranks) -> None:
     _check(rows, k, widths, ranks, torch.bfloat16, torch.float8_e4m3fn)
 
 
+def _run_split(y, x, a, b, ranks, scales, offsets, slots) -> torch.Tensor:
+    from lorax_kernels.sgmv.decode_split import (
+        decode_expand_,
+        decode_partials_shape,
+        decode_shrink_,
+    )
+
+    partials = torch.full(
+        decode_partials_shape(x.shape[0], a, offsets), float("nan"), device=DEVICE
+    )
+    out = y.clone()
+    decode_shrink_(partials, x, a, ranks, offsets, slots)
+    decode_expand_(out, partials, b, ranks, scales, offsets, slots)
+    return out
+
+
+def _check_split(rows: int, k: int, widths: tuple[int, ...], ranks: list[int], dtype) -> None:
+    """Shrink and expand as two launches give the fused kernel's result bit for bit (the
+    partials start as NaN: rows of tokens without adapter are never read)."""
+    a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
+    slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
+    split = _run_split(y, x, a, b, ranks_t, scales, offsets, slots)
+    assert torch.equal(split, _run(y, x, a, b, ranks_t, scales, offsets, slots))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), SMALL)
+def test_split_launches_match_fused_small(rows, k, widths, ranks, dtype) -> None:
+    _check_split(rows, k, widths, ranks, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), LARGE)
+def test_split_launches_match_fused_real_shapes(rows, k, widths, ranks) -> None:
+    _check_split(rows, k, widths, ranks, torch.bfloat16)
+
+
+def test_split_launches_reject_mismatched_partials() -> None:
+    from lorax_kernels.sgmv.decode_split import (
+        decode_expand_,
+        decode_partials_shape,
+        decode_shrink_,
+    )
+
+    a, b, ranks_t, scales, offsets = _tables(64, (24, 8), [8, 4], torch.float32, 3)
+    slots, x, y = _inputs(5, 64, 32, 2, torch.float32, 4)
+    shape = decode_partials_shape(5, a, offsets)
+    with pytest.raises(ValueError, match="contiguous"):
+        decode_shrink_(
+            torch.zeros(shape[0] + 1, *shape[1:], device=DEVICE), x, a, ranks_t, offsets, slots
+        )
+    with pytest.raises(ValueError, match="float32"):
+        decode_shrink_(
+            torch.zeros(shape, device=DEVICE, dtype=torch.float64), x, a, ranks_t, offsets, slots
+        )
+    with pytest.raises(ValueError, match="rows"):
+        decode_expand_(
+            y,
+            torch.zeros(shape[0] - 2, *shape[1:], device=DEVICE),
+            b,
+            ranks_t,
+            scales,
+            offsets,
+            slots,
+        )
+
+
 def test_token_result_does_not_depend_on_the_batch() -> None:
     """A token's output bits are the same alone, in a batch, and at another row of a batch."""
     dtype = torch.bfloat16 if CUDA else torch.float16

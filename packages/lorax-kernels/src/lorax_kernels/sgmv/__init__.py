@@ -9,40 +9,30 @@ they can be captured in CUDA graphs; the fp32 reference (``sgmv.reference``) eve
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
+from lorax_kernels.sgmv.checks import (
+    check_decode_shapes,
+    check_meta,
+    check_same_rows,
+    check_table_dtype,
+    checked_offsets,
+)
 from lorax_kernels.sgmv.meta import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
+from lorax_kernels.sgmv.routing import DECODE_MAX_ROWS, uses_fused_kernel
+from lorax_kernels.sgmv.split import lora_expand_partials_, lora_shrink_partials
 
 __all__ = [
     "DECODE_MAX_ROWS",
     "LoraBatchMeta",
     "lora_apply_",
     "lora_expand_",
+    "lora_expand_partials_",
     "lora_shrink",
+    "lora_shrink_partials",
     "uses_fused_kernel",
 ]
-
-# Up to this many rows ``lora_apply_`` may run the fused per-token kernel. It reads each token's
-# adapter separately (repeats of one adapter come from L2), which beats the three tile launches
-# until batches are prefill-sized, for small ranks.
-DECODE_MAX_ROWS = 256
-# Above this table rank the fused kernel only runs for a handful of rows. Measured on the H200
-# (docs/benchmarks.md, one 4096x4096 projection): at rank 8 and 16 it is within 40% of the tiles
-# or faster at every row count up to 256 (15.2 vs 16.4 us at 64 tokens on 64 adapters), but at
-# rank 64 it is 1.8x slower than the tiles at 16 rows and 2-3.6x slower from 64 rows on.
-FUSED_MAX_RANK = 16
-FUSED_MAX_ROWS_HIGH_RANK = 4
-
-
-def uses_fused_kernel(rows: int, table_rank: int) -> bool:
-    """Whether ``lora_apply_`` runs the fused one-launch kernel for ``rows`` tokens over slot
-    tables of max rank ``table_rank`` (else shrink then expand over the tiles)."""
-    if rows > DECODE_MAX_ROWS:
-        return False
-    return table_rank <= FUSED_MAX_RANK or rows <= FUSED_MAX_ROWS_HIGH_RANK
 
 
 @torch.library.custom_op("lorax_kernels::lora_decode_", mutates_args=("y", "sync"))
@@ -220,38 +210,6 @@ def _expand_fake(
     return None
 
 
-def _check_table_dtype(activation_dtype: torch.dtype, table: torch.Tensor) -> None:
-    """Slot tables are in the activations' dtype, or fp8 (converted exactly after the load)."""
-    if table.dtype not in (activation_dtype, torch.float8_e4m3fn):
-        raise ValueError(
-            f"LoRA tables must be {activation_dtype} or torch.float8_e4m3fn, got {table.dtype}"
-        )
-
-
-def _check_meta(num_rows: int, num_slots: int, meta: LoraBatchMeta) -> None:
-    # More rows than tokens is allowed (padding rows of a CUDA-graph bucket, no adapter); fewer
-    # would let tiles index rows that do not exist.
-    if not meta.num_tokens <= num_rows <= meta.max_tokens:
-        raise ValueError(
-            f"batch has {num_rows} rows but meta was updated for {meta.num_tokens} tokens "
-            f"(at most {meta.max_tokens} rows)"
-        )
-    if num_slots != meta.num_slots:
-        raise ValueError(f"slot table has {num_slots} slots, meta expects {meta.num_slots}")
-
-
-def _checked_offsets(
-    y: torch.Tensor, lora_b: torch.Tensor, slice_offsets: tuple[int, ...] | list[int]
-) -> list[int]:
-    num_slices = lora_b.shape[0]
-    offsets = [int(o) for o in slice_offsets]
-    if len(offsets) != num_slices + 1 or offsets[0] != 0 or offsets[-1] != y.shape[1]:
-        raise ValueError(f"slice_offsets {offsets} do not cut y's {y.shape[1]} columns")
-    if any(hi - lo > lora_b.shape[2] or hi < lo for lo, hi in itertools.pairwise(offsets)):
-        raise ValueError(f"a slice in {offsets} is wider than lora_b's {lora_b.shape[2]} rows")
-    return offsets
-
-
 def lora_apply_(
     y: torch.Tensor,
     x: torch.Tensor,
@@ -269,28 +227,12 @@ def lora_apply_(
     (:func:`uses_fused_kernel`) run the fused one-launch kernel, whose result for a token does
     not depend on the other tokens of the batch; others run shrink then expand over the tiles.
     """
-    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same rows")
-    if lora_a.dim() != 4:
-        raise ValueError(f"lora_a must be [layers, slots, rank, in], got {tuple(lora_a.shape)}")
-    if not uses_fused_kernel(x.shape[0], lora_a.shape[2]):  # these check the tables' dtypes
-        h = lora_shrink(x, lora_a, slot_ranks, meta)
+    check_same_rows(x, y)
+    if lora_a.dim() == 4 and not uses_fused_kernel(x.shape[0], lora_a.shape[2]):
+        h = lora_shrink(x, lora_a, slot_ranks, meta)  # these check the tables' dtypes
         lora_expand_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, meta)
         return
-    _check_table_dtype(x.dtype, lora_a)
-    _check_table_dtype(x.dtype, lora_b)
-    if x.shape[1] != lora_a.shape[3]:
-        raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
-    if (
-        lora_b.dim() != 4
-        or lora_b.shape[:2] != lora_a.shape[:2]
-        or lora_b.shape[3] != lora_a.shape[2]
-    ):
-        raise ValueError(
-            f"lora_b {tuple(lora_b.shape)} does not match lora_a {tuple(lora_a.shape)}"
-        )
-    offsets = _checked_offsets(y, lora_b, slice_offsets)
-    _check_meta(x.shape[0], lora_a.shape[1], meta)
+    offsets = check_decode_shapes(x, y, lora_a, lora_b, slice_offsets, meta)
     _decode_op(y, x, lora_a, lora_b, slot_ranks, slot_scales, offsets, meta.token_slots, meta.sync)
 
 
@@ -310,8 +252,8 @@ def lora_shrink(
     """
     if x.dim() != 2 or lora_a.dim() != 4 or x.shape[1] != lora_a.shape[3]:
         raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
-    _check_table_dtype(x.dtype, lora_a)
-    _check_meta(x.shape[0], lora_a.shape[1], meta)
+    check_table_dtype(x.dtype, lora_a)
+    check_meta(x.shape[0], lora_a.shape[1], meta)
     return _shrink_op(
         x,
         lora_a,
@@ -344,11 +286,11 @@ def lora_expand_(
     slices in ``y``. Tokens without adapter are left untouched.
     """
     num_slices = lora_b.shape[0]
-    _check_table_dtype(y.dtype, lora_b)
-    offsets = _checked_offsets(y, lora_b, slice_offsets)
+    check_table_dtype(y.dtype, lora_b)
+    offsets = checked_offsets(y, lora_b, slice_offsets)
     if h.shape != (num_slices, y.shape[0], lora_b.shape[3]):
         raise ValueError(f"h has shape {tuple(h.shape)}, lora_b {tuple(lora_b.shape)}")
-    _check_meta(y.shape[0], lora_b.shape[1], meta)
+    check_meta(y.shape[0], lora_b.shape[1], meta)
     _expand_op(
         y,
         h,

@@ -2,7 +2,8 @@
 
 The tile kernels (``sgmv.triton``) share each adapter read across a tile of tokens, which pays off
 for prefill runs but costs three dependent launches. A decode batch has about one token per
-adapter, so here every token is handled on its own and the launch overhead is paid once:
+adapter, so here every token is handled on its own and the launch overhead is paid once (the
+units are in ``sgmv.decode_units``; ``sgmv.decode_split`` runs the same units as two launches):
 
 - *shrink units* ``(token, slice, j)``: partial ``x[t, K_j] @ A[slot, :r, K_j]^T`` over one chunk
   of ``in_features``, stored to a scratch row, then counted into the (token, slice) arrival
@@ -33,22 +34,20 @@ replay) starts from zeros without a memset.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import triton
 import triton.language as tl
 
 from lorax_kernels.pdl import launch_options, pdl_entry
-from lorax_kernels.sgmv.meta import MAX_SLICES, sync_size
-
-# Elements of A or B one unit reads (32 KB in bf16): large enough to amortise the unit's fixed
-# chain of dependent latencies, small enough that a small batch still spreads over many SMs.
-# H200 sweep (bench_sgmv.py, one 4096->4096 projection, 4 warps): 64 tokens on 64 rank-16
-# adapters take 15.1 / 12.9-13.1 / 11.8 µs with 16 / 32 / 64 KB units, one token 5.7 / 5.9-6.2 /
-# 6.5 µs; 64 tokens at rank 64: 34.5 / 30.1 / 29.3. One size for every batch: the chunking, and so
-# a token's result, must not depend on the batch the token is in.
-UNIT_ELEMENTS = 16384
+from lorax_kernels.sgmv.decode_units import (
+    UNIT_ELEMENTS,
+    check_slices,
+    chunking,
+    expand_unit,
+    padded_offsets,
+    shrink_unit,
+)
+from lorax_kernels.sgmv.meta import sync_size
 
 
 @triton.jit
@@ -94,84 +93,55 @@ def _decode_kernel(
         tl.atomic_xchg(sync_ptr, 0)
     arrive_ptr = sync_ptr + 1  # [groups] shrink units done per (token, slice)
     done_ptr = arrive_ptr + groups  # [groups] expand units done per (token, slice)
-    offs_r = tl.arange(0, BLOCK_R)
     if ticket < shrink_units:
-        g = ticket // SPLIT
-        j = ticket % SPLIT
-        t = g // NUM_SLICES
-        s = g % NUM_SLICES
-        slot = tl.load(slots_ptr + t)
-        if slot >= 0:
-            rank = tl.load(ranks_ptr + slot)
-            offs_k = j * BLOCK_K + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < in_features
-            x = tl.load(x_ptr + t.to(tl.int64) * stride_xm + offs_k, mask=k_mask, other=0.0)
-            a = tl.load(
-                a_ptr
-                + s.to(tl.int64) * stride_as
-                + slot.to(tl.int64) * stride_aslot
-                + offs_r[:, None] * stride_ar
-                + offs_k[None, :],
-                mask=(offs_r < rank)[:, None] & k_mask[None, :],
-                other=0.0,
-            )  # [BLOCK_R, BLOCK_K]
-            part = tl.sum(a.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_R]
-            tl.store(part_ptr + (g * SPLIT + j) * BLOCK_R + offs_r, part)
+        live = shrink_unit(
+            ticket,
+            x_ptr,
+            a_ptr,
+            part_ptr,
+            ranks_ptr,
+            slots_ptr,
+            in_features,
+            stride_xm,
+            stride_as,
+            stride_aslot,
+            stride_ar,
+            NUM_SLICES,
+            SPLIT,
+            BLOCK_R,
+            BLOCK_K,
+        )
+        if live:
             # All threads' stores are issued before one thread's release publishes them.
             tl.debug_barrier()
-            tl.atomic_add(arrive_ptr + g, 1, sem="release")
+            tl.atomic_add(arrive_ptr + ticket // SPLIT, 1, sem="release")
     else:
-        e = ticket - shrink_units
-        g = e // N_CHUNKS
-        j = e % N_CHUNKS
-        t = g // NUM_SLICES
-        s = g % NUM_SLICES
-        slot = tl.load(slots_ptr + t)
-        if slot >= 0:
-            # Column range of slice s in y (offsets are kernel arguments: no metadata tensor).
-            lo = tl.where(s == 0, 0, tl.where(s == 1, off1, tl.where(s == 2, off2, off3)))
-            hi = tl.where(s == 0, off1, tl.where(s == 1, off2, tl.where(s == 2, off3, off4)))
-            rank = tl.load(ranks_ptr + slot)
-            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < hi - lo
-            # B and y do not depend on h: load them before waiting, so their memory latency
-            # overlaps the shrink units instead of following them. (Chunks past the slice's
-            # width read nothing; a rank-0 slot reads its y chunk but leaves it alone.)
-            # B's rank columns in VEC-wide vectors: a mask that is constant across each vector
-            # keeps the loads vectorised while a low-rank slot still reads only its columns
-            # (rounded up to VEC; the table's columns past a slot's rank are zero, as is h).
-            offs_v = tl.arange(0, BLOCK_R // VEC)
-            r2 = offs_v[:, None] * VEC + tl.arange(0, VEC)[None, :]  # [BLOCK_R // VEC, VEC]
-            b = tl.load(
-                b_ptr
-                + s.to(tl.int64) * stride_bs
-                + slot.to(tl.int64) * stride_bslot
-                + offs_n[:, None, None] * stride_bn
-                + r2[None, :, :],
-                mask=n_mask[:, None, None] & (offs_v < tl.cdiv(rank, VEC))[None, :, None],
-                other=0.0,
-            )  # [BLOCK_N, BLOCK_R // VEC, VEC]
-            y_ptrs = y_ptr + t.to(tl.int64) * stride_ym + lo + offs_n
-            y = tl.load(y_ptrs, mask=n_mask, other=0.0)
-            scale = tl.load(scales_ptr + slot)
-            # Spin on plain (volatile) reads, which do not contend with the arrivals as
-            # read-modify-writes would, then one acquire that synchronises with every release.
-            while tl.load(arrive_ptr + g, volatile=True) < SPLIT:
-                pass
-            tl.atomic_add(arrive_ptr + g, 0, sem="acquire")
-            tl.debug_barrier()
-            h = tl.zeros((BLOCK_R // VEC, VEC), dtype=tl.float32)
-            for i in range(SPLIT):  # fixed order: the same h in every expand unit
-                # .cg: read from L2, where the other SMs' partials are, never a stale L1 line.
-                h += tl.load(part_ptr + (g * SPLIT + i) * BLOCK_R + r2, cache_modifier=".cg")
-            if (j * BLOCK_N < hi - lo) & (rank > 0):
-                delta = tl.sum(tl.sum(b.to(tl.float32) * h[None, :, :], axis=2), axis=1)
-                tl.store(y_ptrs, (y.to(tl.float32) + scale * delta).to(y.dtype), mask=n_mask)
-            # The last expand unit of the group has passed its wait after every other one did:
-            # nobody reads these counters again in this launch.
-            if tl.atomic_add(done_ptr + g, 1) == N_CHUNKS - 1:
-                tl.atomic_xchg(arrive_ptr + g, 0)
-                tl.atomic_xchg(done_ptr + g, 0)
+        expand_unit(
+            ticket - shrink_units,
+            b_ptr,
+            y_ptr,
+            part_ptr,
+            arrive_ptr,
+            done_ptr,
+            ranks_ptr,
+            scales_ptr,
+            slots_ptr,
+            off1,
+            off2,
+            off3,
+            off4,
+            stride_bs,
+            stride_bslot,
+            stride_bn,
+            stride_ym,
+            NUM_SLICES,
+            SPLIT,
+            N_CHUNKS,
+            BLOCK_R,
+            BLOCK_N,
+            VEC,
+            True,
+        )
 
 
 def decode_lora_(
@@ -197,8 +167,7 @@ def decode_lora_(
     """
     num_slices, _, max_rank, in_features = lora_a.shape
     num_rows = x.shape[0]
-    if num_slices > MAX_SLICES:
-        raise ValueError(f"at most {MAX_SLICES} slices per projection, got {num_slices}")
+    check_slices(num_slices)
     if sync.numel() < sync_size(num_rows):
         raise ValueError(f"sync has {sync.numel()} counters, {sync_size(num_rows)} needed")
     if num_rows == 0 or max_rank == 0:
@@ -207,21 +176,12 @@ def decode_lora_(
         x = x.contiguous()
     if y.stride(1) != 1 or lora_a.stride(3) != 1 or lora_b.stride(3) != 1:
         raise ValueError("y, lora_a and lora_b must be contiguous in their last dimension")
-    max_width = max(hi - lo for lo, hi in itertools.pairwise(slice_offsets))
-    block_r = max(2, triton.next_power_of_2(max_rank))
-    # Widest vector (<= 8 elements, 16 bytes of bf16) that never crosses the end of a B row.
-    vec = min(8, max_rank & -max_rank, block_r)
-    unit = max(32, unit_elements // block_r)
-    block_k = min(unit, triton.next_power_of_2(in_features))
-    block_n = min(unit, triton.next_power_of_2(max(max_width, 1)))
-    split = triton.cdiv(in_features, block_k)
-    n_chunks = triton.cdiv(max(max_width, 1), block_n)
+    c = chunking(in_features, max_rank, slice_offsets, unit_elements)
     groups = num_rows * num_slices
     # [groups, split, block_r] fp32 shrink partials; every row a live token uses is written.
-    partials = torch.empty(groups * split * block_r, dtype=torch.float32, device=x.device)
-    offs = [*slice_offsets[1:], *[slice_offsets[-1]] * (MAX_SLICES + 1 - len(slice_offsets))]
+    partials = torch.empty(groups * c.split * c.block_r, dtype=torch.float32, device=x.device)
     pdl, launch = launch_options(x.device)
-    _decode_kernel[(groups * (split + n_chunks),)](
+    _decode_kernel[(groups * (c.split + c.n_chunks),)](
         x,
         lora_a,
         lora_b,
@@ -233,7 +193,7 @@ def decode_lora_(
         token_slots,
         num_rows,
         in_features,
-        *offs,
+        *padded_offsets(slice_offsets),
         x.stride(0),
         lora_a.stride(0),
         lora_a.stride(1),
@@ -243,12 +203,12 @@ def decode_lora_(
         lora_b.stride(2),
         y.stride(0),
         NUM_SLICES=num_slices,
-        SPLIT=split,
-        N_CHUNKS=n_chunks,
-        BLOCK_R=block_r,
-        BLOCK_K=block_k,
-        BLOCK_N=block_n,
-        VEC=vec,
+        SPLIT=c.split,
+        N_CHUNKS=c.n_chunks,
+        BLOCK_R=c.block_r,
+        BLOCK_K=c.block_k,
+        BLOCK_N=c.block_n,
+        VEC=c.vec,
         PDL=pdl,
         num_warps=num_warps,
         **launch,
