@@ -46,7 +46,7 @@ from lorax_engine.core.engine_core import EngineCore
 from lorax_engine.core.kv_cache import allocate_kv_cache
 from lorax_engine.core.model_runner import ModelRunner
 from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
-from lorax_engine.lora import LoraSlots
+from lorax_engine.lora import LoraSlots, side_stream
 from lorax_engine.models.decoder import DecoderModel, LoraLinear
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.quant.formats import AWQ_ORDER, W4Weight, awq_to_w4, gptq_to_w4, pack_cols
@@ -214,12 +214,20 @@ def main() -> None:
         default="auto",
         help="the adapters' slot tables: the model's dtype, or fp8 (as lorax-engine serve's flag)",
     )
+    ap.add_argument(
+        "--lora-side-stream",
+        choices=["on", "off", "both"],
+        default="on",
+        help="the decode LoRA shrink on a side stream beside the base GEMM (the engine's"
+        " default), serial after it (off), or both in turn for an A/B in one process",
+    )
     ap.add_argument("--group-size", type=int, default=128, help="4-bit group (tiny: 32)")
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
     add_no_pdl(ap)
     args = ap.parse_args()
     pdl_on = apply_no_pdl(args)
     methods = quant_methods(ap, args.methods)
+    side_stream_modes = {"on": [True], "off": [False], "both": [True, False]}[args.lora_side_stream]
     batches = [int(b) for b in args.batches.split(",")]
     cfg = model_shape(args.tiny)
     dev, dtype = device_and_dtype(args.tiny)
@@ -261,64 +269,67 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         step_bytes, all_bytes = weight_bytes(model)
-        runner = ModelRunner(
-            model,
-            kv,
-            block_size=bs,
-            max_num_seqs=max_b,
-            max_num_tokens=8192,
-            max_blocks_per_seq=-(-total // bs),
-            lora_slots=slots,
-            use_cuda_graphs=dev.type == "cuda",
-        )
-        if runner.graphs is not None:
-            runner.graphs.capture_all()
-        sched = Scheduler(SchedulerConfig(8192, max_b), BlockManager(blocks, bs))
-        core = EngineCore(sched, runner, NullTokenizer(), frozenset())
-        emit(
-            event="method",
-            method=method,
-            setup_s=round(time.perf_counter() - t, 1),
-            weight_bytes=all_bytes,
-            head_bytes=head_bytes(model),
-            weight_gb=round(all_bytes / 1e9, 3),
-            step_weight_gb=round(step_bytes / 1e9, 3),
-        )
-        for b in batches:
-            warm = random_prompts(b, 16, cfg.vocab_size, seed=99)
-            for lora in (False, True):
-                slot_of = (lambda i: i) if lora else None
-                run_batch(core, warm, 3, adapter_slot=slot_of)  # prefill shapes, LoRA graphs
-                recorder = FirstTokenLogprobs(core, prompts[b])
-                r: BatchResult = run_batch(core, prompts[b], args.output, adapter_slot=slot_of)
-                recorder.close()
-                firsts = [o[0] for o in r.outputs]
-                if method == "bf16" and not lora:
-                    reference[b] = firsts
-                    ref_logprobs[b] = recorder.logprobs
-                match = kl = None
-                if b in reference and not lora:
-                    same = sum(x == y for x, y in zip(firsts, reference[b], strict=True))
-                    match = round(same / b, 3)
-                    kl = mean_kl(ref_logprobs[b], recorder.logprobs)
-                # Roofline: the step's weight bytes plus its KV bytes at the mean context.
-                ctx = args.input + args.output / 2
-                kv_bytes = b * ctx * cfg.num_layers * 2 * cfg.kv_size * kv[0][0].element_size()
-                roof_ms = (step_bytes + kv_bytes) / bw * 1000 if bw else None
-                summary = r.summary()
-                emit(
-                    event="quant",
-                    method=method,
-                    lora=f"{b} distinct rank-{args.lora_rank}" if lora else None,
-                    input=args.input,
-                    output=args.output,
-                    first_token_match_vs_bf16=match,
-                    mean_kl_vs_bf16=kl,
-                    roofline_ms=round(roof_ms, 3) if roof_ms else None,
-                    pct_roofline=round(100 * roof_ms / r.decode_ms_p50, 1) if roof_ms else None,
-                    **summary,
-                )
-        del core, runner, sched
+        for on_side_stream in side_stream_modes:
+            side_stream.set_enabled(on_side_stream)  # before the graphs are captured
+            runner = ModelRunner(
+                model,
+                kv,
+                block_size=bs,
+                max_num_seqs=max_b,
+                max_num_tokens=8192,
+                max_blocks_per_seq=-(-total // bs),
+                lora_slots=slots,
+                use_cuda_graphs=dev.type == "cuda",
+            )
+            if runner.graphs is not None:
+                runner.graphs.capture_all()
+            sched = Scheduler(SchedulerConfig(8192, max_b), BlockManager(blocks, bs))
+            core = EngineCore(sched, runner, NullTokenizer(), frozenset())
+            emit(
+                event="method",
+                method=method,
+                setup_s=round(time.perf_counter() - t, 1),
+                weight_bytes=all_bytes,
+                head_bytes=head_bytes(model),
+                weight_gb=round(all_bytes / 1e9, 3),
+                step_weight_gb=round(step_bytes / 1e9, 3),
+            )
+            for b in batches:
+                warm = random_prompts(b, 16, cfg.vocab_size, seed=99)
+                for lora in (False, True):
+                    slot_of = (lambda i: i) if lora else None
+                    run_batch(core, warm, 3, adapter_slot=slot_of)  # prefill shapes, LoRA graphs
+                    recorder = FirstTokenLogprobs(core, prompts[b])
+                    r: BatchResult = run_batch(core, prompts[b], args.output, adapter_slot=slot_of)
+                    recorder.close()
+                    firsts = [o[0] for o in r.outputs]
+                    if method == "bf16" and not lora:
+                        reference[b] = firsts
+                        ref_logprobs[b] = recorder.logprobs
+                    match = kl = None
+                    if b in reference and not lora:
+                        same = sum(x == y for x, y in zip(firsts, reference[b], strict=True))
+                        match = round(same / b, 3)
+                        kl = mean_kl(ref_logprobs[b], recorder.logprobs)
+                    # Roofline: the step's weight bytes plus its KV bytes at the mean context.
+                    ctx = args.input + args.output / 2
+                    kv_bytes = b * ctx * cfg.num_layers * 2 * cfg.kv_size * kv[0][0].element_size()
+                    roof_ms = (step_bytes + kv_bytes) / bw * 1000 if bw else None
+                    summary = r.summary()
+                    emit(
+                        event="quant",
+                        method=method,
+                        lora=f"{b} distinct rank-{args.lora_rank}" if lora else None,
+                        lora_side_stream=on_side_stream if lora else None,
+                        input=args.input,
+                        output=args.output,
+                        first_token_match_vs_bf16=match,
+                        mean_kl_vs_bf16=kl,
+                        roofline_ms=round(roof_ms, 3) if roof_ms else None,
+                        pct_roofline=round(100 * roof_ms / r.decode_ms_p50, 1) if roof_ms else None,
+                        **summary,
+                    )
+            del core, runner, sched
 
 
 if __name__ == "__main__":

@@ -288,6 +288,33 @@ def test_fp8_slot_tables_on_cuda_match_model_dtype_tables_of_the_round_trip(
     assert got["fp8"] == got["auto"]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_shrink_beside_the_base_gemm_gives_the_serial_tokens(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]], dtype: str
+) -> None:
+    """On CUDA the decode LoRA shrink runs on a side stream beside the base GEMM, inside the
+    decode graphs (``lorax_engine.lora.side_stream``): every request's tokens are those of the
+    serial fused kernel, in fp32 and in bf16 (the same kernels' units and sums, in two
+    launches)."""
+    from lorax_engine.lora import side_stream
+
+    ckpt, root, _ = setup
+    names = ["r4", "r8", "r16", "base"]
+    jobs = [(f"{n}-{i}", _ref(n), p) for n in names for i, p in enumerate(PROMPTS)]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    got: dict[bool, dict[str, list[int]]] = {}
+    try:
+        for enabled in (True, False):
+            side_stream.set_enabled(enabled)
+            config = {"device": "cuda", "max_batch_total_tokens": 4096, "dtype": dtype}
+            with _running_engine(ckpt, root, num_slots=3, **config) as engine:
+                got[enabled] = _generate(engine, jobs)
+    finally:
+        side_stream.set_enabled(True)
+    assert got[True] == got[False]
+
+
 def test_s3_adapters_through_the_engine(
     setup: tuple[Path, Path, dict[str, list[list[int]]]],
     s3_endpoint: str,

@@ -12,7 +12,7 @@ the embedding and lm_head vocab-parallel. The hidden state between layers is who
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from lorax_engine.distributed.parallel import (
     shard_config,
 )
 from lorax_engine.lora import LoraSlots, ModelLoraSpec
+from lorax_engine.lora.side_stream import project_with_lora
 from lorax_engine.models.dense_linear import linear
 from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_engine.models.model_config import ModelConfig
@@ -82,25 +83,22 @@ class LoraLinear(nn.Module):
         self.slots: LoraSlots | None = None
         self.reduce = reduce if reduce is not None and reduce.size > 1 else None
 
-    def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
+    def _base_projection(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """``x W^T + b`` (the bias left to after the all-reduce on a row-parallel shard)."""
         bias = None if self.reduce is not None else self.bias
         if self.quant is not None:
-            y = self.quant(x, bias)  # [num_tokens, out_features]
-        else:
-            assert self.weight is not None
-            y = linear(x, self.weight, bias)  # [num_tokens, out_features]
+            quant = self.quant
+            return lambda: quant(x, bias)  # [num_tokens, out_features]
+        weight = self.weight
+        assert weight is not None
+        return lambda: linear(x, weight, bias)  # [num_tokens, out_features]
+
+    def forward(self, x: torch.Tensor, lora_meta: LoraBatchMeta | None) -> torch.Tensor:
         if lora_meta is not None and self.slots is not None:
             table = self.slots.table(self.layer, self.name)
-            lorax_kernels.lora_apply_(
-                y,
-                x,
-                table.lora_a,
-                table.lora_b,
-                table.slot_ranks,
-                table.slot_scales,
-                table.slice_offsets,
-                lora_meta,
-            )
+            y = project_with_lora(self._base_projection(x), x, table, lora_meta)
+        else:
+            y = self._base_projection(x)()
         if self.reduce is not None:
             self.reduce.all_reduce_(y)
             if self.bias is not None:
