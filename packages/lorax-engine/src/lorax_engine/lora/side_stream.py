@@ -1,12 +1,12 @@
 """A projection plus its LoRA delta, the LoRA shrink on a side stream beside the base GEMM.
 
 ``y = x W^T`` and the shrink ``h = x A^T`` both need only ``x``; only the expand ``y += h B^T``
-needs ``y``. For decode-sized batches on CUDA the shrink runs on a side stream forked where
-``x`` is ready and joined before the expand, so the shrink's adapter reads and its chain of
-latencies overlap the base GEMM instead of following it; what is left after the GEMM is the
-expand alone, one launch without any waiting between its programs. The result is the fused
-kernel's, bit for bit (``lorax_kernels.lora_shrink_partials``). Inside a CUDA graph capture the
-fork and join become graph edges, so the decode graphs replay both streams.
+needs ``y``. For decode-sized batches in the captured decode graphs the shrink runs on a side
+stream forked where ``x`` is ready and joined before the expand, so the shrink's adapter reads
+and its chain of latencies overlap the base GEMM instead of following it; what is left after the
+GEMM is the expand alone, one launch without any waiting between its programs. The result is
+the fused kernel's, bit for bit (``lorax_kernels.lora_shrink_partials``). Inside the capture the
+fork and join become graph edges, so the decode graphs replay both streams at no host cost.
 
 Memory: the partials are allocated on the side stream and only used on the main stream after
 the join; the side stream's next allocation is enqueued after its next fork, which waits for
@@ -39,7 +39,16 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 def _overlaps(x: torch.Tensor, table: LoraSlotTable) -> bool:
-    return _enabled and x.is_cuda and lorax_kernels.uses_fused_kernel(x.shape[0], table.max_rank)
+    # Only while a CUDA graph is captured: there the fork and join are graph edges, free at
+    # replay. Run eagerly (prefill and mixed steps) each would cost event records, waits and
+    # stream switches on the host, four projections a layer, in steps whose host time is on the
+    # critical path; those keep the one fused launch.
+    return (
+        _enabled
+        and x.is_cuda
+        and torch.cuda.is_current_stream_capturing()
+        and lorax_kernels.uses_fused_kernel(x.shape[0], table.max_rank)
+    )
 
 
 def project_with_lora(
