@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.activation.reference import silu_and_mul_ref
 
 __all__ = ["silu_and_mul"]
@@ -34,4 +35,4 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """
     if gate_up.dim() == 0 or gate_up.shape[-1] % 2:
         raise ValueError(f"gate_up's last dimension must be even, got {tuple(gate_up.shape)}")
-    return _silu_and_mul_op(gate_up)
+    return dispatch.call(_silu_and_mul_op, _silu_and_mul_cuda, gate_up)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.decode_attention.reference import paged_decode_attention_ref
 from lorax_kernels.kv_cache import check_kv_scales
 
@@ -114,7 +115,9 @@ def paged_decode_attention(
     if sliding_window is not None and sliding_window <= 0:
         raise ValueError(f"sliding_window must be positive, got {sliding_window}")
     check_kv_scales(k_cache, k_scale, v_scale)
-    return _decode_op(
+    return dispatch.call(
+        _decode_op,
+        _decode_cuda,
         q,
         k_cache,
         v_cache,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.dense_gemv.reference import dense_linear_ref
 from lorax_kernels.fp8_gemv import GEMV_MAX_ROWS
 
@@ -59,4 +60,4 @@ def dense_gemv(
     n = weight.shape[0]
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
-    return _dense_gemv_op(x, weight, bias)
+    return dispatch.call(_dense_gemv_op, _dense_gemv_cuda, x, weight, bias)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.fp8_gemv.reference import (
     FP8,
     FP8_MAX,
@@ -61,7 +62,7 @@ def fp8_gemv(
         raise ValueError(f"scale must be float32 [{n}], got {scale.dtype} {tuple(scale.shape)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
-    return _fp8_gemv_op(x, qweight, scale, bias)
+    return dispatch.call(_fp8_gemv_op, _fp8_gemv_cuda, x, qweight, scale, bias)
 
 
 @torch.library.custom_op("lorax_kernels::fp8_quantize_rows", mutates_args=())
@@ -86,4 +87,4 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     in one launch on CUDA (the input of ``torch._scaled_mm`` with row-wise scales)."""
     if x.dim() != 2:
         raise ValueError(f"x must be [M, K], got {tuple(x.shape)}")
-    return _quantize_rows_op(x)
+    return dispatch.call(_quantize_rows_op, _quantize_rows_cuda, x)

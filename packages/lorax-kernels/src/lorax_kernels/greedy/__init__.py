@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.greedy.reference import greedy_logprob_ref
 
 __all__ = ["greedy_logprob"]
@@ -32,4 +33,4 @@ def greedy_logprob(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (``[rows]`` float32, the log-softmax of the row at the argmax) from ``[rows, vocab]`` logits."""
     if logits.dim() != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must be [rows, vocab] with vocab > 0, got {tuple(logits.shape)}")
-    return _greedy_op(logits)
+    return dispatch.call(_greedy_op, _greedy_cuda, logits)

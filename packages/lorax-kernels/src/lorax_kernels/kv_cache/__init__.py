@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.kv_cache.reference import FP8_KV_DTYPE, FP8_MAX, reshape_and_cache_ref_
 
 __all__ = ["FP8_KV_DTYPE", "FP8_MAX", "check_kv_scales", "reshape_and_cache_"]
@@ -89,4 +90,6 @@ def reshape_and_cache_(
     if slot_mapping.shape != (k.shape[0],):
         raise ValueError(f"slot_mapping {tuple(slot_mapping.shape)} for {k.shape[0]} tokens")
     check_kv_scales(k_cache, k_scale, v_scale)
-    _cache_op(k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale))
+    dispatch.call(
+        _cache_op, _cache_cuda, k, v, k_cache, v_cache, slot_mapping, float(k_scale), float(v_scale)
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.norm.reference import fused_add_rms_norm_ref, rms_norm_ref
 
 __all__ = ["fused_add_rms_norm", "rms_norm"]
@@ -68,7 +69,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     rounds it. Returns a new contiguous tensor of x's shape and dtype.
     """
     _check(x, weight)
-    return _norm_op(x, weight, float(eps))
+    return dispatch.call(_norm_op, _norm_cuda, x, weight, float(eps))
 
 
 def fused_add_rms_norm(
@@ -85,4 +86,4 @@ def fused_add_rms_norm(
             f"residual {tuple(residual.shape)} {residual.dtype} does not match "
             f"x {tuple(x.shape)} {x.dtype}"
         )
-    return _add_norm_op(x, residual, weight, float(eps))
+    return dispatch.call(_add_norm_op, _add_norm_cuda, x, residual, weight, float(eps))

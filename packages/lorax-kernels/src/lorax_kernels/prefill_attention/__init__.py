@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.decode_attention import check_attention_shapes
 from lorax_kernels.kv_cache import check_kv_scales
 from lorax_kernels.prefill_attention.reference import paged_prefill_attention_ref
@@ -119,7 +120,9 @@ def paged_prefill_attention(
     if sliding_window is not None and sliding_window <= 0:
         raise ValueError(f"sliding_window must be positive, got {sliding_window}")
     check_kv_scales(k_cache, k_scale, v_scale)
-    return _prefill_op(
+    return dispatch.call(
+        _prefill_op,
+        _prefill_cuda,
         q,
         k_cache,
         v_cache,

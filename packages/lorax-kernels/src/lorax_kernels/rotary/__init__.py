@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.rotary.reference import rotary_embedding_ref_
 
 __all__ = ["rotary_embedding_"]
@@ -46,4 +47,4 @@ def rotary_embedding_(qk: torch.Tensor, positions: torch.Tensor, cos_sin: torch.
             f"cos_sin must be float32 [max_positions, {qk.shape[-1]}], got "
             f"{cos_sin.dtype} {tuple(cos_sin.shape)}"
         )
-    _rotary_op(qk, positions, cos_sin)
+    dispatch.call(_rotary_op, _rotary_cuda, qk, positions, cos_sin)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.sgmv.checks import (
     check_decode_shapes,
     check_meta,
@@ -233,7 +234,19 @@ def lora_apply_(
         lora_expand_(y, h, lora_b, slot_ranks, slot_scales, slice_offsets, meta)
         return
     offsets = check_decode_shapes(x, y, lora_a, lora_b, slice_offsets, meta)
-    _decode_op(y, x, lora_a, lora_b, slot_ranks, slot_scales, offsets, meta.token_slots, meta.sync)
+    dispatch.call(
+        _decode_op,
+        _decode_cuda,
+        y,
+        x,
+        lora_a,
+        lora_b,
+        slot_ranks,
+        slot_scales,
+        offsets,
+        meta.token_slots,
+        meta.sync,
+    )
 
 
 def lora_shrink(
@@ -254,7 +267,9 @@ def lora_shrink(
         raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
     check_table_dtype(x.dtype, lora_a)
     check_meta(x.shape[0], lora_a.shape[1], meta)
-    return _shrink_op(
+    return dispatch.call(
+        _shrink_op,
+        _shrink_cuda,
         x,
         lora_a,
         slot_ranks,
@@ -291,7 +306,9 @@ def lora_expand_(
     if h.shape != (num_slices, y.shape[0], lora_b.shape[3]):
         raise ValueError(f"h has shape {tuple(h.shape)}, lora_b {tuple(lora_b.shape)}")
     check_meta(y.shape[0], lora_b.shape[1], meta)
-    _expand_op(
+    dispatch.call(
+        _expand_op,
+        _expand_cuda,
         y,
         h,
         lora_b,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.sgmv.checks import check_expand_inputs, check_shrink_inputs
 from lorax_kernels.sgmv.meta import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
@@ -130,7 +131,15 @@ def lora_shrink_partials(
         raise ValueError(
             f"{x.shape[0]} rows at table rank {lora_a.shape[2]} are not a decode-sized batch"
         )
-    return _shrink_op(x, lora_a, slot_ranks, [int(o) for o in slice_offsets], meta.token_slots)
+    return dispatch.call(
+        _shrink_op,
+        _shrink_cuda,
+        x,
+        lora_a,
+        slot_ranks,
+        [int(o) for o in slice_offsets],
+        meta.token_slots,
+    )
 
 
 def lora_expand_partials_(
@@ -145,4 +154,14 @@ def lora_expand_partials_(
     """The expand half: ``y[t, slice s] += scale * h B^T`` with ``h`` summed from
     :func:`lora_shrink_partials`'s output; with it, ``lora_apply_``'s result bit for bit."""
     offsets = check_expand_inputs(y, lora_b, slice_offsets, meta)
-    _expand_op(y, partials, lora_b, slot_ranks, slot_scales, offsets, meta.token_slots)
+    dispatch.call(
+        _expand_op,
+        _expand_cuda,
+        y,
+        partials,
+        lora_b,
+        slot_ranks,
+        slot_scales,
+        offsets,
+        meta.token_slots,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lorax_kernels import dispatch
 from lorax_kernels.w4a16.reference import (
     dequantize_w4,
     pack_rows,
@@ -82,4 +83,4 @@ def w4a16_matmul(
         raise ValueError(f"perm must be int32 [{k}], got {perm.dtype} {tuple(perm.shape)}")
     if qweight.dtype != torch.int32:
         raise ValueError(f"qweight must be int32, got {qweight.dtype}")
-    return _w4a16_op(x, qweight, scales, zeros, perm, group_size)
+    return dispatch.call(_w4a16_op, _w4a16_cuda, x, qweight, scales, zeros, perm, group_size)
