@@ -36,13 +36,13 @@ def steps(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, int]]]:
 def test_each_step_that_fits_runs_at_start_up(
     make_checkpoint: Callable[[str], Path], steps: list[list[tuple[int, int]]]
 ) -> None:
-    make_engine(make_checkpoint("llama"), limits=LIMITS, max_batch_prefill_tokens=400, lora_slots=2)
+    make_engine(make_checkpoint("llama"), limits=LIMITS, max_batch_prefill_tokens=700, lora_slots=2)
     # The long sequence is split at the 192-token limit, both pieces without adapter; the last
     # step is one token on slot 0 (the one-token LoRA metadata update).
     assert steps == [
         [(17, -1)],
         [(16, -1), (32, 0)],
-        [(5, -1), (16, 0), (192, -1), (108, -1)],
+        [(5, -1), (16, 0), (192, -1), (192, -1), (172, -1)],
         [(1, 0)],
     ]
 
@@ -51,14 +51,14 @@ def test_steps_over_the_prefill_budget_are_skipped(
     make_checkpoint: Callable[[str], Path], steps: list[list[tuple[int, int]]]
 ) -> None:
     make_engine(make_checkpoint("llama"), limits=LIMITS, max_batch_prefill_tokens=40)
-    assert steps == [[(17, -1)], [(1, -1)]]  # 48 and 321 tokens do not fit; no slots: no adapter
+    assert steps == [[(17, -1)], [(1, -1)]]  # 48 and 577 tokens do not fit; no slots: no adapter
 
 
 def test_requests_after_the_warm_up_match_hf(make_checkpoint: Callable[[str], Path]) -> None:
     """Real requests then get the blocks the warm-up wrote KV into: their greedy tokens are
     still HF's."""
     path = make_checkpoint("llama")
-    loaded = make_engine(path, limits=LIMITS, max_batch_prefill_tokens=400, lora_slots=2)
+    loaded = make_engine(path, limits=LIMITS, max_batch_prefill_tokens=700, lora_slots=2)
     col = Collector(loaded)
     prompts = {"a": [5, 9, 14, 3, 22, 7, 11], "b": list(range(4, 40))}
     for rid, prompt in prompts.items():

@@ -65,7 +65,7 @@ def test_split_halves_equal_lora_apply(rows, in_features, widths, ranks) -> None
 def test_split_halves_refuse_what_lora_apply_would_tile() -> None:
     """Prefill-sized batches (and high ranks beyond a few rows) go to the tile kernels, which
     have no split form: a clear error, not a silent slow path."""
-    x, _, (a, _, ranks, _, offsets), meta = _case(300, 32, (16,), [16], 0)
+    x, _, (a, _, ranks, _, offsets), meta = _case(600, 32, (16,), [16], 0)
     with pytest.raises(ValueError, match="decode-sized"):
         lora_shrink_partials(x, a, ranks, offsets, meta)
 

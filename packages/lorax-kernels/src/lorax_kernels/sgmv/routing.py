@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 # Up to this many rows ``lora_apply_`` may run the fused per-token kernel. It reads each token's
-# adapter separately (repeats of one adapter come from L2), which beats the three tile launches
-# until batches are prefill-sized, for small ranks.
-DECODE_MAX_ROWS = 256
+# adapter separately (repeats of one adapter come from L2), which beats the tile launches until
+# batches are prefill-sized, for small ranks. Up to 256 rows it is as fast on the GPU; from 257 to
+# 512 rows (the engine's eager mixed steps: a batch of decodes plus a prompt) it costs more GPU
+# time, but those steps are host-bound and it is one launch a projection instead of two. H200,
+# run 9, 128 decodes + a 256-token prompt on 128 adapters, Llama-3-8B: the step 53.8-57.3 ms with
+# the tiles, 30.8-46.4 ms with the fused kernel (the base model's: 27.7-40.8).
+DECODE_MAX_ROWS = 512
 # Above this table rank the fused kernel only runs for a handful of rows. Measured on the H200
 # (docs/benchmarks.md, one 4096x4096 projection): at rank 8 and 16 it is within 40% of the tiles
 # or faster at every row count up to 256 (15.2 vs 16.4 us at 64 tokens on 64 adapters), but at
