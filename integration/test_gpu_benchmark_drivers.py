@@ -77,6 +77,19 @@ def test_quant_driver_measures_every_method_with_and_without_adapters() -> None:
     assert all(0.0 < drift[m] < 0.1 for m in methods[1:])
 
 
+def test_mixed_steps_driver_times_decode_and_mixed_steps_in_every_mode() -> None:
+    lines = run_driver(BENCHMARKS / "bench_mixed_steps.py", "--tiny --steps 6")
+    rows = [r for r in lines if r["event"] == "mixed_steps"]
+    modes = [(r["lora"], r["fused_max_rows"], r["direct"]) for r in rows]
+    assert len(modes) == 10
+    assert modes[:5] == modes[5:]
+    assert {m[0] for m in modes} == {False, True}
+    for r in rows:
+        # A new prompt every third step: two mixed steps of six, the rest decodes.
+        assert (r["mixed_steps"], r["decode_steps"]) == (2, 4)
+        assert 0 < r["mixed_host_ms_p50"] <= r["mixed_ms_p50"]
+
+
 def test_e2e_driver_sweeps_the_gateway_in_front_of_a_random_engine(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_driver(
