@@ -182,6 +182,8 @@ class Chunking:
 def chunking(
     in_features: int, max_rank: int, slice_offsets: list[int], unit_elements: int
 ) -> Chunking:
+    """The units of a projection with ``in_features`` inputs, slot tables of ``max_rank`` and the
+    given slices, each unit reading about ``unit_elements`` elements of A or B."""
     max_width = max(hi - lo for lo, hi in itertools.pairwise(slice_offsets))
     block_r = max(2, triton.next_power_of_2(max_rank))
     # Widest vector (<= 8 elements, 16 bytes of bf16) that never crosses the end of a B row.
@@ -200,5 +202,6 @@ def padded_offsets(slice_offsets: list[int]) -> list[int]:
 
 
 def check_slices(num_slices: int) -> None:
+    """The kernels take the slices' offsets as four arguments: at most ``MAX_SLICES`` slices."""
     if num_slices > MAX_SLICES:
         raise ValueError(f"at most {MAX_SLICES} slices per projection, got {num_slices}")
