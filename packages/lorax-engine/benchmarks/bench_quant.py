@@ -330,6 +330,7 @@ def main() -> None:
                         **summary,
                     )
             del core, runner, sched
+            t = time.perf_counter()  # the next mode's setup: its runner and graphs
 
 
 if __name__ == "__main__":

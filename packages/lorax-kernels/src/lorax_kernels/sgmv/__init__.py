@@ -14,10 +14,9 @@ import torch
 from lorax_kernels import dispatch
 from lorax_kernels.sgmv.checks import (
     check_decode_shapes,
-    check_meta,
+    check_expand_inputs,
     check_same_rows,
-    check_table_dtype,
-    checked_offsets,
+    check_shrink_inputs,
 )
 from lorax_kernels.sgmv.meta import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
@@ -263,10 +262,7 @@ def lora_shrink(
     ``meta.update_`` (a CUDA-graph bucket); those rows have no adapter and their ``h`` is
     unspecified on CUDA (``lora_expand_`` never reads it).
     """
-    if x.dim() != 2 or lora_a.dim() != 4 or x.shape[1] != lora_a.shape[3]:
-        raise ValueError(f"shape mismatch: x {tuple(x.shape)}, lora_a {tuple(lora_a.shape)}")
-    check_table_dtype(x.dtype, lora_a)
-    check_meta(x.shape[0], lora_a.shape[1], meta)
+    check_shrink_inputs(x, lora_a, meta)
     return dispatch.call(
         _shrink_op,
         _shrink_cuda,
@@ -300,12 +296,9 @@ def lora_expand_(
     slot_scales: ``[num_slots]`` float32; slice_offsets: ``num_slices + 1`` column offsets of the
     slices in ``y``. Tokens without adapter are left untouched.
     """
-    num_slices = lora_b.shape[0]
-    check_table_dtype(y.dtype, lora_b)
-    offsets = checked_offsets(y, lora_b, slice_offsets)
-    if h.shape != (num_slices, y.shape[0], lora_b.shape[3]):
+    offsets = check_expand_inputs(y, lora_b, slice_offsets, meta)
+    if h.shape != (lora_b.shape[0], y.shape[0], lora_b.shape[3]):
         raise ValueError(f"h has shape {tuple(h.shape)}, lora_b {tuple(lora_b.shape)}")
-    check_meta(y.shape[0], lora_b.shape[1], meta)
     dispatch.call(
         _expand_op,
         _expand_cuda,

@@ -85,8 +85,8 @@ def check_decode_shapes(
     slice_offsets: tuple[int, ...] | list[int],
     meta: LoraBatchMeta,
 ) -> list[int]:
-    """Everything the fused decode kernel needs of its arguments; returns the slice offsets."""
-    check_same_rows(x, y)
+    """Everything else the fused decode kernel needs of its arguments, once the caller has
+    checked :func:`check_same_rows`; returns the slice offsets."""
     check_shrink_inputs(x, lora_a, meta)
     if lora_b.dim() == 4 and (
         lora_b.shape[:2] != lora_a.shape[:2] or lora_b.shape[3] != lora_a.shape[2]
