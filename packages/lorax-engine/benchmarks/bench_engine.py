@@ -297,8 +297,7 @@ def main() -> None:
         max_blocks_per_seq=-(-total // bs),
         use_cuda_graphs=not args.eager,
     )
-    if runner.graphs is not None:
-        runner.graphs.capture_all()
+    runner.capture_graphs()
     emit(
         event="graphs",
         s=round(time.perf_counter() - t, 1),

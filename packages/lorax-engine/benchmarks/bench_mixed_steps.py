@@ -1,17 +1,17 @@
-"""Mixed steps (a batch of decodes plus a new prompt's prefill, run eagerly) against decode steps
-(replayed CUDA graphs), on the base model and with one distinct LoRA adapter per request: each
-step's wall time (synchronised) and the host time of its forward's launch
-(``ModelRunner.execute``). Prints JSON lines.
+"""Mixed steps (a batch of decodes plus a new prompt's prefill) against decode steps (replayed
+CUDA graphs), on the base model and with one distinct LoRA adapter per request: each step's wall
+time (synchronised) and the host time of its forward's launch (``ModelRunner.execute``), with
+the mixed steps run eagerly and replayed as mixed-step graphs (``core.mixed_graphs``). Prints
+JSON lines.
 
     PYTHONPATH=packages/lorax-kernels/src:packages/lorax-engine/src \
-        python3 packages/lorax-engine/benchmarks/bench_mixed_steps.py [--tiny]
+        python3 packages/lorax-engine/benchmarks/bench_mixed_steps.py [--tiny] [--profile]
 
 What it answers: end to end, requests arrive all the time, so about one step in three carries a
 prefill; whether those steps are bound by the GPU or by the host launching their kernels, and
-how the adapters change that. Each mode is run twice in turn on one engine: the base model
-through the ``torch.library`` dispatcher and called directly (``lorax_kernels.dispatch``), then
-the adapters the same two ways, then directly with the fused LoRA kernel's row limit at 512
-(``sgmv.routing.DECODE_MAX_ROWS``). ``--tiny``: a small model on the CPU (script check).
+how the adapters and the graphs change that. Each mode (base or adapters, eager or graphs) is
+run twice in turn on one engine. ``--profile``: the first round also prints the GPU kernels of
+one mixed step by GPU time (a graph replay's kernels included). ``--tiny``: a small model on the CPU (script check; no graphs).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from bench_common import model_shape, random_lora, random_prompts
 from bench_engine import NullTokenizer
+from profile_step import kernel_rows
+from torch.profiler import ProfilerActivity, profile
 
-import lorax_kernels.sgmv.routing as routing
 from lorax_engine.core.block_manager import BlockManager
 from lorax_engine.core.engine_core import EngineCore
 from lorax_engine.core.kv_cache import allocate_kv_cache
@@ -37,12 +38,10 @@ from lorax_engine.core.scheduler import Scheduler, SchedulerConfig
 from lorax_engine.lora import LoraSlots
 from lorax_engine.models.loader import build_model, init_random_
 from lorax_engine.params import SamplingParams
-from lorax_kernels import dispatch
 
 PROMPT, NEW_PROMPT, RANK = 512, 256, 16
-# (with adapters, the fused kernel's row limit, ops called directly), each run twice in turn.
-MODES = [(False, 256, False), (False, 256, True), (True, 256, False), (True, 256, True)]
-MODES += [(True, 512, True)]
+# (with adapters, mixed steps replayed as graphs), each run twice in turn.
+MODES = [(False, False), (False, True), (True, False), (True, True)]
 
 
 class LaunchTimer:
@@ -74,9 +73,11 @@ def _measure(
     steps: int,
     adapters: int,
     seed: int,
+    profile_mixed: bool,
 ) -> dict[str, Any]:
     """``batch`` requests decoding (adapter slot ``i % adapters`` when ``adapters``), one new
-    prompt every third step; median wall and launch ms of the decode and the mixed steps."""
+    prompt every third step; median wall and launch ms of the decode and the mixed steps, and
+    with ``profile_mixed`` the kernels of one more mixed step."""
     device = timer.runner.device
     count = 0
 
@@ -107,9 +108,18 @@ def _measure(
         kind = "decode" if core.stats.num_tokens == core.stats.batch_size else "mixed"
         wall[kind].append((time.perf_counter() - start) * 1000)
         host[kind].append(sum(timer.seconds) * 1000)
+    out: dict[str, Any] = {}
+    if profile_mixed:
+        submit(NEW_PROMPT, 8)
+        _sync(device)
+        # On the CPU (--tiny) there are no kernels: only the profile's plumbing is checked.
+        cuda = device.type == "cuda"
+        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+            core.step()
+            _sync(device)
+        out["mixed_kernels"] = kernel_rows(prof, 1, 14)
     while core.scheduler.has_work:
         core.step()
-    out: dict[str, Any] = {}
     for kind in wall:
         if wall[kind]:
             out[f"{kind}_ms_p50"] = round(statistics.median(wall[kind]), 2)
@@ -123,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=128, help="decoding requests (tiny: 8)")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--tiny", action="store_true", help="small model on the CPU (script check)")
+    ap.add_argument("--profile", action="store_true", help="kernels of a mixed step per mode")
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -149,17 +160,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         lora_slots=slots,
         use_cuda_graphs=device.type == "cuda",
     )
-    if runner.graphs is not None:
-        runner.graphs.capture_all()
+    runner.capture_graphs()
     scheduler = Scheduler(SchedulerConfig(4096, 2 * batch), BlockManager(blocks, bs))
     core = EngineCore(scheduler, runner, NullTokenizer(), frozenset())
     timer = LaunchTimer(runner)
-    for seed, (lora, max_rows, direct) in enumerate(MODES * 2):
-        routing.DECODE_MAX_ROWS = max_rows
-        dispatch.set_direct(direct)
+    mixed_graphs = runner.mixed_graphs
+    for seed, (lora, graphs) in enumerate(MODES * 2):
+        runner.mixed_graphs = mixed_graphs if graphs else None
         adapters = batch if lora else 0
-        result = _measure(core, timer, cfg.vocab_size, batch, args.steps, adapters, seed)
-        line = {"lora": lora, "fused_max_rows": max_rows, "direct": direct, **result}
+        profile_mixed = args.profile and seed < len(MODES)
+        result = _measure(
+            core, timer, cfg.vocab_size, batch, args.steps, adapters, seed, profile_mixed
+        )
+        line = {"lora": lora, "mixed_graphs": graphs and mixed_graphs is not None, **result}
         print(json.dumps({"event": "mixed_steps", "batch": batch, **line}), flush=True)
 
 

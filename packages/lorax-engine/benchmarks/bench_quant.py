@@ -281,8 +281,7 @@ def main() -> None:
                 lora_slots=slots,
                 use_cuda_graphs=dev.type == "cuda",
             )
-            if runner.graphs is not None:
-                runner.graphs.capture_all()
+            runner.capture_graphs()
             sched = Scheduler(SchedulerConfig(8192, max_b), BlockManager(blocks, bs))
             core = EngineCore(sched, runner, NullTokenizer(), frozenset())
             emit(

@@ -160,8 +160,7 @@ def main() -> None:
         max_blocks_per_seq=-(-total // bs),
         use_cuda_graphs=dev.type == "cuda",
     )
-    if runner.graphs is not None:
-        runner.graphs.capture_all()
+    runner.capture_graphs()
     sched = Scheduler(SchedulerConfig(8192, args.batch), BlockManager(blocks, bs))
     core = EngineCore(sched, runner, tokenizer, frozenset({EOS_ID}), constraints=factory)
     emit(event="engine", device=str(dev), s=round(time.perf_counter() - t, 1))

@@ -315,6 +315,45 @@ def test_lora_shrink_beside_the_base_gemm_gives_the_serial_tokens(
     assert got[True] == got[False]
 
 
+@pytest.mark.gpu
+def test_mixed_step_graphs_give_the_eager_tokens_and_peft_s(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CUDA, steps that carry prompt chunks replay the mixed-step graphs
+    (``core.mixed_graphs``): fp32 tokens are the eager engine's, for prompts in every token
+    bucket, chunked past the step budget, on three adapters and the base model at once; and
+    PEFT's for the reference prompts (on the GPU's kernels one near-tie may flip, as in
+    ``test_gpu.py``)."""
+    from lorax_engine.core.mixed_graphs import MixedGraphs
+
+    ckpt, root, refs = setup
+    long_prompts = [[(7 * j) % 60 + 1 for j in range(n)] for n in (40, 70, 100, 127)]
+    names = ["r4", "r8", "r16", "base"]
+    jobs = [(f"{n}-{i}", _ref(n), p) for n in names for i, p in enumerate(PROMPTS + long_prompts)]
+    replays = 0
+    run = MixedGraphs.run
+
+    def counted(self: MixedGraphs, *args: Any) -> Any:
+        nonlocal replays
+        replays += 1
+        return run(self, *args)
+
+    monkeypatch.setattr(MixedGraphs, "run", counted)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    got: dict[bool, dict[str, list[int]]] = {}
+    for eager in (False, True):
+        # 128 tokens a step: buckets of 64 and 128, the 100- and 127-token prompts chunked when
+        # they share a step.
+        config = {"device": "cuda", "max_batch_total_tokens": 4096, "eager": eager}
+        with _running_engine(ckpt, root, num_slots=3, max_batch_prefill_tokens=128, **config) as e:
+            got[eager] = _generate(e, jobs)
+        if not eager:
+            assert replays > 0
+    assert got[False] == got[True]
+    pairs = [(got[False][f"{n}-{i}"], refs[n][i]) for n in names for i in range(len(PROMPTS))]
+    assert sum(ours != peft for ours, peft in pairs) <= 1, pairs
+
+
 def test_s3_adapters_through_the_engine(
     setup: tuple[Path, Path, dict[str, list[list[int]]]],
     s3_endpoint: str,

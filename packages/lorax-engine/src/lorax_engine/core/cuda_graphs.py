@@ -12,12 +12,14 @@ from lorax_engine.models.forward_batch import ForwardBatch
 from lorax_kernels import LoraBatchMeta, greedy_logprob
 
 if TYPE_CHECKING:
+    from lorax_engine.core.graph_pool import GraphPool
     from lorax_engine.core.inflight import PendingTokens
     from lorax_engine.core.model_runner import HostBatch, ModelRunner
 
 log = logging.getLogger(__name__)
 
-_Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# (logits, greedy ids, greedy logprobs) of every row the graph computes logits for.
+StepOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
@@ -36,8 +38,9 @@ class DecodeGraphs:
     0 and slot -1: the kernels skip those rows). Graphs are captured on first use of a bucket.
     """
 
-    def __init__(self, runner: ModelRunner, max_num_seqs: int) -> None:
+    def __init__(self, runner: ModelRunner, max_num_seqs: int, pool: GraphPool) -> None:
         self.runner = runner
+        self.pool = pool
         self.buckets = batch_buckets(max_num_seqs)
         n = self.buckets[-1]
         dev = runner.device
@@ -47,8 +50,7 @@ class DecodeGraphs:
         self.block_tables = torch.zeros(n, runner.max_blocks_per_seq, dtype=torch.int32, device=dev)
         self.seq_lens = torch.zeros(n, dtype=torch.int32, device=dev)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)
-        self.pool = None
-        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, _Outputs]] = {}
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, StepOutputs]] = {}
 
     def can_run(self, num_seqs: int) -> bool:
         return num_seqs <= self.buckets[-1]
@@ -67,24 +69,18 @@ class DecodeGraphs:
 
     def _capture(
         self, size: int, lora_meta: LoraBatchMeta | None
-    ) -> tuple[torch.cuda.CUDAGraph, _Outputs]:
+    ) -> tuple[torch.cuda.CUDAGraph, StepOutputs]:
         model = self.runner.model
         batch = self._batch(size, lora_meta)
-        # Warm up outside the graph so lazy initialisation (cuBLAS handles, Triton autotune) is done.
-        for _ in range(2):
-            model.compute_logits(model(batch, self.runner.kv_caches))
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the adapter promoter thread may allocate or sync while a bucket is
-        # captured lazily; in the default global mode that would invalidate the capture.
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+
+        def step() -> StepOutputs:
             logits = model.compute_logits(model(batch, self.runner.kv_caches))  # [size, vocab]
             # The greedy choice, so the common all-greedy batch needs no kernel outside the graph.
-            ids, logprobs = greedy_logprob(logits)
-        if self.pool is None:
-            self.pool = graph.pool()
+            return (logits, *greedy_logprob(logits))
+
+        captured = self.pool.capture(step)
         log.debug("captured decode graph for batch %d (lora=%s)", size, lora_meta is not None)
-        return graph, (logits, ids, logprobs)
+        return captured
 
     def capture_all(self) -> None:
         """Capture every bucket now (largest first, so smaller ones reuse its memory pool)."""
@@ -93,7 +89,7 @@ class DecodeGraphs:
 
     def run(
         self, host: HostBatch, lora_meta: LoraBatchMeta | None, pending: PendingTokens | None
-    ) -> _Outputs:
+    ) -> StepOutputs:
         """Replay the bucket's graph; returns ``(logits, greedy ids, greedy logprobs)`` for n rows.
         ``pending``: the in-flight step whose sampled ids some rows take as input."""
         n = len(host.seq_lens)

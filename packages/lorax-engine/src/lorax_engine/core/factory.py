@@ -167,8 +167,7 @@ def build_engine(
     runner = make_runner(config, model, kv, slots)
     if shards is not None:
         shards.start_runners(runner)
-    if runner.graphs is not None:
-        runner.graphs.capture_all()
+    runner.capture_graphs()
     warm_up(runner, model.cfg.vocab_size)
     queues = None
     if slots is not None:

@@ -10,7 +10,9 @@ import torch
 
 import lorax_kernels
 from lorax_engine.core.cuda_graphs import DecodeGraphs
+from lorax_engine.core.graph_pool import GraphPool
 from lorax_engine.core.inflight import PendingTokens
+from lorax_engine.core.mixed_graphs import MixedGraphs
 from lorax_engine.core.request import Request
 from lorax_engine.core.scheduler import ScheduledChunk
 from lorax_engine.lora import LoraSlots
@@ -49,7 +51,7 @@ class HostBatch:
 
 
 class ModelRunner:
-    """Owns the model, its KV cache and (on CUDA) the decode graphs."""
+    """Owns the model, its KV cache and (on CUDA) the decode and mixed-step graphs."""
 
     def __init__(
         self,
@@ -76,13 +78,24 @@ class ModelRunner:
                 max_num_tokens, lora_slots.num_slots, self.device
             )
         self.graphs: DecodeGraphs | None = None
+        self.mixed_graphs: MixedGraphs | None = None
         if use_cuda_graphs:
-            self.graphs = DecodeGraphs(self, max_num_seqs)
+            pool = GraphPool()
+            self.graphs = DecodeGraphs(self, max_num_seqs, pool)
+            self.mixed_graphs = MixedGraphs(self, max_num_seqs, pool)
         # Tensor parallelism (lorax_engine.distributed): gets each step's `forward` arguments
         # before rank 0 runs it, and sends them to the other shards, which run the same step.
         self.on_step: Callable[[HostBatch, list[int], bool, PendingTokens | None], None] | None = (
             None
         )
+
+    def capture_graphs(self) -> None:
+        """Capture every decode graph (without LoRA: those are captured on first use) and every
+        mixed-step graph now; nothing without CUDA graphs."""
+        if self.graphs is not None:
+            self.graphs.capture_all()
+        if self.mixed_graphs is not None:
+            self.mixed_graphs.capture_all()
 
     def build_host_batch(
         self, chunks: Sequence[ScheduledChunk], pending: PendingTokens | None = None
@@ -217,9 +230,10 @@ class ModelRunner:
                 score_owner.append(i)
         sample_rows = [int(qsl[i + 1]) - 1 for i in sampling]
         # [rows, vocab]
-        logits, _ = self._forward_hooked(host, score_rows + sample_rows, False, pending)
+        logits, greedy = self._forward_hooked(host, score_rows + sample_rows, False, pending)
         prompt_logprobs: dict[int, list[float]] = {}
         if score_rows:
+            greedy = None  # the sampler computes it for the sampling rows alone
             n = len(score_rows)
             lp = torch.log_softmax(logits[:n].float(), dim=-1)
             nxt = torch.tensor(score_next, dtype=torch.long, device=self.device).unsqueeze(1)
@@ -227,7 +241,7 @@ class ModelRunner:
             for owner, v in zip(score_owner, values, strict=True):
                 prompt_logprobs.setdefault(owner, []).append(v)
             logits = logits[n:]
-        return RunnerOutput(logits, prompt_logprobs=prompt_logprobs)
+        return RunnerOutput(logits, greedy, prompt_logprobs)
 
     def _forward_hooked(
         self, host: HostBatch, rows: list[int], use_graph: bool, pending: PendingTokens | None
@@ -246,14 +260,18 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Run one step on this model (shard): ``[len(rows), vocab]`` logits of ``rows``.
 
-        ``use_graph``: replay the decode graph instead, for every row, which also gives the greedy
-        ``(ids, logprobs)``. Every shard of a sharded model calls this with the same arguments.
+        ``use_graph``: replay the decode graph instead, for every row. A step that fits the
+        mixed-step graphs replays one of those. Both also give the greedy ``(ids, logprobs)`` of
+        the rows. Every shard of a sharded model calls this with the same arguments.
         """
+        lora_meta = self._lora_meta_for(host.token_slots)
         if use_graph:
             assert self.graphs is not None
-            logits, ids, logprobs = self.graphs.run(
-                host, self._lora_meta_for(host.token_slots), pending
-            )
+            logits, ids, logprobs = self.graphs.run(host, lora_meta, pending)
+            return logits, (ids, logprobs)
+        mixed = self.mixed_graphs
+        if mixed is not None and mixed.can_run(len(host.input_ids), len(host.seq_lens), len(rows)):
+            logits, ids, logprobs = mixed.run(host, rows, lora_meta, pending)
             return logits, (ids, logprobs)
         dev = self.device
         batch = ForwardBatch(
@@ -264,7 +282,7 @@ class ModelRunner:
             seq_lens=torch.from_numpy(host.seq_lens).to(dev, non_blocking=True),
             query_start_loc=torch.from_numpy(host.query_start_loc).to(dev, non_blocking=True),
             is_decode=host.is_decode,
-            lora_meta=self._lora_meta_for(host.token_slots),
+            lora_meta=lora_meta,
         )
         self.patch_pending(batch.input_ids, host, pending)
         hidden = self.model(batch, self.kv_caches)  # [num_tokens, hidden]

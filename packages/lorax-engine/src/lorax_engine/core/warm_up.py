@@ -3,14 +3,16 @@ to compile.
 
 On CUDA a Triton kernel compiles on its first launch, once per specialisation (Triton specialises
 integer arguments that equal 1 or are divisible by 16, and pointers by alignment): seconds for
-the prefill path's attention, KV write, norm, rotary and LoRA kernels. Capturing the decode
-graphs compiles the decode step's kernels; nothing ran a prefill before the first request did.
-The steps here cover one and several sequences, token counts divisible by 16 and not, tokens
-with and without an adapter slot, a step past the fused LoRA kernel's row limit (the tiled
-path), and one token on an adapter: the LoRA metadata update runs outside the decode graphs, and
-its one-token variant would otherwise compile at the first decode step with one adapter request.
-Their KV lands in blocks nobody owns yet, and a request writes its own KV before it reads it, so
-nothing they leave behind is ever read. On CPU the steps cost milliseconds.
+the prefill path's attention, KV write, norm, rotary and LoRA kernels. Capturing the graphs
+compiles the kernels of the steps they replay; the steps here compile the eager path's. They
+cover one and several sequences, token counts divisible by 16 and not, tokens with and without
+an adapter slot, a step past the fused LoRA kernel's row limit (the tiled path), and one token
+on an adapter: the LoRA metadata update runs outside the graphs, and its one-token variant would
+otherwise compile at the first decode step with one adapter request. With the mixed-step graphs
+(``core.mixed_graphs``) each prompt step's first sequence is longer by ``MAX_GRAPH_TOKENS``, so
+that the step runs eagerly as steps too large for the graphs do (its token count keeps its class
+modulo 16). Their KV lands in blocks nobody owns yet, and a request writes its own KV before it
+reads it, so nothing they leave behind is ever read. On CPU the steps cost milliseconds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 
 import torch
 
+from lorax_engine.core.mixed_graphs import MAX_GRAPH_TOKENS
 from lorax_engine.core.model_runner import ModelRunner
 from lorax_engine.core.request import Request
 from lorax_engine.core.scheduler import ScheduledChunk
@@ -43,14 +46,18 @@ WARM_UP_STEPS: tuple[tuple[tuple[int, bool], ...], ...] = (
 def warm_up(runner: ModelRunner, vocab_size: int) -> int:
     """Run the warm-up steps that fit the runner's limits (tokens per step, blocks per sequence,
     blocks in the pool) and their greedy choice; returns how many ran. Call it before any
-    request or adapter is admitted, after the decode graphs are captured (with tensor
+    request or adapter is admitted, after the graphs are captured (with tensor
     parallelism, the workers mirror these steps only once their captures are done)."""
     bs = runner.block_size
     max_len = runner.max_blocks_per_seq * bs
     pool = runner.kv_caches[0][0].shape[0]
     start = time.perf_counter()
     ran = 0
+    longer = MAX_GRAPH_TOKENS if runner.mixed_graphs is not None else 0
     for step in WARM_UP_STEPS:
+        (first, first_lora), *rest = step
+        if first > 1:
+            step = ((first + longer, first_lora), *rest)
         seqs = [(n, lora) for length, lora in step for n in _pieces(length, max_len)]
         if (
             sum(n for n, _ in seqs) > runner.max_num_tokens

@@ -71,8 +71,7 @@ def worker_main(rank: int, launch: ShardLaunch) -> None:
         model.shard_cfg, num_blocks, config.block_size, config.torch_kv_dtype, device
     )
     runner = make_runner(config, model, kv, slots)
-    if runner.graphs is not None:
-        runner.graphs.capture_all()  # rank 0 captures the same graphs at the same time
+    runner.capture_graphs()  # rank 0 captures the same graphs at the same time
     while True:
         message = _receive(control)
         kind = message[0]
