@@ -70,9 +70,21 @@ def _check_decode(
 
 
 def _check_prefill(
-    q_lens, lens, q_heads, kv_heads, head_dim, page, window, dtype, cache_dtype=None, **knobs
+    q_lens,
+    lens,
+    q_heads,
+    kv_heads,
+    head_dim,
+    page,
+    window,
+    dtype,
+    cache_dtype=None,
+    *,
+    pad=0,
+    **knobs,
 ):
-    """Triton against the reference; ``cache_dtype`` (default: ``dtype``) may be fp8."""
+    """Triton against the reference; ``cache_dtype`` (default: ``dtype``) may be fp8. ``pad``
+    query rows past the last run belong to no sequence (a CUDA graph's padding): not compared."""
     from lorax_kernels.prefill_attention.triton import paged_prefill_attention
 
     cache_dtype = cache_dtype or dtype
@@ -81,7 +93,7 @@ def _check_prefill(
     k_cache, v_cache, tables = _paged_cache(
         lens, kv_heads, head_dim, page, cache_dtype, gen, scales
     )
-    q = torch.randn(sum(q_lens), q_heads, head_dim, generator=gen).to(DEVICE, dtype)
+    q = torch.randn(sum(q_lens) + pad, q_heads, head_dim, generator=gen).to(DEVICE, dtype)
     qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     qsl = qsl.to(DEVICE)
     seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
@@ -93,7 +105,8 @@ def _check_prefill(
         q.float(), k_cache, v_cache, tables, qsl, seq_lens, scale, window, *scales
     )
     atol, rtol = TOL[dtype]
-    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
+    real = sum(q_lens)
+    torch.testing.assert_close(out[:real].float(), ref[:real], atol=atol, rtol=rtol)
 
 
 # (q heads, kv heads): ratios 1, 3 (not a power of two, like Qwen2-7B's 7), 4, 8.
@@ -181,12 +194,33 @@ def test_prefill_small(q_heads, kv_heads, window, dtype) -> None:
     _check_prefill(q_lens, lens, q_heads, kv_heads, 32, 4, window, dtype, block_m=16, block_n=16)
 
 
+# A mixed step's runs: one-token decodes around a prompt and an extend; empty runs (q_len 0, and
+# seq_len 0) at the end, with padding rows past the last run, as a CUDA graph replays them.
+MIXED_Q_LENS, MIXED_LENS = [1, 23, 1, 5, 1, 0, 0], [9, 23, 30, 12, 1, 0, 6]
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
+# Groups of 1 (MHA), 4, 7 (Qwen2-7B's 28 / 4, and on a single kv head) and 20 (past BLOCK_M).
+@pytest.mark.parametrize(("q_heads", "kv_heads"), [(4, 4), (8, 2), (7, 1), (28, 4), (20, 1)])
+@pytest.mark.parametrize("window", [None, 5])
+def test_prefill_packs_query_heads(q_heads, kv_heads, window, dtype) -> None:
+    """A tile's 16 rows are query heads of consecutive tokens: with a group of 4 a 23-token run
+    spans 92 rows (6 tiles, ending mid-tile), with 7 a 5-token run spans 35 (3 tiles) and a tile
+    starts mid-token; with 20 every token's group spans two tiles; a decode's group fills part of
+    one tile."""
+    knobs = {"block_m": 16, "block_n": 16}
+    args = (q_heads, kv_heads, 32, 4, window, dtype)
+    _check_prefill(MIXED_Q_LENS, MIXED_LENS, *args, pad=5, **knobs)
+
+
 @pytest.mark.parametrize("dtype", DOT_DTYPES, ids=str)
 @pytest.mark.parametrize("window", [None, 9])
 def test_prefill_fp8_cache(window, dtype) -> None:
     q_lens, lens = [19, 5, 0, 40], [19, 37, 3, 40]
     knobs = {"block_m": 16, "block_n": 16}
     _check_prefill(q_lens, lens, 8, 2, 32, 4, window, dtype, FP8_KV_DTYPE, **knobs)
+    args = (MIXED_Q_LENS, MIXED_LENS, 28, 4, 32, 4, window, dtype, FP8_KV_DTYPE)
+    _check_prefill(*args, pad=3, **knobs)
 
 
 def test_head_dim_not_a_power_of_two() -> None:
