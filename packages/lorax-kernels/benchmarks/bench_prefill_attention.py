@@ -2,6 +2,8 @@
 
 FLOPs counted: 4 · heads · head_dim per visible (query, key) pair (QKᵀ and PV), causal.
 For scale, the same problem through PyTorch's scaled_dot_product_attention on contiguous tensors.
+Then the engine's mixed step (decodes beside a new prompt, one launch): its K/V bytes read once
+per KV head, against the measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -76,13 +78,58 @@ def measure(num_seqs: int, q_len: int, prefix: int, matmul_tflops: float) -> lis
     return rows
 
 
-def run(matmul_tflops: float) -> str:
+# The mixed step: 128 one-token decode runs over 512 cached tokens beside one 256-token prompt.
+MIXED_DECODES, MIXED_CONTEXT, MIXED_PROMPT = 128, 512, 256
+# Smaller tiles waste fewer rows on one-token runs (and cost whole prompts 2-3x: run 10).
+MIXED_KNOB_SETS: list[dict[str, Any]] = [
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3},
+    {"block_m": 32, "block_n": 64, "num_warps": 4, "num_stages": 3},
+    {"block_m": 16, "block_n": 64, "num_warps": 4, "num_stages": 3},
+    {"block_m": 32, "block_n": 128, "num_warps": 4, "num_stages": 3},
+]
+
+
+def measure_mixed(copy_gbps: float) -> list[list[object]]:
+    """Rows for the mixed step: µs a call and its K/V bytes (each read once) per µs."""
+    runs = [(1, MIXED_CONTEXT - 1)] * MIXED_DECODES + [(MIXED_PROMPT, 0)]  # (q_len, prefix)
+    blocks_per_seq = -(-max(q + p for q, p in runs) // PAGE)
+    blocks = len(runs) * blocks_per_seq
+    k_cache = torch.randn(blocks, PAGE, KV_HEADS, HEAD_DIM, device="cuda", dtype=DT)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.randperm(blocks, device="cuda").view(len(runs), -1).int()
+    q_lens = torch.tensor([q for q, _ in runs], dtype=torch.int32)
+    qsl = torch.cat([torch.zeros(1, dtype=torch.int32), q_lens.cumsum(0)]).int().cuda()
+    lens = torch.tensor([q + p for q, p in runs], device="cuda", dtype=torch.int32)
+    q = torch.randn(int(q_lens.sum()), Q_HEADS, HEAD_DIM, device="cuda", dtype=DT)
+    kv_bytes = 2 * int(lens.sum()) * KV_HEADS * HEAD_DIM * k_cache.element_size()
+    rows: list[list[object]] = []
+    for knobs in MIXED_KNOB_SETS:
+
+        def call(kn: dict[str, Any] = knobs) -> torch.Tensor:
+            return prefill_triton.paged_prefill_attention(
+                q, k_cache, v_cache, tables, qsl, lens, HEAD_DIM**-0.5, **kn
+            )
+
+        us = time_graph_us([call] * 5)
+        gbps = kv_bytes / us / 1e3
+        rows.append([str(knobs), us, gbps, 100 * gbps / copy_gbps])
+    return rows
+
+
+def run(matmul_tflops: float, copy_gbps: float) -> str:
     """Shapes around 4k tokens: whole prompts, extends over a prefix, several sequences."""
     rows: list[list[object]] = []
     for num_seqs, q_len, prefix in [(1, 4096, 0), (4, 1024, 0), (1, 1024, 3072), (16, 256, 0)]:
         rows += measure(num_seqs, q_len, prefix, matmul_tflops)
         torch.cuda.empty_cache()
     out = "### Paged prefill attention (bf16, 32 q / 8 kv heads, d 128, block 16, causal)\n\n"
-    return out + markdown_table(
+    out += markdown_table(
         ["seqs", "q_len", "prefix", "config", "µs/call", "TFLOP/s", "% of matmul"], rows
+    )
+    out += (
+        f"\n\n### Mixed step: {MIXED_DECODES} one-token runs over {MIXED_CONTEXT} tokens "
+        f"+ one {MIXED_PROMPT}-token prompt\n\n"
+    )
+    return out + markdown_table(
+        ["config", "µs/call", "K/V GB/s", "% of copy BW"], measure_mixed(copy_gbps)
     )

@@ -9,6 +9,7 @@ engine, so a kernel timed back to back overlaps its own next call).
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -59,7 +60,7 @@ def main() -> None:
         ("decode", bench_decode_attention.run, copy_gbs),
         ("sgmv", bench_sgmv.run, copy_gbs),
         ("side", bench_lora_side_stream.run, copy_gbs),
-        ("prefill", bench_prefill_attention.run, mm),
+        ("prefill", functools.partial(bench_prefill_attention.run, copy_gbps=copy_gbs), mm),
         ("cache", bench_reshape_and_cache.run, copy_gbs),
         ("fused", bench_fused.run, copy_gbs),
         ("greedy", bench_greedy.run, copy_gbs),
