@@ -136,7 +136,10 @@ class MixedGraphs:
             for lora in variants:
                 self._graphs[(size, lora)] = self._capture(size, self._meta_for(size, lora))
         for lora in variants:
-            costs = [self._replay_ms(size, lora) for size in self.buckets]
+            # Summed over the shards of a sharded model, so that every shard picks the same
+            # bucket: a graph's all-reduces must have the same size on all of them.
+            timed = torch.tensor([self._replay_ms(size, lora) for size in self.buckets])
+            costs = self.runner.model.tp.all_reduce_(timed.to(self.runner.device)).tolist()
             self._choice[lora] = cheapest_from(costs)
             log.info(
                 "mixed-step graphs (lora=%s), replay ms per bucket: %s",
