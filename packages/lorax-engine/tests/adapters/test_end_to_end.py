@@ -315,6 +315,51 @@ def test_lora_shrink_beside_the_base_gemm_gives_the_serial_tokens(
     assert got[True] == got[False]
 
 
+class _ReplayedEagerly:
+    """A stand-in for a captured CUDA graph on the CPU: a replay runs the step again and writes
+    its results into the outputs the capture returned, as a real replay does."""
+
+    def __init__(self, step: Callable[[], Any]) -> None:
+        self.step = step
+        self.outputs = step()
+
+    def replay(self) -> None:
+        for kept, new in zip(self.outputs, self.step(), strict=True):
+            kept.copy_(new)
+
+
+class _EagerPool:
+    """``GraphPool``'s interface without CUDA: each capture is a `_ReplayedEagerly`."""
+
+    def capture(self, step: Callable[[], Any]) -> tuple[_ReplayedEagerly, Any]:
+        graph = _ReplayedEagerly(step)
+        return graph, graph.outputs
+
+
+def test_mixed_step_graph_inputs_give_the_eager_tokens_on_cpu(
+    setup: tuple[Path, Path, dict[str, list[list[int]]]],
+) -> None:
+    """The mixed-step graphs' static inputs (``core.mixed_graphs``), replayed eagerly on the CPU:
+    steps padded to their token bucket, with empty sequence places and logits gathered through
+    the static row index, give PEFT's fp32 tokens on three adapters and the base model at once,
+    and the replays ran."""
+    from lorax_engine.core.mixed_graphs import MixedGraphs
+
+    ckpt, root, refs = setup
+    names = ["r4", "r8", "r16", "base"]
+    jobs = [(f"{n}-{i}", _ref(n), p) for n in names for i, p in enumerate(PROMPTS)]
+    with _running_engine(ckpt, root, num_slots=3, max_batch_prefill_tokens=48) as engine:
+        runner = engine.core.runner
+        graphs = MixedGraphs(runner, 16, _EagerPool())  # type: ignore[arg-type]
+        runner.mixed_graphs = graphs
+        got = _generate(engine, jobs)
+    assert {size for size, _ in graphs._graphs} >= {32}  # pyright: ignore[reportPrivateUsage]
+    assert any(lora for _, lora in graphs._graphs)  # pyright: ignore[reportPrivateUsage]
+    for name in names:
+        for i in range(len(PROMPTS)):
+            assert got[f"{name}-{i}"] == refs[name][i], (name, i)
+
+
 @pytest.mark.gpu
 def test_mixed_step_graphs_give_the_eager_tokens_and_peft_s(
     setup: tuple[Path, Path, dict[str, list[list[int]]]], monkeypatch: pytest.MonkeyPatch
