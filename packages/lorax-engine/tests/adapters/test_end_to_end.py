@@ -336,13 +336,14 @@ class _EagerPool:
         return graph, graph.outputs
 
 
-def test_mixed_step_graph_inputs_give_the_eager_tokens_on_cpu(
+def test_graph_inputs_give_the_eager_tokens_on_cpu(
     setup: tuple[Path, Path, dict[str, list[list[int]]]],
 ) -> None:
-    """The mixed-step graphs' static inputs (``core.mixed_graphs``), replayed eagerly on the CPU:
-    steps padded to their token bucket, with empty sequence places and logits gathered through
-    the static row index, give PEFT's fp32 tokens on three adapters and the base model at once,
-    and the replays ran."""
+    """The decode and mixed-step graphs' static inputs (``core.cuda_graphs``,
+    ``core.mixed_graphs``), replayed eagerly on the CPU: steps padded to their bucket, with empty
+    sequence places and logits gathered through the static row index, give PEFT's fp32 tokens
+    on three adapters and the base model at once, and both kinds of replay ran."""
+    from lorax_engine.core.cuda_graphs import DecodeGraphs
     from lorax_engine.core.mixed_graphs import MixedGraphs
 
     ckpt, root, refs = setup
@@ -350,11 +351,11 @@ def test_mixed_step_graph_inputs_give_the_eager_tokens_on_cpu(
     jobs = [(f"{n}-{i}", _ref(n), p) for n in names for i, p in enumerate(PROMPTS)]
     with _running_engine(ckpt, root, num_slots=3, max_batch_prefill_tokens=48) as engine:
         runner = engine.core.runner
-        graphs = MixedGraphs(runner, 16, _EagerPool())  # type: ignore[arg-type]
-        runner.mixed_graphs = graphs
+        runner.graphs = decode = DecodeGraphs(runner, 16, _EagerPool())  # type: ignore[arg-type]
+        runner.mixed_graphs = mixed = MixedGraphs(runner, 16, _EagerPool())  # type: ignore[arg-type]
         got = _generate(engine, jobs)
-    assert {size for size, _ in graphs._graphs} >= {32}  # pyright: ignore[reportPrivateUsage]
-    assert any(lora for _, lora in graphs._graphs)  # pyright: ignore[reportPrivateUsage]
+    for graphs in (decode, mixed):
+        assert any(lora for _, lora in graphs._graphs)  # pyright: ignore[reportPrivateUsage]
     for name in names:
         for i in range(len(PROMPTS)):
             assert got[f"{name}-{i}"] == refs[name][i], (name, i)
