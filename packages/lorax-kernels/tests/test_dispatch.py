@@ -24,15 +24,11 @@ def test_cpu_tensors_go_through_the_op() -> None:
     assert (out, calls) == ("op", ["op"])
 
 
-def test_cuda_tensors_call_the_implementation_unless_switched_off(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_cuda_tensors_call_the_implementation() -> None:
     on_cuda = SimpleNamespace(is_cuda=True)  # what the dispatch reads of the first argument
     calls: list[str] = []
     assert dispatch.call(_record(calls, "op"), _record(calls, "cuda"), on_cuda) == "cuda"
-    monkeypatch.setattr(dispatch, "_direct", False)
-    assert dispatch.call(_record(calls, "op"), _record(calls, "cuda"), on_cuda) == "op"
-    assert calls == ["cuda", "op"]
+    assert calls == ["cuda"]
 
 
 def test_a_compile_trace_goes_through_the_op(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,19 +19,10 @@ import torch
 
 R = TypeVar("R")
 
-_direct = True
-
-
-def set_direct(enabled: bool) -> None:
-    """Call the CUDA implementations directly from now on, or always through the custom ops
-    (the benchmarks' A/B)."""
-    global _direct
-    _direct = enabled
-
 
 def call(op: Callable[..., R], cuda_impl: Callable[..., R], *args: Any) -> R:
     """``op(*args)``, or ``cuda_impl(*args)`` directly when the first argument (a tensor of the
     op's device) is on CUDA and no ``torch.compile`` trace is running."""
-    if _direct and args[0].is_cuda and not torch.compiler.is_compiling():
+    if args[0].is_cuda and not torch.compiler.is_compiling():
         return cuda_impl(*args)
     return op(*args)

@@ -4,12 +4,12 @@ Served under load, about one step in three carries a new prompt next to the runn
 Run eagerly such a step is bound by the host launching its ~30 kernels a layer (and a LoRA
 launch per projection with adapters): on the H200 with Llama-3-8B, 128 decodes plus a 256-token
 prompt took 15-19 ms of launch time on the base model and 26-37 ms with 128 adapters, against
-~22 ms of GPU time (run 10, bench_mixed_steps.py). Replayed as one graph, the launch costs the
-same few tens of microseconds as a decode step's.
+20.7 and 29.7 ms of GPU time (run 10, bench_mixed_steps.py). Replayed as one graph, the step's
+launch took 1.6-3.6 ms of host time, most of it its input uploads.
 
 What makes the step capturable: the prefill attention's grid depends only on the token and
 sequence counts, and the LoRA metadata lives in fixed buffers (``LoraBatchMeta``). A step of
-``t`` tokens over ``n`` sequences replays the graph of the smallest token bucket ``>= t``, which
+``t`` tokens over ``n`` sequences replays the graph of a token bucket ``>= t`` (below), which
 always has ``max_num_seqs`` sequence places: places past ``n`` are empty (no query rows, KV
 length 0) and token rows past ``t`` are padding (KV slot -1, no adapter), computed and ignored.
 Logits are computed for at most ``max_num_seqs`` rows, gathered through a static index.

@@ -146,7 +146,7 @@ def decode_shrink_(
     num_rows = x.shape[0]
     check_slices(num_slices)
     c = chunking(in_features, max_rank, slice_offsets, UNIT_ELEMENTS)
-    expected = (num_rows * num_slices, c.split, c.block_r)
+    expected = decode_partials_shape(num_rows, lora_a, slice_offsets)
     if partials.shape != expected or not partials.is_contiguous():
         raise ValueError(f"partials {tuple(partials.shape)}: contiguous {expected} needed")
     if partials.dtype != torch.float32:

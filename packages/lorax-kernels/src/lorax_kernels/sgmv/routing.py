@@ -8,7 +8,9 @@ from __future__ import annotations
 # 512 rows (the engine's eager mixed steps: a batch of decodes plus a prompt) it costs more GPU
 # time, but those steps are host-bound and it is one launch a projection instead of two. H200,
 # run 9, 128 decodes + a 256-token prompt on 128 adapters, Llama-3-8B: the step 53.8-57.3 ms with
-# the tiles, 30.8-46.4 ms with the fused kernel (the base model's: 27.7-40.8).
+# the tiles, 30.8-46.4 ms with the fused kernel (the base model's: 27.7-40.8). Since run 10 such
+# steps replay CUDA graphs (no launch cost); there the two paths take the same GPU time (the same
+# step 26.0 ms with the tiles, 26.1-26.3 with the fused kernel), so the limit stays.
 DECODE_MAX_ROWS = 512
 # Above this table rank the fused kernel only runs for a handful of rows. Measured on the H200
 # (docs/benchmarks.md, one 4096x4096 projection): at rank 8 and 16 it is within 40% of the tiles
