@@ -2,9 +2,10 @@
 then every projection of one Llama-3-8B layer (fused q/k/v and gate/up) at a decode point, with
 bf16 and with float8 e4m3 slot tables (the engine's ``--lora-dtype fp8``).
 
-Two paths: ``lora_apply_`` (what the engine calls: the fused one-launch kernel up to
-``DECODE_MAX_ROWS`` rows, the tiles above) and the tile path alone (``lora_shrink`` then
-``lora_expand_``: split-K shrink, its partial sum, expand), for comparison at every point.
+Two paths: ``lora_apply_`` (what the engine calls: the fused one-launch kernel or its per-token
+form up to ``DECODE_MAX_ROWS`` rows, the tiles above) and the tile path alone (``lora_shrink``
+then ``lora_expand_``: split-K shrink, its partial sum, expand), for comparison at every point.
+The issue's goal point (64 tokens on 64 rank-16 adapters) also with and without PDL launches.
 
 Roofline: the distinct adapters' A and B read once at the measured copy bandwidth. Each captured
 call uses its own random set of slots out of a large slot table (hundreds of MB), so adapters are
@@ -17,10 +18,11 @@ from __future__ import annotations
 import torch
 from common import markdown_table, time_graph_us
 
-from lorax_kernels import LoraBatchMeta, lora_apply_, lora_expand_, lora_shrink
-from lorax_kernels.sgmv import DECODE_MAX_ROWS
+from lorax_kernels import LoraBatchMeta, lora_apply_, lora_expand_, lora_shrink, pdl
+from lorax_kernels.sgmv import uses_fused_kernel
 from lorax_kernels.sgmv.decode import decode_lora_
 from lorax_kernels.sgmv.decode_units import UNIT_ELEMENTS
+from lorax_kernels.sgmv.routing import uses_token_kernel
 
 HIDDEN, DT = 4096, torch.bfloat16
 
@@ -178,6 +180,43 @@ def decode_sweep(copy_gbs: float) -> str:
     )
 
 
+def _path(tokens: int, rank: int) -> str:
+    """The kernel ``lora_apply_`` runs for a 4096 -> 4096 projection."""
+    if uses_token_kernel(tokens, rank, [0, HIDDEN]):
+        return "per-token"
+    return "fused" if uses_fused_kernel(tokens, rank) else "tiled"
+
+
+def goal_point(copy_gbs: float) -> str:
+    """64 tokens on 64 rank-16 adapters, one 4096 -> 4096 projection: ``lora_apply_`` (the
+    per-token kernel) and the fused kernel, each with PDL launches and plain ones. Back to back
+    in a graph, a PDL launch lets each call's B loads overlap the call ahead of it."""
+    tables = Tables(16, 2048)
+    x = torch.randn(64, HIDDEN, device="cuda", dtype=DT)
+    y = torch.zeros(64, HIDDEN, device="cuda", dtype=DT)
+    metas = []
+    for _ in range(8):
+        meta = LoraBatchMeta.allocate(64, tables.slots, "cuda")
+        meta.update_(torch.randperm(tables.slots, device="cuda")[:64].int())
+        metas.append(meta)
+    tabs = (tables.a, tables.b, tables.ranks, tables.scales, tables.offsets)
+    read_us = tables.adapter_bytes() * 64 / copy_gbs / 1e3
+    was_enabled = pdl.enabled()
+    rows = []
+    for launches in ("PDL", "plain"):
+        pdl.set_enabled(launches == "PDL")
+        apply_us = time_graph_us([lambda m=m: lora_apply_(y, x, *tabs, m) for m in metas] * 2)
+        fused_us = _time_decode(tables, x, y, metas, UNIT_ELEMENTS, 4)
+        rows.append([launches, apply_us, apply_us / read_us, fused_us, fused_us / read_us])
+    pdl.set_enabled(was_enabled)
+    header = ["launches", "µs lora_apply_ (per-token)", "× read", "µs fused kernel", "× read"]
+    title = (
+        f"\n\n#### Goal point: 64 tokens on 64 rank-16 adapters, 4096 → 4096 "
+        f"(read at copy BW: {read_us:.2f} µs)\n\n"
+    )
+    return title + markdown_table(header, rows)
+
+
 def run(copy_gbs: float) -> str:
     """tokens × distinct adapters × rank grid; one slice (a 4096->4096 projection)."""
     rows = []
@@ -189,7 +228,7 @@ def run(copy_gbs: float) -> str:
                     continue
                 us, tiled_us, base_us = measure(tables, tokens, distinct)
                 read_us = distinct * 2 * rank * HIDDEN * 2 / copy_gbs / 1e3
-                path = "fused" if tokens <= DECODE_MAX_ROWS else "tiled"
+                path = _path(tokens, rank)
                 rows.append(
                     [
                         tokens,
@@ -226,6 +265,7 @@ def run(copy_gbs: float) -> str:
         ],
         rows,
     )
+    out += goal_point(copy_gbs)
     out += per_layer(copy_gbs) + per_layer(copy_gbs, table_dtype=torch.float8_e4m3fn)
     out += decode_sweep(copy_gbs)
     return out + (

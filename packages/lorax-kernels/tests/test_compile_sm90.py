@@ -109,6 +109,7 @@ def _multi_lora() -> None:
         decode_partials_shape,
         decode_shrink_,
     )
+    from lorax_kernels.sgmv.decode_token import decode_token_lora_
     from lorax_kernels.sgmv.meta import sync_size
     from lorax_kernels.sgmv.triton import expand_, shrink
 
@@ -127,6 +128,7 @@ def _multi_lora() -> None:
         a = torch.empty(3, slots, rank, 4096, dtype=table_dtype)
         b = torch.empty(3, slots, max(widths), rank, dtype=table_dtype)
         decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync)
+        decode_token_lora_(y[:, :4096], x, a[:1], b[:1], ranks, scales, [0, 4096], token_slots)
         partials = torch.empty(decode_partials_shape(rows, a, offsets))
         decode_shrink_(partials, x, a, ranks, offsets, token_slots)
         decode_expand_(y, partials, b, ranks, scales, offsets, token_slots)

@@ -20,3 +20,18 @@ def test_high_ranks_take_the_tiles_beyond_a_few_rows() -> None:
         assert uses_fused_kernel(4, rank)
         assert not uses_fused_kernel(16, rank)
         assert not uses_fused_kernel(64, rank)
+
+
+def test_narrow_projections_at_mid_sized_batches_take_the_per_token_kernel() -> None:
+    # 64 tokens on 64 rank-16 adapters, 4096 -> 4096: per-token 8.9 us, fused 13.1 us.
+    from lorax_kernels.sgmv.routing import uses_token_kernel
+
+    o_proj, qkv, gate_up = [0, 4096], [0, 4096, 5120, 6144], [0, 14336, 28672]
+    assert uses_token_kernel(64, 16, o_proj)
+    assert uses_token_kernel(17, 8, o_proj)
+    assert uses_token_kernel(96, 16, o_proj)
+    assert not uses_token_kernel(16, 16, o_proj)  # 1 row: fused 5.5 us, per-token 6.4
+    assert not uses_token_kernel(128, 16, o_proj)
+    assert not uses_token_kernel(64, 64, o_proj)
+    assert not uses_token_kernel(64, 16, qkv)
+    assert not uses_token_kernel(64, 16, gate_up)

@@ -50,6 +50,7 @@ def _fused(x, y, tables, meta) -> torch.Tensor:
         (1, 64, (48,), [8]),
         (13, 96, (64, 16, 16), [1, 8, 0, 16, 5]),
         (7, 200, (40, 40), [16, 3]),
+        (40, 96, (64,), [16, 8, 0, 1]),  # lora_apply_ takes the per-token kernel here
     ],
 )
 def test_split_halves_equal_lora_apply(rows, in_features, widths, ranks) -> None:

@@ -1,4 +1,5 @@
-"""The fused one-launch decode LoRA kernel against the fp32 reference.
+"""The fused one-launch decode LoRA kernel against the fp32 reference, and its two other forms
+(the split launches, the per-token kernel) against it bit for bit.
 
 Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small shapes (started by
 test_interpreter.py in a subprocess). The interpreter runs programs one at a time in order, which
@@ -151,6 +152,50 @@ def test_split_launches_match_fused_small(rows, k, widths, ranks, dtype) -> None
 @pytest.mark.parametrize(("rows", "k", "widths", "ranks"), LARGE)
 def test_split_launches_match_fused_real_shapes(rows, k, widths, ranks) -> None:
     _check_split(rows, k, widths, ranks, torch.bfloat16)
+
+
+def _run_token(y, x, a, b, ranks, scales, offsets, slots) -> torch.Tensor:
+    from lorax_kernels.sgmv.decode_token import decode_token_lora_
+
+    out = y.clone()
+    decode_token_lora_(out, x, a, b, ranks, scales, offsets, slots)
+    return out
+
+
+def _check_token(rows: int, k: int, widths: tuple[int, ...], ranks: list[int], dtype) -> None:
+    """The per-token kernel: the reference's result, the fused kernel's bits, rows of tokens
+    without adapter untouched."""
+    a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
+    slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
+    out = _run_token(y, x, a, b, ranks_t, scales, offsets, slots)
+    atol, rtol = TOL[dtype]
+    y_ref = _reference(y, x, a, b, ranks_t, scales, offsets, slots)
+    torch.testing.assert_close(out.float(), y_ref, atol=atol, rtol=rtol)
+    assert torch.equal(out[slots < 0], y[slots < 0])
+    assert torch.equal(out, _run(y, x, a, b, ranks_t, scales, offsets, slots))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), SMALL)
+def test_per_token_kernel_small(rows, k, widths, ranks, dtype) -> None:
+    _check_token(rows, k, widths, ranks, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("rows", "k", "widths", "ranks"), LARGE)
+def test_per_token_kernel_real_shapes(rows, k, widths, ranks) -> None:
+    _check_token(rows, k, widths, ranks, torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_per_token_kernel_fp8_tables() -> None:
+    a, b, ranks_t, scales, offsets = _tables(4096, (4096,), [16, 8, 1, 16], torch.float8_e4m3fn, 2)
+    slots, x, y = _inputs(64, 4096, 4096, 4, torch.bfloat16, 3)
+    out = _run_token(y, x, a, b, ranks_t, scales, offsets, slots)
+    torch.testing.assert_close(
+        out.float(), _reference(y, x, a, b, ranks_t, scales, offsets, slots), atol=3e-2, rtol=3e-2
+    )
+    assert torch.equal(out, _run(y, x, a, b, ranks_t, scales, offsets, slots))
 
 
 def test_split_launches_reject_mismatched_partials() -> None:

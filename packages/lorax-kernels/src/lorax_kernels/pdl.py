@@ -45,6 +45,11 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
+def enabled() -> bool:
+    """Whether PDL launches are on (where supported)."""
+    return _enabled
+
+
 def launch_options(device: torch.device) -> tuple[bool, dict[str, Any]]:
     """``(PDL constexpr, launch keywords)`` for a kernel launched on ``device``: PDL when enabled
     and supported there."""

@@ -1,8 +1,10 @@
 """Multi-LoRA shrink/expand (SGMV): one launch for a batch that mixes any adapters and ranks.
 
 ``lora_apply_`` (``y += LoRA(x)``) is the layer-level entry point: decode-sized batches go to the
-fused one-launch kernel (``sgmv.decode``), larger ones to ``lora_shrink`` + ``lora_expand_`` over
-the tile layout (``sgmv.triton``), which share each adapter read across a run of tokens. Every op
+fused one-launch kernel (``sgmv.decode``, or on narrow projections at mid-sized batches its
+dependency-free per-token form ``sgmv.decode_token``, same bits), larger ones to ``lora_shrink`` +
+``lora_expand_`` over the tile layout (``sgmv.triton``), which share each adapter read across a
+run of tokens. Every op
 dispatches on the device of its inputs: Triton kernels on CUDA, registered as torch custom ops so
 they can be captured in CUDA graphs; the fp32 reference (``sgmv.reference``) everywhere else.
 """
@@ -20,7 +22,7 @@ from lorax_kernels.sgmv.checks import (
 )
 from lorax_kernels.sgmv.meta import LoraBatchMeta
 from lorax_kernels.sgmv.reference import lora_expand_ref_, lora_shrink_ref
-from lorax_kernels.sgmv.routing import DECODE_MAX_ROWS, uses_fused_kernel
+from lorax_kernels.sgmv.routing import DECODE_MAX_ROWS, uses_fused_kernel, uses_token_kernel
 from lorax_kernels.sgmv.split import lora_expand_partials_, lora_shrink_partials
 
 __all__ = [
@@ -64,9 +66,15 @@ def _decode_cuda(
     token_slots: torch.Tensor,
     sync: torch.Tensor,
 ) -> None:
+    tables = (lora_a, lora_b, slot_ranks, slot_scales, slice_offsets, token_slots)
+    if uses_token_kernel(x.shape[0], lora_a.shape[2], slice_offsets):
+        from lorax_kernels.sgmv.decode_token import decode_token_lora_
+
+        decode_token_lora_(y, x, *tables)
+        return
     from lorax_kernels.sgmv.decode import decode_lora_
 
-    decode_lora_(y, x, lora_a, lora_b, slot_ranks, slot_scales, slice_offsets, token_slots, sync)
+    decode_lora_(y, x, *tables, sync)
 
 
 @_decode_op.register_fake
@@ -224,8 +232,10 @@ def lora_apply_(
 
     Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together (the tables in
     ``x``'s dtype or both in float8 e4m3). Decode-sized batches
-    (:func:`uses_fused_kernel`) run the fused one-launch kernel, whose result for a token does
-    not depend on the other tokens of the batch; others run shrink then expand over the tiles.
+    (:func:`uses_fused_kernel`) run the fused one-launch kernel (or its per-token form,
+    :func:`~lorax_kernels.sgmv.routing.uses_token_kernel`: the same bits), whose result for a
+    token does not depend on the other tokens of the batch; others run shrink then expand over
+    the tiles.
     """
     check_same_rows(x, y)
     if lora_a.dim() == 4 and not uses_fused_kernel(x.shape[0], lora_a.shape[2]):

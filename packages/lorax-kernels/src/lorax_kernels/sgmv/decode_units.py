@@ -1,6 +1,7 @@
 """The units of the decode-sized multi-LoRA kernels, shared by the fused one-launch kernel
 (``sgmv.decode``) and its two halves (``sgmv.decode_split``), and how a projection is cut into
-them.
+them. The per-token kernel (``sgmv.decode_token``) forms ``h`` from the same chunk partials
+(:func:`chunk_partial`) and adds it with the same :func:`add_delta`, so all three agree bit for bit.
 
 - *shrink unit* ``(token, slice, j)``: partial ``x[t, K_j] @ A[slot, :r, K_j]^T`` over one chunk
   of ``in_features``, stored to a scratch row of fp32 partials.
@@ -36,6 +37,32 @@ UNIT_ELEMENTS = 16384
 
 
 @triton.jit
+def chunk_partial(
+    x_row,
+    a_base,
+    j,
+    rank,
+    in_features,
+    stride_ar,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``x[K_j] @ A[:r, K_j]^T`` in fp32 for chunk ``j`` of one token's row (``x_row``) and one
+    slot's A (``a_base``): ``[BLOCK_R]``, zero past ``rank``. Every kernel that forms ``h``
+    sums these in chunk order, so all of them give the same bits."""
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_k = j * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < in_features
+    x = tl.load(x_row + offs_k, mask=k_mask, other=0.0)
+    a = tl.load(
+        a_base + offs_r[:, None] * stride_ar + offs_k[None, :],
+        mask=(offs_r < rank)[:, None] & k_mask[None, :],
+        other=0.0,
+    )  # [BLOCK_R, BLOCK_K]
+    return tl.sum(a.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+
+
+@triton.jit
 def shrink_unit(
     unit,
     x_ptr,
@@ -61,23 +88,59 @@ def shrink_unit(
     s = g % NUM_SLICES
     slot = tl.load(slots_ptr + t)
     if slot >= 0:
-        offs_r = tl.arange(0, BLOCK_R)
         rank = tl.load(ranks_ptr + slot)
-        offs_k = j * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < in_features
-        x = tl.load(x_ptr + t.to(tl.int64) * stride_xm + offs_k, mask=k_mask, other=0.0)
-        a = tl.load(
-            a_ptr
-            + s.to(tl.int64) * stride_as
-            + slot.to(tl.int64) * stride_aslot
-            + offs_r[:, None] * stride_ar
-            + offs_k[None, :],
-            mask=(offs_r < rank)[:, None] & k_mask[None, :],
-            other=0.0,
-        )  # [BLOCK_R, BLOCK_K]
-        part = tl.sum(a.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_R]
-        tl.store(part_ptr + (g * SPLIT + j) * BLOCK_R + offs_r, part)
+        part = chunk_partial(
+            x_ptr + t.to(tl.int64) * stride_xm,
+            a_ptr + s.to(tl.int64) * stride_as + slot.to(tl.int64) * stride_aslot,
+            j,
+            rank,
+            in_features,
+            stride_ar,
+            BLOCK_R,
+            BLOCK_K,
+        )
+        tl.store(part_ptr + (g * SPLIT + j) * BLOCK_R + tl.arange(0, BLOCK_R), part)
     return slot >= 0
+
+
+@triton.jit
+def slice_columns(s, off1, off2, off3, off4):
+    """Column range ``[lo, hi)`` of slice ``s`` in y (offsets are kernel arguments: no metadata
+    tensor)."""
+    lo = tl.where(s == 0, 0, tl.where(s == 1, off1, tl.where(s == 2, off2, off3)))
+    hi = tl.where(s == 0, off1, tl.where(s == 1, off2, tl.where(s == 2, off3, off4)))
+    return lo, hi
+
+
+@triton.jit
+def load_b_chunk(
+    b_base,
+    offs_n,
+    n_mask,
+    rank,
+    stride_bn,
+    BLOCK_R: tl.constexpr,
+    VEC: tl.constexpr,
+):
+    """One slot's B rows ``offs_n`` as ``[BLOCK_N, BLOCK_R // VEC, VEC]``, its rank columns in
+    VEC-wide vectors: a mask that is constant across each vector keeps the loads vectorised
+    while a low-rank slot still reads only its columns (rounded up to VEC; the table's columns
+    past a slot's rank are zero, as is h)."""
+    offs_v = tl.arange(0, BLOCK_R // VEC)
+    r2 = offs_v[:, None] * VEC + tl.arange(0, VEC)[None, :]  # [BLOCK_R // VEC, VEC]
+    return tl.load(
+        b_base + offs_n[:, None, None] * stride_bn + r2[None, :, :],
+        mask=n_mask[:, None, None] & (offs_v < tl.cdiv(rank, VEC))[None, :, None],
+        other=0.0,
+    )
+
+
+@triton.jit
+def add_delta(y_ptrs, y, b, h, scale, n_mask):
+    """``y += scale * h B^T`` on one chunk, in fp32, rounded once to y's dtype: ``b``
+    ``[BLOCK_N, BLOCK_R // VEC, VEC]`` from :func:`load_b_chunk`, ``h`` ``[BLOCK_R // VEC, VEC]``."""
+    delta = tl.sum(tl.sum(b.to(tl.float32) * h[None, :, :], axis=2), axis=1)
+    tl.store(y_ptrs, (y.to(tl.float32) + scale * delta).to(y.dtype), mask=n_mask)
 
 
 @triton.jit
@@ -118,28 +181,21 @@ def expand_unit(
     s = g % NUM_SLICES
     slot = tl.load(slots_ptr + t)
     if slot >= 0:
-        # Column range of slice s in y (offsets are kernel arguments: no metadata tensor).
-        lo = tl.where(s == 0, 0, tl.where(s == 1, off1, tl.where(s == 2, off2, off3)))
-        hi = tl.where(s == 0, off1, tl.where(s == 1, off2, tl.where(s == 2, off3, off4)))
+        lo, hi = slice_columns(s, off1, off2, off3, off4)
         rank = tl.load(ranks_ptr + slot)
         offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < hi - lo
         # B and y do not depend on h: load them before waiting, so their memory latency
         # overlaps the shrink units instead of following them. (Chunks past the slice's
         # width read nothing; a rank-0 slot reads its y chunk but leaves it alone.)
-        # B's rank columns in VEC-wide vectors: a mask that is constant across each vector
-        # keeps the loads vectorised while a low-rank slot still reads only its columns
-        # (rounded up to VEC; the table's columns past a slot's rank are zero, as is h).
-        offs_v = tl.arange(0, BLOCK_R // VEC)
-        r2 = offs_v[:, None] * VEC + tl.arange(0, VEC)[None, :]  # [BLOCK_R // VEC, VEC]
-        b = tl.load(
-            b_ptr
-            + s.to(tl.int64) * stride_bs
-            + slot.to(tl.int64) * stride_bslot
-            + offs_n[:, None, None] * stride_bn
-            + r2[None, :, :],
-            mask=n_mask[:, None, None] & (offs_v < tl.cdiv(rank, VEC))[None, :, None],
-            other=0.0,
+        b = load_b_chunk(
+            b_ptr + s.to(tl.int64) * stride_bs + slot.to(tl.int64) * stride_bslot,
+            offs_n,
+            n_mask,
+            rank,
+            stride_bn,
+            BLOCK_R,
+            VEC,
         )  # [BLOCK_N, BLOCK_R // VEC, VEC]
         y_ptrs = y_ptr + t.to(tl.int64) * stride_ym + lo + offs_n
         y = tl.load(y_ptrs, mask=n_mask, other=0.0)
@@ -151,13 +207,13 @@ def expand_unit(
                 pass
             tl.atomic_add(arrive_ptr + g, 0, sem="acquire")
             tl.debug_barrier()
+        r2 = tl.arange(0, BLOCK_R // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :]
         h = tl.zeros((BLOCK_R // VEC, VEC), dtype=tl.float32)
         for i in range(SPLIT):  # fixed order: the same h in every expand unit
             # .cg: read from L2, where the other SMs' partials are, never a stale L1 line.
             h += tl.load(part_ptr + (g * SPLIT + i) * BLOCK_R + r2, cache_modifier=".cg")
         if (j * BLOCK_N < hi - lo) & (rank > 0):
-            delta = tl.sum(tl.sum(b.to(tl.float32) * h[None, :, :], axis=2), axis=1)
-            tl.store(y_ptrs, (y.to(tl.float32) + scale * delta).to(y.dtype), mask=n_mask)
+            add_delta(y_ptrs, y, b, h, scale, n_mask)
         if WAIT:
             # The last expand unit of the group has passed its wait after every other one
             # did: nobody reads these counters again in this launch.

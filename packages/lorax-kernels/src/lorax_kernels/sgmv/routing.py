@@ -26,3 +26,24 @@ def uses_fused_kernel(rows: int, table_rank: int) -> bool:
     if rows > DECODE_MAX_ROWS:
         return False
     return table_rank <= FUSED_MAX_RANK or rows <= FUSED_MAX_ROWS_HIGH_RANK
+
+
+# The per-token kernel (``sgmv.decode_token``) instead of the fused one, for one slice at most
+# this wide (two programs a token at rank 16) and this many rows. H200 sweep (run 11), µs, per-token
+# against fused: 64 tokens on 64 rank-16 adapters 8.9 vs 13.1 (o_proj), 16.2-16.8 vs 17.0 (down);
+# rows 32 / 96 / 128: 7.9 vs 9.5, 14.9 vs 15.0, 16.3 vs 16.0; one row 6.4 vs 5.5. Fused q/k/v
+# (19.6 vs 17.7) and gate/up (46.4 vs 28.6) lose: each N chunk re-reads its token's A.
+TOKEN_MIN_ROWS = 17
+TOKEN_MAX_ROWS = 96
+TOKEN_MAX_WIDTH = 4096
+
+
+def uses_token_kernel(rows: int, table_rank: int, slice_offsets: list[int]) -> bool:
+    """Whether a batch the fused kernel accepts (:func:`uses_fused_kernel`) runs the per-token
+    kernel instead: the same result, bit for bit, in fewer µs for these shapes."""
+    return (
+        TOKEN_MIN_ROWS <= rows <= TOKEN_MAX_ROWS
+        and table_rank <= FUSED_MAX_RANK
+        and len(slice_offsets) == 2
+        and slice_offsets[1] - slice_offsets[0] <= TOKEN_MAX_WIDTH
+    )
