@@ -163,8 +163,10 @@ def _run_token(y, x, a, b, ranks, scales, offsets, slots) -> torch.Tensor:
 
 
 def _check_token(rows: int, k: int, widths: tuple[int, ...], ranks: list[int], dtype) -> None:
-    """The per-token kernel: the reference's result, the fused kernel's bits, rows of tokens
-    without adapter untouched."""
+    """The per-token kernel: the reference's result, rows of tokens without adapter untouched,
+    and the fused kernel's bits with 16-bit activations. Their products are exact in fp32, so
+    the two agree however the compiler contracts multiplies and adds; in fp32 on the GPU it
+    contracts them differently in the two kernels (last-bit differences)."""
     a, b, ranks_t, scales, offsets = _tables(k, widths, ranks, dtype, rows)
     slots, x, y = _inputs(rows, k, sum(widths), len(ranks), dtype, rows + 1)
     out = _run_token(y, x, a, b, ranks_t, scales, offsets, slots)
@@ -172,7 +174,11 @@ def _check_token(rows: int, k: int, widths: tuple[int, ...], ranks: list[int], d
     y_ref = _reference(y, x, a, b, ranks_t, scales, offsets, slots)
     torch.testing.assert_close(out.float(), y_ref, atol=atol, rtol=rtol)
     assert torch.equal(out[slots < 0], y[slots < 0])
-    assert torch.equal(out, _run(y, x, a, b, ranks_t, scales, offsets, slots))
+    fused = _run(y, x, a, b, ranks_t, scales, offsets, slots)
+    if CUDA and dtype == torch.float32:
+        torch.testing.assert_close(out, fused, atol=1e-5, rtol=1e-5)
+    else:
+        assert torch.equal(out, fused)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -2,7 +2,7 @@
 
 ``lora_apply_`` (``y += LoRA(x)``) is the layer-level entry point: decode-sized batches go to the
 fused one-launch kernel (``sgmv.decode``, or on narrow projections at mid-sized batches its
-dependency-free per-token form ``sgmv.decode_token``, same bits), larger ones to ``lora_shrink`` +
+dependency-free per-token form ``sgmv.decode_token``, the same bits in 16-bit), larger ones to ``lora_shrink`` +
 ``lora_expand_`` over the tile layout (``sgmv.triton``), which share each adapter read across a
 run of tokens. Every op
 dispatches on the device of its inputs: Triton kernels on CUDA, registered as torch custom ops so
@@ -233,7 +233,7 @@ def lora_apply_(
     Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together (the tables in
     ``x``'s dtype or both in float8 e4m3). Decode-sized batches
     (:func:`uses_fused_kernel`) run the fused one-launch kernel (or its per-token form,
-    :func:`~lorax_kernels.sgmv.routing.uses_token_kernel`: the same bits), whose result for a
+    :func:`~lorax_kernels.sgmv.routing.uses_token_kernel`: the same bits in 16-bit), whose result for a
     token does not depend on the other tokens of the batch; others run shrink then expand over
     the tiles.
     """

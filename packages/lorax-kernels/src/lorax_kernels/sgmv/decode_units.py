@@ -1,7 +1,9 @@
 """The units of the decode-sized multi-LoRA kernels, shared by the fused one-launch kernel
 (``sgmv.decode``) and its two halves (``sgmv.decode_split``), and how a projection is cut into
 them. The per-token kernel (``sgmv.decode_token``) forms ``h`` from the same chunk partials
-(:func:`chunk_partial`) and adds it with the same :func:`add_delta`, so all three agree bit for bit.
+(:func:`chunk_partial`) and adds it with the same :func:`add_delta`, so all three agree bit for bit
+with 16-bit activations (exact products in fp32; in fp32 the compiler may contract multiply-adds
+differently from one kernel to another).
 
 - *shrink unit* ``(token, slice, j)``: partial ``x[t, K_j] @ A[slot, :r, K_j]^T`` over one chunk
   of ``in_features``, stored to a scratch row of fp32 partials.
