@@ -2,11 +2,11 @@
 
 ``lora_apply_`` (``y += LoRA(x)``) is the layer-level entry point: decode-sized batches go to the
 fused one-launch kernel (``sgmv.decode``, or on narrow projections at mid-sized batches its
-dependency-free per-token form ``sgmv.decode_token``, the same bits in 16-bit), larger ones to ``lora_shrink`` +
-``lora_expand_`` over the tile layout (``sgmv.triton``), which share each adapter read across a
-run of tokens. Every op
-dispatches on the device of its inputs: Triton kernels on CUDA, registered as torch custom ops so
-they can be captured in CUDA graphs; the fp32 reference (``sgmv.reference``) everywhere else.
+dependency-free per-token form ``sgmv.decode_token``, the same bits in 16-bit), larger ones to
+``lora_shrink`` + ``lora_expand_`` over the tile layout (``sgmv.triton``), which share each
+adapter read across a run of tokens. Every op dispatches on the device of its inputs: Triton
+kernels on CUDA, registered as torch custom ops so they can be captured in CUDA graphs; the fp32
+reference (``sgmv.reference``) everywhere else.
 """
 
 from __future__ import annotations
@@ -232,10 +232,10 @@ def lora_apply_(
 
     Same tensors as :func:`lora_shrink` and :func:`lora_expand_` together (the tables in
     ``x``'s dtype or both in float8 e4m3). Decode-sized batches
-    (:func:`uses_fused_kernel`) run the fused one-launch kernel (or its per-token form,
-    :func:`~lorax_kernels.sgmv.routing.uses_token_kernel`: the same bits in 16-bit), whose result for a
-    token does not depend on the other tokens of the batch; others run shrink then expand over
-    the tiles.
+    (:func:`uses_fused_kernel`) run the fused one-launch kernel (or its per-token form where
+    :func:`~lorax_kernels.sgmv.routing.uses_token_kernel`: the same bits in 16-bit), whose
+    result for a token does not depend on the other tokens of the batch; others run shrink then
+    expand over the tiles.
     """
     check_same_rows(x, y)
     if lora_a.dim() == 4 and not uses_fused_kernel(x.shape[0], lora_a.shape[2]):

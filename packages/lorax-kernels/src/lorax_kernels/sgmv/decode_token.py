@@ -5,13 +5,14 @@ The fused kernel (``sgmv.decode``) splits a token's shrink over several programs
 expand programs wait for them: a chain of ticket, partial stores, release, acquire and partial
 loads that costs ~6 µs a launch. Here each program forms its token's whole ``h`` itself, from
 the same chunk partials summed in the same order as the shrink units (so, with 16-bit
-activations, the same bits as the fused kernel and its split halves), and adds ``scale * h B^T`` to its chunk of ``y``. The price
-is that every N chunk of a token reads the token's A (the second read mostly from L2), so it
-pays only where a token has few chunks: :func:`lorax_kernels.sgmv.routing.uses_token_kernel`.
+activations, the same bits as the fused kernel and its split halves), and adds
+``scale * h B^T`` to its chunk of ``y``. The price is that every N chunk of a token reads the
+token's A (the second read mostly from L2), so it pays only where a token has few chunks:
+:func:`lorax_kernels.sgmv.routing.uses_token_kernel`.
 
-H200 sweep (run 11), one 4096 -> 4096 projection, 64 tokens on 64 rank-16 adapters: 8.9 µs
-against the fused kernel's 13.1-13.5 (reading the adapters at copy bandwidth takes 4.0 µs); with
-PDL launches, where B is loaded before the wait, 7.5 µs a call back to back.
+H200, run 11 (``run_all.py sgmv``), one 4096 -> 4096 projection, 64 tokens on 64 rank-16
+adapters (reading them at copy bandwidth takes 4.0 µs): 9.2 µs a call against the fused kernel's
+13.2; with PDL launches, where B is loaded before the wait, 7.6 µs a call back to back (12.8).
 """
 
 # Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
@@ -40,7 +41,7 @@ from lorax_kernels.sgmv.decode_units import (
 )
 
 # B elements one program adds from (2048 rows at rank 16): a 4096-wide projection is two
-# programs a token. H200 sweep at 64 tokens: 2048 rows 8.9 µs, 1024 rows 10.8, 4096 rows 10.0.
+# programs a token. H200 sweep (run 11) at 64 tokens: 2048 rows 8.9 µs, 1024 rows 10.8, 4096 10.0.
 TOKEN_B_ELEMENTS = 32768
 # Shrink chunks in flight per program (the sweep: 3 stages of 8 warps fastest).
 STAGES = 3

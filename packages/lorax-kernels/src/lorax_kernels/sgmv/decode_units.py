@@ -1,9 +1,9 @@
 """The units of the decode-sized multi-LoRA kernels, shared by the fused one-launch kernel
 (``sgmv.decode``) and its two halves (``sgmv.decode_split``), and how a projection is cut into
 them. The per-token kernel (``sgmv.decode_token``) forms ``h`` from the same chunk partials
-(:func:`chunk_partial`) and adds it with the same :func:`add_delta`, so all three agree bit for bit
-with 16-bit activations (exact products in fp32; in fp32 the compiler may contract multiply-adds
-differently from one kernel to another).
+(:func:`chunk_partial`) and adds it with the same :func:`add_delta`, so all three agree bit for
+bit with 16-bit activations (exact products in fp32; in fp32 the compiler may contract
+multiply-adds differently from one kernel to another).
 
 - *shrink unit* ``(token, slice, j)``: partial ``x[t, K_j] @ A[slot, :r, K_j]^T`` over one chunk
   of ``in_features``, stored to a scratch row of fp32 partials.
@@ -140,7 +140,8 @@ def load_b_chunk(
 @triton.jit
 def add_delta(y_ptrs, y, b, h, scale, n_mask):
     """``y += scale * h B^T`` on one chunk, in fp32, rounded once to y's dtype: ``b``
-    ``[BLOCK_N, BLOCK_R // VEC, VEC]`` from :func:`load_b_chunk`, ``h`` ``[BLOCK_R // VEC, VEC]``."""
+    ``[BLOCK_N, BLOCK_R // VEC, VEC]`` from :func:`load_b_chunk`, ``h``
+    ``[BLOCK_R // VEC, VEC]``."""
     delta = tl.sum(tl.sum(b.to(tl.float32) * h[None, :, :], axis=2), axis=1)
     tl.store(y_ptrs, (y.to(tl.float32) + scale * delta).to(y.dtype), mask=n_mask)
 

@@ -29,10 +29,11 @@ def uses_fused_kernel(rows: int, table_rank: int) -> bool:
 
 
 # The per-token kernel (``sgmv.decode_token``) instead of the fused one, for one slice at most
-# this wide (two programs a token at rank 16) and this many rows. H200 sweep (run 11), µs, per-token
-# against fused: 64 tokens on 64 rank-16 adapters 8.9 vs 13.1 (o_proj), 16.2-16.8 vs 17.0 (down);
-# rows 32 / 96 / 128: 7.9 vs 9.5, 14.9 vs 15.0, 16.3 vs 16.0; one row 6.4 vs 5.5. Fused q/k/v
-# (19.6 vs 17.7) and gate/up (46.4 vs 28.6) lose: each N chunk re-reads its token's A.
+# this wide (two programs a token at rank 16) and this many rows. H200 sweep (run 11), µs,
+# per-token against fused: 64 tokens on 64 rank-16 adapters 8.9 vs 13.1 (o_proj; run_all.py
+# sgmv after: 9.2 vs 13.2, with PDL 7.6 vs 12.8), 16.2-16.8 vs 17.0 (down); rows 32 / 96 / 128:
+# 7.9 vs 9.5, 14.9 vs 15.0, 16.3 vs 16.0; one row 6.4 vs 5.5. Fused q/k/v (19.6 vs 17.7) and
+# gate/up (46.4 vs 28.6) lose: each N chunk re-reads its token's A.
 TOKEN_MIN_ROWS = 17
 TOKEN_MAX_ROWS = 96
 TOKEN_MAX_WIDTH = 4096
