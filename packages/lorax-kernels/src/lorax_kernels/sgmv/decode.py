@@ -46,6 +46,7 @@ from lorax_kernels.sgmv.decode_units import (
     expand_unit,
     padded_offsets,
     shrink_unit,
+    unit_stride_x,
 )
 from lorax_kernels.sgmv.meta import sync_size
 
@@ -172,10 +173,7 @@ def decode_lora_(
         raise ValueError(f"sync has {sync.numel()} counters, {sync_size(num_rows)} needed")
     if num_rows == 0 or max_rank == 0:
         return
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    if y.stride(1) != 1 or lora_a.stride(3) != 1 or lora_b.stride(3) != 1:
-        raise ValueError("y, lora_a and lora_b must be contiguous in their last dimension")
+    x = unit_stride_x(x, y, lora_a, lora_b)
     c = chunking(in_features, max_rank, slice_offsets, unit_elements)
     groups = num_rows * num_slices
     # [groups, split, block_r] fp32 shrink partials; every row a live token uses is written.

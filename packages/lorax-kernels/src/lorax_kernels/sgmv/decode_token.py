@@ -38,6 +38,7 @@ from lorax_kernels.sgmv.decode_units import (
     load_b_chunk,
     padded_offsets,
     slice_columns,
+    unit_stride_x,
 )
 
 # B elements one program adds from (2048 rows at rank 16): a 4096-wide projection is two
@@ -150,10 +151,7 @@ def decode_token_lora_(
     check_slices(num_slices)
     if num_rows == 0 or max_rank == 0:
         return
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    if y.stride(1) != 1 or lora_a.stride(3) != 1 or lora_b.stride(3) != 1:
-        raise ValueError("y, lora_a and lora_b must be contiguous in their last dimension")
+    x = unit_stride_x(x, y, lora_a, lora_b)
     # The K chunks of the shrink units: the same partials, so the same bits.
     c = chunking(in_features, max_rank, slice_offsets, UNIT_ELEMENTS)
     max_width = max(hi - lo for lo, hi in itertools.pairwise(slice_offsets))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import torch
 import triton
 import triton.language as tl
 
@@ -258,6 +259,16 @@ def chunking(
 def padded_offsets(slice_offsets: list[int]) -> list[int]:
     """The slices' end columns as the kernels' four offset arguments."""
     return [*slice_offsets[1:], *[slice_offsets[-1]] * (MAX_SLICES + 1 - len(slice_offsets))]
+
+
+def unit_stride_x(
+    x: torch.Tensor, y: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor
+) -> torch.Tensor:
+    """``x`` with unit stride along its features (copied if not), once ``y`` and the tables are
+    checked to have it: the one-launch kernels index all four by row strides only."""
+    if y.stride(1) != 1 or lora_a.stride(3) != 1 or lora_b.stride(3) != 1:
+        raise ValueError("y, lora_a and lora_b must be contiguous in their last dimension")
+    return x if x.stride(1) == 1 else x.contiguous()
 
 
 def check_slices(num_slices: int) -> None:
