@@ -1,10 +1,12 @@
 """A projection plus its multi-LoRA delta at decode points, three ways, per Llama-3-8B projection:
-the base GEMM alone, the base GEMM then ``lora_apply_`` (the fused kernel after it), and the
-engine's side-stream form (``lora_shrink_partials`` on a side stream forked beside the base GEMM,
+the base GEMM alone, the base GEMM then ``lora_apply_`` (after it the fused kernel, or where
+``uses_token_kernel`` says so the per-token one: o and down at 64 tokens), and the engine's
+side-stream form (``lora_shrink_partials`` on a side stream forked beside the base GEMM,
 joined before ``lora_expand_partials_``). Every token has its own rank-16 adapter (bf16 tables).
 
-What it answers: how much of the fused kernel's time after the GEMM the side stream takes off a
-step, at each batch size, since the GEMM's own use of the SMs and of memory bandwidth decides
+What it answers: how much of ``lora_apply_``'s time after the GEMM the side stream takes off a
+step, at each batch size (the engine's CUDA graphs use the side stream wherever the fused kernel
+would run), since the GEMM's own use of the SMs and of memory bandwidth decides
 how much of the shrink can hide beside it. Each captured call rotates over several base weights
 and slot sets (hundreds of MB), as a decode step reads them from HBM.
 """
@@ -25,7 +27,7 @@ WEIGHT_COPIES = 4
 
 
 def _measure(name: str, tokens: int, side: torch.cuda.Stream) -> list[float]:
-    """µs per call: base alone, base then fused LoRA, base beside the side-stream shrink."""
+    """µs per call: base alone, base then ``lora_apply_``, base beside the side-stream shrink."""
     in_features, widths = PROJECTIONS[name]
     tables = Tables(16, 512, in_features, widths)
     x = torch.randn(tokens, in_features, device="cuda", dtype=DT)
@@ -79,10 +81,12 @@ def run(copy_gbs: float) -> str:
         "tokens",
         "projection",
         "µs base GEMM",
-        "µs base then fused LoRA",
+        "µs base then lora_apply_",
         "µs base beside shrink, then expand",
-        "LoRA µs, fused after",
+        "LoRA µs, lora_apply_ after",
         "LoRA µs, side stream",
     ]
-    title = "### A projection plus its LoRA delta: fused after the GEMM, or shrink beside it\n\n"
+    title = (
+        "### A projection plus its LoRA delta: lora_apply_ after the GEMM, or shrink beside it\n\n"
+    )
     return title + markdown_table(header, rows)

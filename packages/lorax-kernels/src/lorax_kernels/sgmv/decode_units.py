@@ -52,7 +52,7 @@ def chunk_partial(
 ):
     """``x[K_j] @ A[:r, K_j]^T`` in fp32 for chunk ``j`` of one token's row (``x_row``) and one
     slot's A (``a_base``): ``[BLOCK_R]``, zero past ``rank``. Every kernel that forms ``h``
-    sums these in chunk order, so all of them give the same bits."""
+    sums these in chunk order, so all of them give the same bits (with 16-bit activations)."""
     offs_r = tl.arange(0, BLOCK_R)
     offs_k = j * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = offs_k < in_features
