@@ -1,5 +1,5 @@
 """The fused one-launch decode LoRA kernel against the fp32 reference, and its two other forms
-(the split launches, the per-token kernel) against it bit for bit.
+against it bit for bit (the split launches always, the per-token kernel with 16-bit activations).
 
 Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small shapes (started by
 test_interpreter.py in a subprocess). The interpreter runs programs one at a time in order, which
