@@ -120,12 +120,6 @@ def _token_kernel(
         add_delta(y_ptrs, y, b, tl.reshape(h, (BLOCK_R // VEC, VEC)), scale, n_mask)
 
 
-def _chunk_rows(max_rank: int, max_width: int) -> int:
-    """Rows of B (columns of y) one program covers, for tables of ``max_rank``."""
-    block_r = max(2, triton.next_power_of_2(max_rank))
-    return min(TOKEN_B_ELEMENTS // block_r, triton.next_power_of_2(max(max_width, 1)))
-
-
 def decode_token_lora_(
     y: torch.Tensor,
     x: torch.Tensor,
@@ -155,7 +149,8 @@ def decode_token_lora_(
     # The K chunks of the shrink units: the same partials, so the same bits.
     c = chunking(in_features, max_rank, slice_offsets, UNIT_ELEMENTS)
     max_width = max(hi - lo for lo, hi in itertools.pairwise(slice_offsets))
-    block_n = _chunk_rows(max_rank, max_width)
+    # Rows of B (columns of y) one program covers.
+    block_n = min(TOKEN_B_ELEMENTS // c.block_r, triton.next_power_of_2(max(max_width, 1)))
     n_chunks = triton.cdiv(max(max_width, 1), block_n)
     pdl, launch = launch_options(x.device)
     _token_kernel[(num_rows * num_slices * n_chunks,)](
