@@ -63,6 +63,20 @@ def test_write_places_each_target_in_its_slice_and_clear_zeroes() -> None:
     assert int(qkv.slot_ranks[1]) == 0
 
 
+def test_rewriting_a_slot_with_a_lower_rank_leaves_zeros_past_it() -> None:
+    """The kernels' contract: a slot's A rows and B columns past its rank are zero (the
+    per-token LoRA kernel reads B's rows whole), also where a higher-rank adapter sat before."""
+    slots = LoraSlots.allocate(SPEC, num_slots=2, max_rank=4, dtype=torch.float32, device="cpu")
+    slots.write_(1, Weights(4, 1.0, {(0, "o_proj"): (torch.randn(4, 8), torch.randn(8, 4))}))
+    o_a, o_b = torch.randn(2, 8), torch.randn(8, 2)
+    slots.write_(1, Weights(2, 1.0, {(0, "o_proj"): (o_a, o_b)}))
+    o = slots.table(0, "o")
+    assert torch.equal(o.lora_a[0, 1, :2], o_a)
+    assert torch.equal(o.lora_b[0, 1, :, :2], o_b)
+    assert not o.lora_a[0, 1, 2:].any()
+    assert not o.lora_b[0, 1, :, 2:].any()
+
+
 def test_bad_shapes_and_ranks_are_refused() -> None:
     slots = LoraSlots.allocate(SPEC, num_slots=2, max_rank=4, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="expected A"):
