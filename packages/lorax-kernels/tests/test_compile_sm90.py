@@ -129,6 +129,12 @@ def _multi_lora() -> None:
         b = torch.empty(3, slots, max(widths), rank, dtype=table_dtype)
         decode_lora_(y, x, a, b, ranks, scales, offsets, token_slots, sync)
         decode_token_lora_(y[:, :4096], x, a[:1], b[:1], ranks, scales, [0, 4096], token_slots)
+        # A wider input (down_proj's): A streamed through the loop instead of loaded whole.
+        a_down = torch.empty(1, slots, rank, 14336, dtype=table_dtype)
+        x_down = torch.empty(rows, 14336, dtype=BF16)
+        decode_token_lora_(
+            y[:, :4096], x_down, a_down, b[:1], ranks, scales, [0, 4096], token_slots
+        )
         partials = torch.empty(decode_partials_shape(rows, a, offsets))
         decode_shrink_(partials, x, a, ranks, offsets, token_slots)
         decode_expand_(y, partials, b, ranks, scales, offsets, token_slots)

@@ -10,9 +10,10 @@ activations, the same bits as the fused kernel and its split halves), and adds
 token's A (the second read mostly from L2), so it pays only where a token has few chunks:
 :func:`lorax_kernels.sgmv.routing.uses_token_kernel`.
 
-H200, run 11 (``run_all.py sgmv``), one 4096 -> 4096 projection, 64 tokens on 64 rank-16
-adapters (reading them at copy bandwidth takes 4.0 µs): 9.2 µs a call against the fused kernel's
-13.2; with PDL launches, where B is loaded before the wait, 7.6 µs a call back to back (12.8).
+H200, run 12 (``run_all.py sgmv``), one 4096 -> 4096 projection, 64 tokens on 64 rank-16
+adapters (reading them at copy bandwidth takes 4.0 µs): 8.8 µs a call against the fused kernel's
+13.0; with PDL launches, where B and (up to ``WHOLE_A_CHUNKS``) A are loaded before the wait,
+7.25 µs a call back to back (12.4).
 """
 
 # Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
@@ -46,6 +47,58 @@ from lorax_kernels.sgmv.decode_units import (
 TOKEN_B_ELEMENTS = 32768
 # Shrink chunks in flight per program (the sweep: 3 stages of 8 warps fastest).
 STAGES = 3
+# Up to this many shrink chunks (a 4096-wide input at rank 16), a program loads all of its
+# token's A at once, ahead of the PDL wait like B, instead of streaming it through the loop.
+# H200, run 12, a 4096 -> 4096 projection on rank-16 adapters, µs with PDL against the loop:
+# 1 / 16 / 32 / 64 / 96 tokens 3.4 / 3.6 / 4.1 / 7.2 / 10.8 vs 5.0 / 5.4 / 5.8 / 7.4 / 12.7
+# (plain: 5.2 / 6.0 / 7.0 / 8.9 / 14.6 vs 6.4 / 7.2 / 7.9 / 9.2 / 15.2), the same bits.
+WHOLE_A_CHUNKS = 4
+
+
+@triton.jit
+def _whole_a(
+    a_base,
+    rank,
+    in_features,
+    stride_ar,
+    BLOCK_R: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """All of one slot's A as ``[BLOCK_R, CHUNKS, BLOCK_K]`` (``CHUNKS`` a power of two, at
+    least the shrink's chunks), zero past ``rank`` and past ``in_features``."""
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_k = _whole_k(CHUNKS, BLOCK_K)
+    k_mask = offs_k < in_features
+    return tl.load(
+        a_base + offs_r[:, None, None] * stride_ar + offs_k[None, :, :],
+        mask=(offs_r < rank)[:, None, None] & k_mask[None, :, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _whole_k(CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Input positions of the chunks, ``[CHUNKS, BLOCK_K]``."""
+    return tl.arange(0, CHUNKS)[:, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
+
+
+@triton.jit
+def _whole_h(
+    a, x_row, in_features, BLOCK_R: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    """``h`` from :func:`_whole_a`'s tile: each chunk's partial reduced as
+    :func:`~lorax_kernels.sgmv.decode_units.chunk_partial` reduces it (the same bits, checked
+    on the H200), then summed in chunk order. Chunks past ``in_features`` add exact zeros."""
+    offs_k = _whole_k(CHUNKS, BLOCK_K)
+    x = tl.load(x_row + offs_k, mask=offs_k < in_features, other=0.0)
+    parts = tl.sum(a.to(tl.float32) * x.to(tl.float32)[None, :, :], axis=2)  # [BLOCK_R, CHUNKS]
+    chunk = tl.arange(0, CHUNKS)
+    h = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for c in tl.static_range(CHUNKS):
+        # Chunk c's column, exactly: the other columns add zeros.
+        h += tl.sum(tl.where(chunk[None, :] == c, parts, 0.0), axis=1)
+    return h
 
 
 @triton.jit
@@ -77,6 +130,7 @@ def _token_kernel(
     BLOCK_N: tl.constexpr,
     VEC: tl.constexpr,
     STAGES: tl.constexpr,
+    WHOLE_CHUNKS: tl.constexpr,
     PDL: tl.constexpr,
 ):
     g = tl.program_id(0) // N_CHUNKS
@@ -102,6 +156,9 @@ def _token_kernel(
         BLOCK_R,
         VEC,
     )  # [BLOCK_N, BLOCK_R // VEC, VEC]
+    a_base = a_ptr + s.to(tl.int64) * stride_as + slot * stride_aslot
+    if WHOLE_CHUNKS > 0:
+        a = _whole_a(a_base, rank, in_features, stride_ar, BLOCK_R, WHOLE_CHUNKS, BLOCK_K)
     # Every program waits, even one with nothing to do: the kernel after this one relies on
     # this grid having waited for the kernel ahead.
     pdl_entry(PDL)
@@ -110,13 +167,18 @@ def _token_kernel(
         y = tl.load(y_ptrs, mask=n_mask, other=0.0)
         scale = tl.load(scales_ptr + slot)
         x_row = x_ptr + t.to(tl.int64) * stride_xm
-        a_base = a_ptr + s.to(tl.int64) * stride_as + slot * stride_aslot
-        h = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        # Chunk order, as the shrink units. Pipelined through tl.range: the same loop as a plain
-        # range with the launch's num_stages ran 1.0-1.2 µs slower at 64 tokens (H200, run 11).
-        for k0 in tl.range(0, in_features, BLOCK_K, num_stages=STAGES):
-            chunk = k0 // BLOCK_K
-            h += chunk_partial(x_row, a_base, chunk, rank, in_features, stride_ar, BLOCK_R, BLOCK_K)
+        if WHOLE_CHUNKS > 0:
+            h = _whole_h(a, x_row, in_features, BLOCK_R, WHOLE_CHUNKS, BLOCK_K)
+        else:
+            h = tl.zeros((BLOCK_R,), dtype=tl.float32)
+            # Chunk order, as the shrink units. Pipelined through tl.range: the same loop as a
+            # plain range with the launch's num_stages ran 1.0-1.2 µs slower at 64 tokens (H200,
+            # run 11).
+            for k0 in tl.range(0, in_features, BLOCK_K, num_stages=STAGES):
+                chunk = k0 // BLOCK_K
+                h += chunk_partial(
+                    x_row, a_base, chunk, rank, in_features, stride_ar, BLOCK_R, BLOCK_K
+                )
         add_delta(y_ptrs, y, b, tl.reshape(h, (BLOCK_R // VEC, VEC)), scale, n_mask)
 
 
@@ -178,6 +240,7 @@ def decode_token_lora_(
         BLOCK_N=block_n,
         VEC=c.vec,
         STAGES=STAGES,
+        WHOLE_CHUNKS=triton.next_power_of_2(c.split) if c.split <= WHOLE_A_CHUNKS else 0,
         PDL=pdl,
         num_warps=num_warps,
         **launch,
