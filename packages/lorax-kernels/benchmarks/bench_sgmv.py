@@ -21,6 +21,7 @@ from common import markdown_table, time_graph_us
 from lorax_kernels import LoraBatchMeta, lora_apply_, lora_expand_, lora_shrink, pdl
 from lorax_kernels.sgmv import uses_fused_kernel
 from lorax_kernels.sgmv.decode import decode_lora_
+from lorax_kernels.sgmv.decode_token import loads_a_whole
 from lorax_kernels.sgmv.decode_units import UNIT_ELEMENTS
 from lorax_kernels.sgmv.routing import uses_token_kernel
 
@@ -182,7 +183,7 @@ def decode_sweep(copy_gbs: float) -> str:
 
 def _path(tokens: int, rank: int) -> str:
     """The kernel ``lora_apply_`` runs for a 4096 -> 4096 projection."""
-    if uses_token_kernel(tokens, rank, [0, HIDDEN]):
+    if uses_token_kernel(tokens, rank, [0, HIDDEN], loads_a_whole(HIDDEN, rank, [0, HIDDEN])):
         return "per-token"
     return "fused" if uses_fused_kernel(tokens, rank) else "tiled"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lorax_kernels.sgmv import DECODE_MAX_ROWS, uses_fused_kernel
 
 
@@ -27,11 +29,26 @@ def test_narrow_projections_at_mid_sized_batches_take_the_per_token_kernel() -> 
     from lorax_kernels.sgmv.routing import uses_token_kernel
 
     o_proj, qkv, gate_up = [0, 4096], [0, 4096, 5120, 6144], [0, 14336, 28672]
-    assert uses_token_kernel(64, 16, o_proj)
-    assert uses_token_kernel(17, 8, o_proj)
-    assert uses_token_kernel(96, 16, o_proj)
-    assert not uses_token_kernel(16, 16, o_proj)  # 1 row: fused 5.5 us, per-token 6.4
-    assert not uses_token_kernel(128, 16, o_proj)
-    assert not uses_token_kernel(64, 64, o_proj)
-    assert not uses_token_kernel(64, 16, qkv)
-    assert not uses_token_kernel(64, 16, gate_up)
+    # down_proj (14336 inputs): A streamed through the kernel's loop.
+    for whole in (False, True):
+        assert uses_token_kernel(64, 16, o_proj, whole)
+        assert uses_token_kernel(17, 8, o_proj, whole)
+        assert uses_token_kernel(96, 16, o_proj, whole)
+        assert not uses_token_kernel(128, 16, o_proj, whole)
+        assert not uses_token_kernel(64, 64, o_proj, whole)
+        assert not uses_token_kernel(64, 16, qkv, whole)
+        assert not uses_token_kernel(64, 16, gate_up, whole)
+    assert not uses_token_kernel(16, 16, o_proj, False)  # 1 row: fused 5.5 us, the loop 6.4
+    # A loaded whole (o_proj): one row 3.4 us with PDL against the fused kernel's 5.4.
+    assert uses_token_kernel(1, 16, o_proj, True)
+    assert uses_token_kernel(16, 16, o_proj, True)
+
+
+def test_the_per_token_kernel_loads_a_whole_up_to_four_shrink_chunks() -> None:
+    decode_token = pytest.importorskip("lorax_kernels.sgmv.decode_token")
+
+    assert decode_token.loads_a_whole(4096, 16, [0, 4096])  # 4 chunks of 1024
+    assert decode_token.loads_a_whole(4096, 8, [0, 4096])  # 2 chunks of 2048
+    assert decode_token.loads_a_whole(40, 16, [0, 24])
+    assert not decode_token.loads_a_whole(14336, 16, [0, 4096])  # down_proj: 14 chunks
+    assert not decode_token.loads_a_whole(4096, 64, [0, 4096])  # 16 chunks of 256

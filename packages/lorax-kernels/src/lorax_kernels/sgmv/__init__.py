@@ -67,9 +67,11 @@ def _decode_cuda(
     sync: torch.Tensor,
 ) -> None:
     tables = (lora_a, lora_b, slot_ranks, slot_scales, slice_offsets, token_slots)
-    if uses_token_kernel(x.shape[0], lora_a.shape[2], slice_offsets):
-        from lorax_kernels.sgmv.decode_token import decode_token_lora_
+    from lorax_kernels.sgmv.decode_token import decode_token_lora_, loads_a_whole
 
+    _, _, table_rank, in_features = lora_a.shape
+    whole = loads_a_whole(in_features, table_rank, slice_offsets)
+    if uses_token_kernel(x.shape[0], table_rank, slice_offsets, whole):
         decode_token_lora_(y, x, *tables)
         return
     from lorax_kernels.sgmv.decode import decode_lora_

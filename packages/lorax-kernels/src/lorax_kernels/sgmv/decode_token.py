@@ -182,6 +182,12 @@ def _token_kernel(
         add_delta(y_ptrs, y, b, tl.reshape(h, (BLOCK_R // VEC, VEC)), scale, n_mask)
 
 
+def loads_a_whole(in_features: int, max_rank: int, slice_offsets: list[int]) -> bool:
+    """Whether the kernel loads each token's A at once for these tables (at most
+    ``WHOLE_A_CHUNKS`` shrink chunks) rather than streaming it through its loop."""
+    return chunking(in_features, max_rank, slice_offsets, UNIT_ELEMENTS).split <= WHOLE_A_CHUNKS
+
+
 def decode_token_lora_(
     y: torch.Tensor,
     x: torch.Tensor,

@@ -37,13 +37,22 @@ def uses_fused_kernel(rows: int, table_rank: int) -> bool:
 TOKEN_MIN_ROWS = 17
 TOKEN_MAX_ROWS = 96
 TOKEN_MAX_WIDTH = 4096
+# Where the per-token kernel loads a token's A whole (``decode_token.loads_a_whole``: o_proj's
+# 4096 inputs at rank <= 16), it also wins below TOKEN_MIN_ROWS. Run 12, 4096 -> 4096, µs with
+# PDL / plain launches, per-token against fused: one row 3.4 / 5.2 vs 5.4 / 5.7, 16 rows 3.6 /
+# 6.0 vs 6.4 / 6.7 (rank-16 adapters; rank 8: 3.2 / 4.9 vs 5.2 / 5.6 and 3.5 / 5.5 vs 6.0 / 6.5).
 
 
-def uses_token_kernel(rows: int, table_rank: int, slice_offsets: list[int]) -> bool:
+def uses_token_kernel(
+    rows: int, table_rank: int, slice_offsets: list[int], loads_a_whole: bool
+) -> bool:
     """Whether a batch the fused kernel accepts (:func:`uses_fused_kernel`) runs the per-token
-    kernel instead: the same result (bit for bit in 16-bit) in fewer µs for these shapes."""
+    kernel instead: the same result (bit for bit in 16-bit) in fewer µs for these shapes.
+    ``loads_a_whole``: whether that kernel would load each token's A at once for these tables
+    (:func:`lorax_kernels.sgmv.decode_token.loads_a_whole`; this module imports no Triton)."""
+    min_rows = 1 if loads_a_whole else TOKEN_MIN_ROWS
     return (
-        TOKEN_MIN_ROWS <= rows <= TOKEN_MAX_ROWS
+        min_rows <= rows <= TOKEN_MAX_ROWS
         and table_rank <= FUSED_MAX_RANK
         and len(slice_offsets) == 2
         and slice_offsets[1] - slice_offsets[0] <= TOKEN_MAX_WIDTH
