@@ -29,7 +29,7 @@ def test_narrow_projections_at_mid_sized_batches_take_the_per_token_kernel() -> 
     from lorax_kernels.sgmv.routing import uses_token_kernel
 
     o_proj, qkv, gate_up = [0, 4096], [0, 4096, 5120, 6144], [0, 14336, 28672]
-    # down_proj (14336 inputs): A streamed through the kernel's loop.
+    # From 17 rows either form of the kernel: A loaded whole (o_proj) or streamed (down_proj).
     for whole in (False, True):
         assert uses_token_kernel(64, 16, o_proj, whole)
         assert uses_token_kernel(17, 8, o_proj, whole)
