@@ -36,12 +36,27 @@ def test_narrow_projections_at_mid_sized_batches_take_the_per_token_kernel() -> 
         assert uses_token_kernel(96, 16, o_proj, whole)
         assert not uses_token_kernel(128, 16, o_proj, whole)
         assert not uses_token_kernel(64, 64, o_proj, whole)
-        assert not uses_token_kernel(64, 16, qkv, whole)
         assert not uses_token_kernel(64, 16, gate_up, whole)
     assert not uses_token_kernel(16, 16, o_proj, False)  # 1 row: fused 5.5 us, the loop 6.4
+    assert not uses_token_kernel(64, 16, qkv, False)  # the loop: 19.6 us, fused 17.7
     # A loaded whole (o_proj): one row 3.4 us with PDL against the fused kernel's 5.4.
     assert uses_token_kernel(1, 16, o_proj, True)
     assert uses_token_kernel(16, 16, o_proj, True)
+
+
+def test_fused_projections_take_the_per_token_kernel_where_it_loads_a_whole() -> None:
+    from lorax_kernels.sgmv.routing import uses_token_kernel
+
+    qkv, gate_up = [0, 4096, 5120, 6144], [0, 14336, 28672]
+    # q/k/v, slices <= 4096 wide: 64 rows 13.9 us with PDL against the fused kernel's 16.0.
+    assert uses_token_kernel(1, 16, qkv, True)
+    assert uses_token_kernel(96, 16, qkv, True)
+    assert not uses_token_kernel(128, 16, qkv, True)
+    # gate/up, 14336-wide slices (7 programs a slice, each reading A): 16 rows 11.0 vs 15.3 us,
+    # 64 rows 38.2 vs 28.2.
+    assert uses_token_kernel(16, 16, gate_up, True)
+    assert not uses_token_kernel(17, 16, gate_up, True)
+    assert not uses_token_kernel(1, 64, qkv, True)  # rank-64 tables: the fused kernel or tiles
 
 
 def test_the_per_token_kernel_loads_a_whole_up_to_four_shrink_chunks() -> None:

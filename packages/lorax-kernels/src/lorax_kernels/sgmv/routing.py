@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 # Up to this many rows ``lora_apply_`` may run the fused per-token kernel. It reads each token's
 # adapter separately (repeats of one adapter come from L2), which beats the tile launches until
 # batches are prefill-sized, for small ranks. Up to 256 rows it is as fast on the GPU; from 257 to
@@ -37,10 +39,15 @@ def uses_fused_kernel(rows: int, table_rank: int) -> bool:
 TOKEN_MIN_ROWS = 17
 TOKEN_MAX_ROWS = 96
 TOKEN_MAX_WIDTH = 4096
-# Where the per-token kernel loads a token's A whole (``decode_token.loads_a_whole``: o_proj's
-# 4096 inputs at rank <= 16), it also wins below TOKEN_MIN_ROWS. Run 12, 4096 -> 4096, µs with
-# PDL / plain launches, per-token against fused: one row 3.4 / 5.2 vs 5.4 / 5.7, 16 rows 3.6 /
-# 6.0 vs 6.4 / 6.7 (rank-16 adapters; rank 8: 3.2 / 4.9 vs 5.2 / 5.6 and 3.5 / 5.5 vs 6.0 / 6.5).
+# Where the per-token kernel loads a token's A whole (``decode_token.loads_a_whole``: a 4096-wide
+# input at rank <= 16), it also wins below TOKEN_MIN_ROWS and on fused projections whose slices
+# are at most TOKEN_MAX_WIDTH wide, and up to TOKEN_WIDE_MAX_ROWS rows on wider ones. Run 12, µs
+# with PDL / plain launches, per-token against fused: o_proj (4096 -> 4096) one row 3.4 / 5.2 vs
+# 5.4 / 5.7, 16 rows 3.6 / 6.0 vs 6.4 / 6.7; q/k/v (4096 -> 4096 + 1024 + 1024) one row 3.2 / 5.1
+# vs 5.4 / 5.9, 16 rows 4.5 / 7.1 vs 10.5 / 10.3, 64 rows 13.9 / 17.3 vs 16.0 / 17.8, 96 rows
+# 19.9 / 23.2 vs 21.7 / 23.9; gate/up (2 x 14336) 16 rows 11.0 / 13.7 vs 15.3 / 15.2, 32 rows
+# 20.6 / 24.9 vs 20.7 / 20.6, 64 rows 38.2 vs 28.2 with PDL.
+TOKEN_WIDE_MAX_ROWS = 16
 
 
 def uses_token_kernel(
@@ -50,10 +57,10 @@ def uses_token_kernel(
     kernel instead: the same result (bit for bit in 16-bit) in fewer µs for these shapes.
     ``loads_a_whole``: whether that kernel would load each token's A at once for these tables
     (:func:`lorax_kernels.sgmv.decode_token.loads_a_whole`; this module imports no Triton)."""
-    min_rows = 1 if loads_a_whole else TOKEN_MIN_ROWS
-    return (
-        min_rows <= rows <= TOKEN_MAX_ROWS
-        and table_rank <= FUSED_MAX_RANK
-        and len(slice_offsets) == 2
-        and slice_offsets[1] - slice_offsets[0] <= TOKEN_MAX_WIDTH
-    )
+    if rows > TOKEN_MAX_ROWS or table_rank > FUSED_MAX_RANK:
+        return False
+    widths = [hi - lo for lo, hi in itertools.pairwise(slice_offsets)]
+    narrow = max(widths) <= TOKEN_MAX_WIDTH
+    if loads_a_whole:
+        return narrow or rows <= TOKEN_WIDE_MAX_ROWS
+    return len(widths) == 1 and narrow and rows >= TOKEN_MIN_ROWS
