@@ -1,8 +1,8 @@
 """Multi-LoRA shrink/expand (SGMV): one launch for a batch that mixes any adapters and ranks.
 
 ``lora_apply_`` (``y += LoRA(x)``) is the layer-level entry point: decode-sized batches go to the
-fused one-launch kernel (``sgmv.decode``, or on narrow projections at mid-sized batches its
-dependency-free per-token form ``sgmv.decode_token``, the same bits in 16-bit), larger ones to
+fused one-launch kernel (``sgmv.decode``, or where it is faster its dependency-free per-token
+form ``sgmv.decode_token``, the same bits in 16-bit: ``routing.uses_token_kernel``), larger ones to
 ``lora_shrink`` + ``lora_expand_`` over the tile layout (``sgmv.triton``), which share each
 adapter read across a run of tokens. Every op dispatches on the device of its inputs: Triton
 kernels on CUDA, registered as torch custom ops so they can be captured in CUDA graphs; the fp32
