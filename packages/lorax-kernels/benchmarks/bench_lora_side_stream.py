@@ -1,7 +1,7 @@
 """A projection plus its multi-LoRA delta at decode points, three ways, per Llama-3-8B projection:
 the base GEMM alone, the base GEMM then ``lora_apply_`` (after it the fused kernel, or where
-``uses_token_kernel`` says so the per-token one: q/k/v and o at every point up to 96 tokens,
-gate/up up to 16, down from 17), and the engine's
+``uses_token_kernel`` says so the per-token one: q/k/v and o up to 96 tokens,
+gate/up up to 16, down from 17 to 96), and the engine's
 side-stream form (``lora_shrink_partials`` on a side stream forked beside the base GEMM,
 joined before ``lora_expand_partials_``). Every token has its own rank-16 adapter (bf16 tables).
 
