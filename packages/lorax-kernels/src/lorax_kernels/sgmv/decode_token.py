@@ -32,6 +32,7 @@ import triton.language as tl
 from lorax_kernels.pdl import launch_options, pdl_entry
 from lorax_kernels.sgmv.decode_units import (
     UNIT_ELEMENTS,
+    Chunking,
     add_delta,
     check_slices,
     chunk_partial,
@@ -185,7 +186,13 @@ def _token_kernel(
 def loads_a_whole(in_features: int, max_rank: int, slice_offsets: list[int]) -> bool:
     """Whether the kernel loads each token's A at once for these tables (at most
     ``WHOLE_A_CHUNKS`` shrink chunks) rather than streaming it through its loop."""
-    return chunking(in_features, max_rank, slice_offsets, UNIT_ELEMENTS).split <= WHOLE_A_CHUNKS
+    return _whole_chunks(chunking(in_features, max_rank, slice_offsets, UNIT_ELEMENTS)) > 0
+
+
+def _whole_chunks(c: Chunking) -> int:
+    """The kernel's ``WHOLE_CHUNKS``: the shrink chunks rounded up to a power of two where A is
+    loaded whole, else 0 (the loop)."""
+    return triton.next_power_of_2(c.split) if c.split <= WHOLE_A_CHUNKS else 0
 
 
 def decode_token_lora_(
@@ -246,7 +253,7 @@ def decode_token_lora_(
         BLOCK_N=block_n,
         VEC=c.vec,
         STAGES=STAGES,
-        WHOLE_CHUNKS=triton.next_power_of_2(c.split) if c.split <= WHOLE_A_CHUNKS else 0,
+        WHOLE_CHUNKS=_whole_chunks(c),
         PDL=pdl,
         num_warps=num_warps,
         **launch,

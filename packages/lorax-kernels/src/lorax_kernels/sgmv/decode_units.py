@@ -21,6 +21,7 @@ batch it is in.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -245,6 +246,14 @@ def chunking(
     """The units of a projection with ``in_features`` inputs, slot tables of ``max_rank`` and the
     given slices, each unit reading about ``unit_elements`` elements of A or B."""
     max_width = max(hi - lo for lo, hi in itertools.pairwise(slice_offsets))
+    return _chunking(in_features, max_rank, max_width, unit_elements)
+
+
+@functools.cache
+def _chunking(in_features: int, max_rank: int, max_width: int, unit_elements: int) -> Chunking:
+    """:func:`chunking` for the widest slice, cached: every eager launch asks for it (sometimes
+    twice: ``lora_apply_``'s routing, then the kernel), and Triton's integer helpers make it
+    ~25 µs of host time (the 2-core VM)."""
     block_r = max(2, triton.next_power_of_2(max_rank))
     # Widest vector (<= 8 elements, 16 bytes of bf16) that never crosses the end of a B row.
     vec = min(8, max_rank & -max_rank, block_r)
