@@ -28,6 +28,7 @@ from common import copy_bandwidth_gbs, markdown_table, time_graph_us
 from lorax_kernels.dense_gemv import dense_gemv
 from lorax_kernels.fp8_gemv import FP8, quantize_rows
 from lorax_kernels.fp8_gemv.triton import Fp8GemvConfig, default_config, fp8_gemv
+from lorax_kernels.w4a16.one_row import OneRowConfig
 from lorax_kernels.w4a16.triton import DEFAULT_DECODE, W4Config, w4a16_matmul
 from lorax_kernels.w4a16.triton import default_config as w4a16_default
 
@@ -55,14 +56,14 @@ W4_CANDIDATES = [
     W4Config(block_n=32, block_k=128, warps=4, stages=4, waves=8),
     W4Config(block_n=128, block_k=128, warps=8, stages=3, waves=2),
     W4Config(block_n=128, block_k=64, warps=4, stages=3, waves=4),
-    # The one-row CUDA-core kernel (M = 1): one 128-row group per step; 128 weights a thread at
-    # 128 columns and 4 warps, 256 at 256; more programs per SM hide more load latency.
-    W4Config(block_n=128, block_k=128, warps=4, stages=2, waves=4, dot=False),
-    W4Config(block_n=128, block_k=128, warps=4, stages=1, waves=8, dot=False),
-    W4Config(block_n=256, block_k=128, warps=4, stages=2, waves=4, dot=False),
-    W4Config(block_n=256, block_k=128, warps=8, stages=2, waves=4, dot=False),
-    W4Config(block_n=512, block_k=128, warps=8, stages=2, waves=2, dot=False),
-    W4Config(block_n=64, block_k=128, warps=2, stages=2, waves=8, dot=False),
+    # The one-row tensor-core kernel (M = 1): a 32-column strip per warp.
+    OneRowConfig(warps=4, waves=8),
+    OneRowConfig(warps=4, waves=4),
+    OneRowConfig(warps=4, waves=12),
+    OneRowConfig(warps=2, waves=8),
+    OneRowConfig(warps=2, waves=16),
+    OneRowConfig(warps=8, waves=4),
+    OneRowConfig(warps=8, waves=8),
 ]
 
 
@@ -141,7 +142,9 @@ def run(copy_gbs: float, ms: tuple[int, ...] = (1, 4, 16, 64)) -> str:
     )
 
 
-def _sweep_call(kernel: str, cfg: Fp8GemvConfig | W4Config | None, w: Weights) -> tuple[Call, int]:
+def _sweep_call(
+    kernel: str, cfg: Fp8GemvConfig | W4Config | OneRowConfig | None, w: Weights
+) -> tuple[Call, int]:
     """The call the sweep times for ``kernel`` at tiling ``cfg`` (None: cuBLAS), and its bytes."""
     if kernel == "bf16 GEMV":
         if cfg is None:
@@ -156,7 +159,8 @@ def sweep(copy_gbs: float) -> str:
     """Every candidate tiling at a few M on every shape; totals over the shapes."""
     weights = {name: Weights(k, n) for name, (k, n) in SHAPES.items()}
     out = []
-    # Both kernels' tl.dot tiles are 16 rows whatever M; their CUDA-core modes run at M <= 4.
+    # Both kernels' tl.dot tiles are 16 rows whatever M; the fp8 GEMV's CUDA-core mode runs at
+    # M <= 4, w4a16's one-row kernel at M = 1.
     # "bf16 GEMV": the fp8 GEMV's tilings streaming bf16 weights (no scale), against cuBLAS at
     # M = 1,
     # the batch-1 decode shape where cuBLAS reads qkv and o at 60-70% of copy bandwidth.
@@ -169,8 +173,10 @@ def sweep(copy_gbs: float) -> str:
         for m in ms:
             rows = []
             for cfg in candidates:
-                if cfg is not None and not cfg.dot and m > (1 if kernel == "w4a16" else 4):
-                    continue  # CUDA-core rows: w4a16's kernel takes one, the fp8 GEMV's unroll
+                if isinstance(cfg, OneRowConfig) and m > 1:
+                    continue
+                if isinstance(cfg, Fp8GemvConfig) and not cfg.dot and m > 4:
+                    continue  # the fp8 GEMV's CUDA-core rows unroll
                 label = "cuBLAS F.linear" if cfg is None else str(cfg).split("(", 1)[1].rstrip(")")
                 row: list[object] = [label]
                 total = 0.0
@@ -187,7 +193,7 @@ def sweep(copy_gbs: float) -> str:
             for name, (k, _) in SHAPES.items():
                 shape_default = {
                     "fp8 GEMV": default_config(m, k),
-                    "w4a16": w4a16_default(m),
+                    "w4a16": w4a16_default(m, k, GROUP, DT),
                     "bf16 GEMV": default_config(m, k, dense=True),  # the engine: cuBLAS
                 }[kernel]
                 used.setdefault(str(shape_default), []).append(name)

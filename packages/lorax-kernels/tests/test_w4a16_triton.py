@@ -6,8 +6,6 @@ Runs on CUDA at real shapes, or on CPU under ``TRITON_INTERPRET=1`` at small irr
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 from triton_env import CUDA, DEVICE, INTERPRET, NEEDS_TRITON
@@ -66,17 +64,18 @@ SMALL = [
     (1, 240, 24, 24, False),  # group 24: per-row groups with 64-row steps
     (33, 160, 24, 32, True),  # prefill tiles: two row tiles, one group per 32-row step
 ]
-# The one-row kernel (dot=False): groups per step and per word row, act-order, K split, the last
-# group and the last split short.
+# The one-row kernel: groups of 32, 64, 128 inputs (an epilogue per group), 96 (three per group)
+# and one over all of K, act-order, K split, N not a multiple of its 32-column strips.
 ONE_ROW = [
     (1, 64, 40, 32, False),
-    (1, 72, 24, 8, True),  # group 8: one scale and zero per word row
     (1, 1024, 40, 128, True),  # K split, the last program sums the partials
-    (1, 328, 24, 8, False),
-    (1, 200, 40, 64, True),  # the last group short (200 = 3 * 64 + 8)
-    (1, 240, 24, 24, False),  # group 24: per-word-row groups with 8-row steps
+    (1, 192, 72, 64, True),
     (1, 96, 16, 96, True),
+    (1, 256, 24, 256, False),  # one group, two 128-input epilogues
+    (1, 160, 8, 32, True),
 ]
+# bf16 runs in the interpreter here: the one-row kernel has no tl.dot there.
+ONE_ROW_DTYPES = [torch.float16, torch.bfloat16]
 LARGE = [
     (1, 4096, 4096, 128, False),
     (16, 4096, 4096, 128, True),
@@ -86,12 +85,11 @@ LARGE = [
 ]
 
 
-def _cuda_cores():
-    """The decode tiling on the one-row CUDA-core kernel (``dot=False``); imported here, as
-    Triton must follow TRITON_INTERPRET."""
-    from lorax_kernels.w4a16.triton import DEFAULT_DECODE
+def _one_row(warps: int = 2, waves: int = 4):
+    """A tiling of the one-row kernel; imported here, as Triton must follow TRITON_INTERPRET."""
+    from lorax_kernels.w4a16.one_row import OneRowConfig
 
-    return replace(DEFAULT_DECODE, dot=False)
+    return OneRowConfig(warps=warps, waves=waves)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -100,38 +98,53 @@ def test_w4a16_small(m: int, k: int, n: int, group: int, act_order: bool, dtype)
     _check(m, k, n, group, act_order, dtype)
 
 
-@pytest.mark.parametrize("dtype", list(TOL), ids=str)  # no tl.dot: bf16 runs in the interpreter
+@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
 @pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), ONE_ROW)
-def test_w4a16_small_cuda_cores(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
-    _check(m, k, n, group, act_order, dtype, _cuda_cores())
+def test_w4a16_small_one_row(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
+    _check(m, k, n, group, act_order, dtype, _one_row())
 
 
-@pytest.mark.parametrize("dot", [True, False])
-def test_w4a16_small_tiles_split_more(dot: bool) -> None:
+@pytest.mark.parametrize("one_row", [False, True])
+def test_w4a16_small_tiles_split_more(one_row: bool) -> None:
     """Small tiles and many waves: several column tiles, each K split many ways."""
     from lorax_kernels.w4a16.triton import W4Config
 
-    cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8, dot=dot)
-    _check(3 if dot else 1, 512, 40, 64, True, torch.float16, cfg)
+    cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8)
+    _check(
+        1 if one_row else 3, 512, 40, 64, True, torch.float16, _one_row(1, 8) if one_row else cfg
+    )
 
 
-def test_w4a16_cuda_cores_reject_more_rows() -> None:
-    """dot=False is the one-row kernel: two rows are refused, not rerouted."""
+@pytest.mark.parametrize(
+    ("m", "k", "group", "dtype", "match"),
+    [
+        (2, 64, 32, torch.float16, "one row, got 2"),
+        (1, 64, 32, torch.float32, "bf16/fp16"),
+        (1, 72, 8, torch.float16, "multiples of 32"),
+    ],
+)
+def test_w4a16_one_row_refuses_what_it_does_not_serve(
+    m: int, k: int, group: int, dtype: torch.dtype, match: str
+) -> None:
+    """A one-row tiling asked for on more rows, fp32 or 8-input groups is refused, not rerouted;
+    by default those shapes take the tl.dot tiling (test_w4a16_small)."""
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
-    x, qweight, scales, zeros, perm = _case(2, 64, 24, 32, False, torch.float32, 0)
-    with pytest.raises(ValueError, match="dot=False"):
-        w4a16_matmul(x, qweight, scales, zeros, perm, 32, _cuda_cores())
+    x, qweight, scales, zeros, perm = _case(m, k, 24, group, False, dtype, 0)
+    with pytest.raises(ValueError, match=match):
+        w4a16_matmul(x, qweight, scales, zeros, perm, group, _one_row())
 
 
-def test_w4a16_config_validates_dot() -> None:
+def test_w4a16_configs_validate() -> None:
+    from lorax_kernels.w4a16.one_row import OneRowConfig
     from lorax_kernels.w4a16.triton import W4Config
 
-    with pytest.raises(ValueError, match="dot must be a bool"):
-        W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4, dot=0)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="need block_n >= 16"):
         W4Config(block_n=8, block_k=128, warps=4, stages=3, waves=4)
-    assert W4Config(block_n=8, block_k=128, warps=4, stages=3, waves=4, dot=False).block_n == 8
+    with pytest.raises(ValueError, match="warps must be a power of two"):
+        OneRowConfig(warps=3, waves=4)
+    with pytest.raises(ValueError, match="waves must be >= 1"):
+        OneRowConfig(warps=2, waves=0)
 
 
 @pytest.mark.gpu
@@ -142,27 +155,40 @@ def test_w4a16_real_shapes(m: int, k: int, n: int, group: int, act_order: bool, 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
 @pytest.mark.parametrize(
     ("m", "k", "n", "group", "act_order"),
-    [(1, 4096, 4096, 128, False), (1, 14336, 4096, 128, True), (1, 4096, 28672, 128, True)],
+    [
+        (1, 4096, 4096, 128, False),
+        (1, 14336, 4096, 128, True),
+        (1, 4096, 28672, 128, True),
+        (1, 4096, 6144, 32, False),
+        (1, 4096, 4096, 4096, True),  # one group over K (GPTQ's group size -1)
+    ],
 )
-def test_w4a16_real_shapes_cuda_cores(
+def test_w4a16_real_shapes_one_row(
     m: int, k: int, n: int, group: int, act_order: bool, dtype
 ) -> None:
-    _check(m, k, n, group, act_order, dtype, _cuda_cores())
+    _check(m, k, n, group, act_order, dtype)
 
 
-@pytest.mark.parametrize("dot", [True, False])
-def test_w4a16_decode_split_is_deterministic(dot: bool) -> None:
+@pytest.mark.gpu
+@pytest.mark.parametrize(("warps", "waves"), [(1, 16), (2, 16), (8, 4)])
+def test_w4a16_one_row_tilings_at_real_shapes(warps: int, waves: int) -> None:
+    """Every warp count lays the mma lanes out alike, act-order's gathered x included."""
+    _check(1, 4096, 6144, 128, True, torch.bfloat16, _one_row(warps, waves))
+
+
+@pytest.mark.parametrize("one_row", [False, True])
+def test_w4a16_decode_split_is_deterministic(one_row: bool) -> None:
     """The split-K partials are summed in a fixed order: repeated calls agree bit for bit."""
     from lorax_kernels.device import split_counters
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
-    config = None if dot else _cuda_cores()
+    config = _one_row() if one_row else None
     dtype = torch.bfloat16 if CUDA else torch.float16
     k, n = (14336, 4096) if CUDA else (512, 24)
-    x, qweight, scales, zeros, perm = _case(4 if dot else 1, k, n, 128, True, dtype, 1)
+    x, qweight, scales, zeros, perm = _case(1 if one_row else 4, k, n, 128, True, dtype, 1)
     first = w4a16_matmul(x, qweight, scales, zeros, perm, 128, config)
     for _ in range(3):
         assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, perm, 128, config), first)

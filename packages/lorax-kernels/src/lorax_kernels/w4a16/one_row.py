@@ -1,30 +1,34 @@
-"""Triton w4a16 GEMV for one row (batch-1 decode) on the CUDA cores: ``x[perm] @ W``, W 4-bit.
+"""Triton w4a16 GEMV for one row (batch-1 decode) on the tensor cores: ``x[perm] @ W``, W 4-bit.
 
-One row makes one multiply-add per weight, so what holds the kernel back is the instructions and
-stalls spent on each weight, not the tensor cores. The general kernel's CUDA-core path (run 7's
-sm_90 SASS, compiled here from Triton 3.6) spent 814 instructions a K step on 128 weights a thread
-(6.4 a weight: nibble unpack, the 2^23 float trick and its subtraction, multiply, a tree of adds
-over K, x through shared memory) with CTA barriers every step; it read the weights at 21-30% of
-copy bandwidth. This kernel's step is 691 instructions (5.4 a weight), with no shared memory or
-barrier inside the loop:
+One row makes one multiply-add per weight. On the CUDA cores each weight also costs its unpacking
+into a float: the kernel this one replaced spent 5.4 sm_90 instructions a weight and read the
+weights at 25-40% of copy bandwidth. Here the weights are the A operand of ``mma.sync
+m16n8k16`` (16 output columns x 16 inputs) and x is B, the same x in all eight of B's columns:
+unpacking is about one instruction per weight pair and the multiply-adds are the tensor cores'.
 
-- A word's even and odd nibbles are split once (two masks, one shift) into one nibble a byte;
-  each nibble q then becomes the float ``0.5 + q / 256`` by a shift and one LOP3 that masks it
-  and ORs in the exponent's bits (``0x3F000000 | q << 16``): no int -> float conversion, nothing
-  subtracted per weight.
-- One FMA adds ``(0.5 + q / 256) * x`` into a per-word accumulator ``t``, kept 2D (``[word rows,
-  columns]``, the words' own layout): nothing is summed across threads inside the K loop.
-- Per word (eight weights) the group's scale and zero come in once:
-  ``sum_j (q_j - z) x_j s = s (256 t - (128 + z) X)`` with ``X = sum_j x_j``. The 0.5 cancels in
-  fp32 (q sits 7 bits below the float's leading 1: a relative error near 1e-6 of the result,
-  far below the 16-bit output's rounding).
-- Scales and zeros are read as ``[word rows, columns]`` tiles in that same layout (the rows of a
-  group repeat, from L1): a ``[columns]`` vector would be moved into it through shared memory.
+Lane ``(g, t)`` of a warp (``g = lane // 4``, ``t = lane % 4``, the mma's fragment coordinates)
+loads, per 32-input block and 32-column strip, the packed words of word row ``t`` (inputs
+``8 t .. 8 t + 7``) for columns ``4 g .. 4 g + 3``: one 16-byte load; the warp's loads cover
+four 128-byte rows. The contraction order inside an mma is free, so the lane's eight nibbles are
+laid out as its fragment slots directly:
 
-x for nibble j of word row i is ``x[8 i + j]``: the same for every column a warp holds, read from
-L1. The weight rows are split across programs until ``waves`` programs per SM stream them; the
-last program of a column tile to arrive sums the fp32 partials in split order (an atomic counter
-it re-arms: CUDA-graph safe, the same result whichever program finishes last).
+- ``(w >> 4 s) & 0x000F000F | 0x43004300`` is the bf16 pair ``(128 + q_s, 128 + q_{s+4})`` (fp16:
+  ``0x64006400``, 1024 + q), exact, one LOP3 (and a shift) per pair; s = 0, 1 fill the first
+  mma's slots, s = 2, 3 the second's. Columns ``4 g, 4 g + 1`` are tile rows ``g, g + 8`` of
+  one mma, ``4 g + 2, 4 g + 3`` of another.
+- B takes x in the same order: ``x[8 t + s]`` with ``x[8 t + s + 4]``, one PRMT per pair from
+  the lane's own 16-byte load of ``x[8 t .. 8 t + 7]`` (through ``perm`` for act-order).
+- The offset is removed once per group: ``sum (q - z) x = D - (OFFSET + z) X`` with D the mma
+  sum of ``(OFFSET + q) x`` and X the group's sum of x, itself an mma of ones with the same B.
+
+Every lane ends a group with D of its four columns (the tensor cores sum over the lanes), scales
+it, and the lanes with ``t = 0`` write. K is split across programs until ``waves`` programs per
+SM stream the weight; the last program of a column tile to arrive sums the fp32 partials in split
+order (``split_k_sum``).
+
+Triton's interpreter cannot run inline PTX: there (CI) each 32-input block's D and X are computed
+with tensor arithmetic instead, the same sums in another order, so the tests check everything
+around the two mma blocks, which the GPU tests check.
 """
 
 # Triton's launch syntax (kernel[grid](..., num_warps=...)) and constexpr parameters are not
@@ -34,6 +38,10 @@ it re-arms: CUDA-graph safe, the same result whichever program finishes last).
 
 from __future__ import annotations
 
+import math
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -41,16 +49,146 @@ import triton.language as tl
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 from lorax_kernels.split_k_sum import last_split_total
 
+INPUT_BLOCK = 32  # inputs per block: the lanes' word rows t = 0..3 of eight inputs each
+# Most inputs between two scale-and-zero epilogues: long groups (up to one over all of K) are
+# taken in steps of this many, which is also the unit K is split in.
+EPILOGUE_INPUTS = 128
+
+
+def _mma_block(kind: str, magic: int) -> str:
+    """PTX: one lane's 32-input block. Outputs $0..$3: D of the lane's four columns; inputs $4..$7
+    the four words, $8..$11 ``x[8 t .. 8 t + 7]`` as pairs, $12..$15 D so far."""
+    lines = [
+        "{",
+        ".reg .b32 b0, b1, b2, b3, u, p<16>;",
+        ".reg .f32 e<4>, f<4>;",
+        # B pairs in the nibbles' order: (x0, x4), (x1, x5) | (x2, x6), (x3, x7).
+        "prmt.b32 b0, $8, $10, 0x5410;",
+        "prmt.b32 b1, $8, $10, 0x7632;",
+        "prmt.b32 b2, $9, $11, 0x5410;",
+        "prmt.b32 b3, $9, $11, 0x7632;",
+    ]
+    # p[4 s + c]: word c's nibbles s and s + 4 as the pair (OFFSET + q_s, OFFSET + q_{s+4}).
+    for s in range(4):
+        for c in range(4):
+            src = f"${4 + c}"
+            if s:
+                lines.append(f"shr.u32 u, {src}, {4 * s};")
+                src = "u"
+            lines.append(f"lop3.b32 p{4 * s + c}, {src}, 0x000F000F, {magic:#x}, 0xEA;")
+    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{kind}.{kind}.f32"
+    # Tile rows g and g + 8 are columns 4g + 2h and 4g + 2h + 1; D's columns are all alike (B's
+    # are), so its slots 1 and 3 repeat 0 and 2.
+    for h, acc in ((0, "e"), (1, "f")):
+        c0, c1 = 2 * h, 2 * h + 1
+        lines.append(
+            f"{mma} {{{acc}0, {acc}1, {acc}2, {acc}3}}, {{p{c0}, p{c1}, p{4 + c0}, p{4 + c1}}}, "
+            f"{{b0, b1}}, {{${12 + c0}, ${12 + c0}, ${12 + c1}, ${12 + c1}}};"
+        )
+        lines.append(
+            f"{mma} {{${c0}, {acc}1, ${c1}, {acc}3}}, {{p{8 + c0}, p{8 + c1}, p{12 + c0}, "
+            f"p{12 + c1}}}, {{b2, b3}}, {{{acc}0, {acc}1, {acc}2, {acc}3}};"
+        )
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _x_sum_block(kind: str, one: int) -> str:
+    """PTX: the block's sum of x added to $8, into $0..$3 (alike); $4..$7 x as above."""
+    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{kind}.{kind}.f32"
+    return "\n".join(
+        [
+            "{",
+            ".reg .b32 b0, b1, b2, b3, one;",
+            ".reg .f32 e<4>;",
+            f"mov.b32 one, {one:#x};",
+            "prmt.b32 b0, $4, $6, 0x5410;",
+            "prmt.b32 b1, $4, $6, 0x7632;",
+            "prmt.b32 b2, $5, $7, 0x5410;",
+            "prmt.b32 b3, $5, $7, 0x7632;",
+            f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{b0, b1}}, {{$8, $8, $8, $8}};",
+            f"{mma} {{$0, e1, e2, e3}}, {{one, one, one, one}}, {{b2, b3}}, {{e0, e1, e2, e3}};",
+            "mov.b32 $1, $0;",
+            "mov.b32 $2, $0;",
+            "mov.b32 $3, $0;",
+            "}",
+        ]
+    )
+
+
+_MMA_OPERANDS = tl.constexpr("=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f")
+_X_SUM_OPERANDS = tl.constexpr("=f,=f,=f,=f,r,r,r,r,f,f,f,f")
+_BF16_MMA = tl.constexpr(_mma_block("bf16", 0x43004300))
+_F16_MMA = tl.constexpr(_mma_block("f16", 0x64006400))
+_BF16_X_SUM = tl.constexpr(_x_sum_block("bf16", 0x3F803F80))
+_F16_X_SUM = tl.constexpr(_x_sum_block("f16", 0x3C003C00))
+
+
+@dataclass(slots=True, frozen=True)
+class OneRowConfig:
+    """The one-row kernel's tiling: ``warps`` per program, each streaming one 32-column strip
+    (one strip a lane row: with two, Triton 3.6 gave act-order's gathered x another layout than
+    the words', and the mma lanes wrong results); K split until about ``waves`` programs per SM."""
+
+    warps: int
+    waves: int
+
+    def __post_init__(self) -> None:
+        if self.warps <= 0 or self.warps & (self.warps - 1):
+            raise ValueError(f"warps must be a power of two, got {self.warps}")
+        if self.waves < 1:
+            raise ValueError("waves must be >= 1")
+
+
+def one_row_fits(k: int, group_size: int, dtype: torch.dtype) -> bool:
+    """Whether the one-row kernel serves this weight: bf16 / fp16 x, K and the group size whole
+    32-input blocks."""
+    return (
+        dtype in (torch.bfloat16, torch.float16)
+        and k % INPUT_BLOCK == 0
+        and group_size % INPUT_BLOCK == 0
+    )
+
 
 @triton.jit
-def _byte_as_float(nibbles, b: tl.constexpr):
-    """Byte ``b`` of words whose bytes each hold one nibble q, as the float ``0.5 + q / 256``:
-    bits ``0x3F000000 | q << 16``, q three bits below the top of the mantissa (exact)."""
-    if b <= 2:
-        bits = ((nibbles << (16 - 8 * b)) & 0x000F0000) | 0x3F000000
+def _lane_group_sum(v, ROWS: tl.constexpr):
+    """``[ROWS, 4]``: each row's sum over the four lanes t of its group g (what an mma sums)."""
+    total = tl.sum(tl.reshape(v, (ROWS // 4, 4, 4)), axis=1)  # [ROWS // 4, 4]
+    return tl.reshape(tl.broadcast_to(total[:, None, :], (ROWS // 4, 4, 4)), (ROWS, 4))
+
+
+@triton.jit
+def _emulated_block(x_ptr, perm_ptr, words, k0, t, HAS_PERM: tl.constexpr, OFFSET: tl.constexpr):
+    """The interpreter's D and X of one 32-input block, both ``[ROWS, 4]``: what the two mma
+    blocks compute, by tensor arithmetic."""
+    ROWS: tl.constexpr = words.shape[0]
+    d = tl.zeros(words.shape, dtype=tl.float32)
+    x_sum = tl.zeros(words.shape, dtype=tl.float32)
+    for j in tl.static_range(8):
+        kj = k0 + 8 * t + j + 0 * words  # [ROWS, 4]: input 8 t + j of each lane
+        if HAS_PERM:
+            kj = tl.load(perm_ptr + kj)
+        xj = tl.load(x_ptr + kj).to(tl.float32)
+        qj = ((words >> (4 * j)) & 0xF).to(tl.float32)
+        d += (OFFSET + qj) * xj
+        x_sum += xj
+    return _lane_group_sum(d, ROWS), _lane_group_sum(x_sum, ROWS)
+
+
+@triton.jit
+def _mma_blocks(words, xr, d, x_sum, IS_FP16: tl.constexpr):
+    """D and X of one 32-input block added to ``d`` and ``x_sum`` (the two PTX blocks above)."""
+    if IS_FP16:
+        d = tl.inline_asm_elementwise(_F16_MMA, _MMA_OPERANDS, [words, xr, d], tl.float32, True, 4)
+        x_sum = tl.inline_asm_elementwise(
+            _F16_X_SUM, _X_SUM_OPERANDS, [xr, x_sum], tl.float32, True, 4
+        )
     else:
-        bits = ((nibbles >> 8) & 0x000F0000) | 0x3F000000
-    return bits.to(tl.float32, bitcast=True)
+        d = tl.inline_asm_elementwise(_BF16_MMA, _MMA_OPERANDS, [words, xr, d], tl.float32, True, 4)
+        x_sum = tl.inline_asm_elementwise(
+            _BF16_X_SUM, _X_SUM_OPERANDS, [xr, x_sum], tl.float32, True, 4
+        )
+    return d, x_sum
 
 
 @triton.jit
@@ -70,65 +208,64 @@ def _w4a16_one_row_kernel(
     stride_qk,
     stride_sg,
     GROUP_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    WORD_ROWS: tl.constexpr,
+    STRIPS: tl.constexpr,  # 32-column strips: one per warp
+    EPILOGUE: tl.constexpr,
     SPLIT_K: tl.constexpr,
     HAS_PERM: tl.constexpr,
-    GROUP_PER_STEP: tl.constexpr,
+    IS_FP16: tl.constexpr,
+    OFFSET: tl.constexpr,
+    EMULATE: tl.constexpr,
 ):
+    # Tensors are [lane rows, c]: row R is lane R % 32 of warp R // 32 (the warp's strip) and
+    # holds c = 0..3 (one 16-byte load). The only non-contiguous dimension is the rows, so
+    # Triton lays lanes out along them whatever its tie-breaking between dimensions (a 4D
+    # [strip, g, t, c] form got lanes in g + 8 t order from Triton 3.6); the asm relies on it.
+    BLOCK_N: tl.constexpr = 32 * STRIPS
+    ROWS: tl.constexpr = 32 * STRIPS
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    lane_row = tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
+    c = tl.arange(0, 4)[None, :]  # [1, 4]
+    t = lane_row % 4  # the lane's word row and x octet
+    # [ROWS, 4]: columns 4 g .. 4 g + 3 of the lane's strip (32 s + 4 g = 4 (R // 4)).
+    rn = pid_n * BLOCK_N + 4 * (lane_row // 4) + c
     n_mask = rn < N
-    ri = tl.arange(0, WORD_ROWS)  # [WORD_ROWS]
-    acc = tl.zeros((WORD_ROWS, BLOCK_N), dtype=tl.float32)
+    lane_pair = 4 * t + c  # the lane's x pair c: inputs 8 t + 2 c and 8 t + 2 c + 1
+    x_pairs = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+    y = tl.zeros((ROWS, 4), dtype=tl.float32)
     k_begin = split * k_per_split
-    for k0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), 8 * WORD_ROWS):
-        rw = k0 // 8 + ri  # [WORD_ROWS] word rows of this step
-        w_mask = rw < K // 8
-        words = tl.load(
-            qw_ptr + rw[:, None] * stride_qk + rn[None, :],
-            mask=w_mask[:, None] & n_mask[None, :],
-            other=0,
-        )  # [WORD_ROWS, BLOCK_N] int32
-        t = tl.zeros((WORD_ROWS, BLOCK_N), dtype=tl.float32)
-        x_sum = tl.zeros((WORD_ROWS,), dtype=tl.float32)
-        even = words & 0x0F0F0F0F  # nibbles 0, 2, 4, 6, one per byte
-        odd = (words >> 4) & 0x0F0F0F0F  # nibbles 1, 3, 5, 7
-        for j in tl.static_range(8):
-            rk = 8 * rw + j  # [WORD_ROWS] weight rows of nibble j
-            if HAS_PERM:
-                cols = tl.load(perm_ptr + rk, mask=w_mask, other=0)  # act-order: x's columns
+    for e0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), EPILOGUE):
+        d = tl.zeros((ROWS, 4), dtype=tl.float32)
+        x_sum = tl.zeros((ROWS, 4), dtype=tl.float32)
+        for b in tl.static_range(EPILOGUE // 32):
+            k0 = e0 + 32 * b
+            words = tl.load(qw_ptr + (k0 // 8 + t) * stride_qk + rn, mask=n_mask, other=0)
+            if EMULATE:
+                d_block, x_block = _emulated_block(x_ptr, perm_ptr, words, k0, t, HAS_PERM, OFFSET)
+                d += d_block
+                x_sum += x_block
             else:
-                cols = rk
-            xj = tl.load(x_ptr + cols, mask=w_mask, other=0.0).to(tl.float32)  # [WORD_ROWS]
-            if j % 2 == 0:
-                v = _byte_as_float(even, j // 2)
-            else:
-                v = _byte_as_float(odd, j // 2)
-            t += v * xj[:, None]
-            x_sum += xj
-        # Scales and zeros come as [WORD_ROWS, BLOCK_N] tiles, in the words' layout: a [BLOCK_N]
-        # vector would be moved into it through shared memory, with barriers, every step.
-        if GROUP_PER_STEP:  # the step lies in one group: its rows repeat, read from L1
-            gn = (k0 // GROUP_SIZE) * stride_sg + 0 * rw[:, None] + rn[None, :]
-            gn_mask = n_mask[None, :]
-        else:  # groups of 8-row multiples: one scale and zero per word row
-            gn = ((8 * rw) // GROUP_SIZE)[:, None] * stride_sg + rn[None, :]
-            gn_mask = w_mask[:, None] & n_mask[None, :]
-        s = tl.load(s_ptr + gn, mask=gn_mask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + gn, mask=gn_mask, other=0.0).to(tl.float32)
-        acc += s * (256.0 * t - (128.0 + z) * x_sum[:, None])
-    y = tl.sum(acc, axis=0)  # [BLOCK_N]
+                if HAS_PERM:
+                    lo = tl.load(x_ptr + tl.load(perm_ptr + k0 + 2 * lane_pair))
+                    hi = tl.load(x_ptr + tl.load(perm_ptr + k0 + 2 * lane_pair + 1))
+                    lo = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+                    xr = lo | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+                else:
+                    xr = tl.load(x_pairs + k0 // 2 + lane_pair)  # x[8 t .. 8 t + 7] in pairs
+                d, x_sum = _mma_blocks(words, xr, d, x_sum, IS_FP16)
+        gs = (e0 // GROUP_SIZE) * stride_sg + rn
+        s = tl.load(s_ptr + gs, mask=n_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + gs, mask=n_mask, other=0.0).to(tl.float32)
+        y += s * (d - (OFFSET + z) * x_sum)
+    out_mask = n_mask & (t == 0)
     if not SPLIT_K:
-        tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
+        tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=out_mask)
     else:
-        part_ptrs = part_ptr + rn  # [num_splits, N] fp32 partials
         last, total = last_split_total(
-            y, part_ptrs, N, split, num_splits, count_ptr + pid_n, n_mask
+            y, part_ptr + rn, N, split, num_splits, count_ptr + pid_n, out_mask
         )
         if last:
-            tl.store(y_ptr + rn, total.to(y_ptr.dtype.element_ty), mask=n_mask)
+            tl.store(y_ptr + rn, total.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 def w4a16_one_row(
@@ -138,25 +275,25 @@ def w4a16_one_row(
     zeros: torch.Tensor,
     perm: torch.Tensor | None,
     group_size: int,
-    *,
-    block_n: int,
-    block_k: int,
-    warps: int,
-    stages: int,
-    waves: int,
+    config: OneRowConfig,
 ) -> torch.Tensor:
-    """``x[:, perm] @ W`` for x ``[1, K]`` (validated arguments, as ``w4a16.w4a16_matmul``):
-    ``[block_k // 8, block_n]``-word tiles, K split until ``waves`` programs per SM. ``block_k``
-    is a multiple of 8 that divides ``group_size`` or not (then one scale per word row)."""
+    """``x[:, perm] @ W`` for x ``[1, K]`` (validated arguments, as ``w4a16.w4a16_matmul``) where
+    ``one_row_fits``."""
     k = x.shape[1]
     n = qweight.shape[1]
     if x.shape[0] != 1:
         raise ValueError(f"the one-row kernel takes one row, got {x.shape[0]}")
+    if not one_row_fits(k, group_size, x.dtype):
+        raise ValueError(
+            f"the one-row kernel takes bf16/fp16 and K, group size multiples of {INPUT_BLOCK}; "
+            f"got {x.dtype}, K {k}, group {group_size}"
+        )
+    if x.stride(1) != 1 or x.data_ptr() % 4:
+        x = x.contiguous()  # x is read in 4-byte pairs
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    tiles_n = triton.cdiv(n, block_n)
-    split, k_per_split = split_k(k, block_k, tiles_n, waves, x.device)
+    epilogue = math.gcd(group_size, EPILOGUE_INPUTS)  # 32, 64 or 128: whole blocks of one group
+    tiles_n = triton.cdiv(n, 32 * config.warps)
+    split, k_per_split = split_k(k, epilogue, tiles_n, config.waves, x.device)
     if split > 1 and tiles_n > SPLIT_COUNTERS:
         raise ValueError(f"{n} output features need more than {SPLIT_COUNTERS} column tiles")
     parts = torch.empty(split * n if split > 1 else 0, device=x.device, dtype=torch.float32)
@@ -175,14 +312,16 @@ def w4a16_one_row(
         split,
         qweight.stride(0),
         scales.stride(0),
-        # A constant: the step's group index divides by it (a multiply, not a division loop).
         GROUP_SIZE=group_size,
-        BLOCK_N=block_n,
-        WORD_ROWS=block_k // 8,
+        STRIPS=config.warps,
+        EPILOGUE=epilogue,
         SPLIT_K=split > 1,
         HAS_PERM=perm is not None,
-        GROUP_PER_STEP=group_size % block_k == 0,
-        num_warps=warps,
-        num_stages=stages,
+        IS_FP16=x.dtype == torch.float16,
+        # The magic exponents' values: 1024 + q is exact in fp16, 128 + q in bf16.
+        OFFSET=1024.0 if x.dtype == torch.float16 else 128.0,
+        EMULATE=os.environ.get("TRITON_INTERPRET") == "1",
+        num_warps=config.warps,
+        num_stages=1,
     )
     return y

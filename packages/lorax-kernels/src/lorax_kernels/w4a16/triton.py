@@ -12,8 +12,9 @@ group: it loads one scale row and one zero row, dots x with the integer ``q - ze
 16 bits) and scales the ``[BLOCK_M, BLOCK_N]`` product. A group size no power-of-two tile
 divides (8, 24, 40, ...) falls back to one scale and zero per row of the tile.
 
-One row (batch-1 decode) has a kernel of its own on the CUDA cores, ``W4Config.dot=False``
-(``w4a16.one_row``: no 16-row padding, no shared memory or barrier in its K loop).
+One row (batch-1 decode) has a kernel of its own (``w4a16.one_row``: the weights as the A
+operand of ``mma.sync`` with x as B, no 16-row padding), for bf16 / fp16 and groups of whole
+32-input blocks; other single rows take the decode tiling here.
 
 Small batches (M <= 16, decode) have too few output tiles to keep the GPU busy, so they also split
 K (GEMV-style): each program reduces one range of input rows into an fp32 partial, and the last
@@ -37,7 +38,7 @@ import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 from lorax_kernels.split_k_sum import last_split_total
-from lorax_kernels.w4a16.one_row import w4a16_one_row
+from lorax_kernels.w4a16.one_row import OneRowConfig, one_row_fits, w4a16_one_row
 
 # Up to this many rows (decode batches) the K dimension is split across programs.
 GEMV_MAX_ROWS = 16
@@ -47,51 +48,44 @@ GEMV_MAX_ROWS = 16
 class W4Config:
     """One tiling: ``[block_n]`` output columns per program, K steps of up to ``block_k`` rows (the
     largest power of two <= block_k that divides the group size), ``warps`` per program,
-    ``stages`` of software pipelining; decode splits K until ``waves`` programs per SM.
-
-    ``dot``: tensor cores on rows padded to a 16-row ``tl.dot`` tile; False is the one-row
-    CUDA-core kernel (``one_row``), for one row only: ``w4a16_matmul`` rejects it on more rows
-    rather than silently running a different kernel than the one asked for."""
+    ``stages`` of software pipelining; decode splits K until ``waves`` programs per SM. Rows are
+    padded to 16-row ``tl.dot`` tiles."""
 
     block_n: int
     block_k: int
     warps: int
     stages: int
     waves: int
-    dot: bool = True
 
     def __post_init__(self) -> None:
         for name in ("block_n", "block_k", "warps"):
             v = getattr(self, name)
             if v <= 0 or v & (v - 1):
                 raise ValueError(f"{name} must be a power of two, got {v}")
-        if not isinstance(self.dot, bool):
-            raise ValueError(f"dot must be a bool, got {self.dot!r}")
-        # K steps of whole packed words, searched down to 16 rows by step_rows; N only for tl.dot.
+        # K steps of whole packed words, searched down to 16 rows by step_rows.
         if self.block_k < 16:
             raise ValueError(f"block_k must be >= 16, got {self.block_k}")
-        if self.dot and self.block_n < 16:
+        if self.block_n < 16:
             raise ValueError("tl.dot tiles need block_n >= 16")
         if self.stages < 1 or self.waves < 1:
             raise ValueError("stages and waves must be >= 1")
 
 
-# Measured on the H200 (bench_quant_gemv.py --sweep-only, session 4, summed over the Llama-3-8B
-# projections): at one row a CUDA-core inner product on 128-column tiles read the weights in
-# 98 µs against 138 µs for the 16-row tl.dot tile. The one-row kernel has been rewritten since
-# (5.4 instructions a weight in its sm_90 SASS against 6.4, no barrier in its loop); its tiling is
-# the earlier one's until a sweep times it.
+# One row (mma kernel), measured on the H200 (session 13, run 13: a layer's four GEMVs at Llama-3-8B
+# shapes, group 128, µs plain / act-order): 4 warps at 8 waves 66.7 / 81.5, against 89.2 / 96.9
+# for the CUDA-core kernel it replaced; 1 warp at 32 waves 59.2 / 78.2 (not yet run in the engine),
+# 4 waves 87.6 / 112.2.
 # Decode tl.dot: a 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at
 # 4 warps, one 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K
 # per program.
-DEFAULT_ONE_ROW = W4Config(block_n=128, block_k=128, warps=4, stages=2, waves=4, dot=False)
+DEFAULT_ONE_ROW = OneRowConfig(warps=4, waves=8)
 DEFAULT_DECODE = W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4)
 DEFAULT_PREFILL = W4Config(block_n=64, block_k=64, warps=4, stages=2, waves=1)
 
 
-def default_config(m: int) -> W4Config:
-    """The tiling ``w4a16_matmul`` uses for ``m`` rows."""
-    if m == 1:
+def default_config(m: int, k: int, group_size: int, dtype: torch.dtype) -> W4Config | OneRowConfig:
+    """The tiling ``w4a16_matmul`` uses for ``m`` rows of ``dtype`` over ``k`` inputs."""
+    if m == 1 and one_row_fits(k, group_size, dtype):
         return DEFAULT_ONE_ROW
     return DEFAULT_DECODE if m <= GEMV_MAX_ROWS else DEFAULT_PREFILL
 
@@ -208,34 +202,21 @@ def w4a16_matmul(
     zeros: torch.Tensor,
     perm: torch.Tensor | None,
     group_size: int,
-    config: W4Config | None = None,
+    config: W4Config | OneRowConfig | None = None,
 ) -> torch.Tensor:
     """Triton version of ``reference.w4a16_matmul_ref`` (same arguments, already validated);
-    ``config`` overrides the default tiling (the benchmark's sweep)."""
+    ``config`` overrides the default tiling (the benchmark's sweep). A ``OneRowConfig`` runs the
+    one-row kernel, which refuses other shapes rather than silently running another kernel."""
     m, k = x.shape
     n = qweight.shape[1]
     if m == 0:
         return torch.empty(0, n, device=x.device, dtype=x.dtype)
     if x.stride(1) != 1:
         x = x.contiguous()
-    cfg = config or default_config(m)
+    cfg = config or default_config(m, k, group_size, x.dtype)
+    if isinstance(cfg, OneRowConfig):
+        return w4a16_one_row(x, qweight, scales, zeros, perm, group_size, cfg)
     block_k = step_rows(group_size, cfg.block_k)
-    if not cfg.dot:
-        if m != 1:
-            raise ValueError(f"dot=False (the one-row kernel) serves one row, got {m}")
-        return w4a16_one_row(
-            x,
-            qweight,
-            scales,
-            zeros,
-            perm,
-            group_size,
-            block_n=cfg.block_n,
-            block_k=block_k,
-            warps=cfg.warps,
-            stages=cfg.stages,
-            waves=cfg.waves,
-        )
     decode = m <= GEMV_MAX_ROWS
     if perm is not None and not decode:
         # Gathering x through perm inside every tile made act-order 7x slower than plain GPTQ at
