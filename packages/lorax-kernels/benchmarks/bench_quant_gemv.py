@@ -190,10 +190,10 @@ def sweep(copy_gbs: float) -> str:
             best = min(rows, key=lambda r: float(r[-1]))  # pyright: ignore[reportArgumentType]
             # The default per shape (the fp8 GEMV's depends on K), each tiling with its shapes.
             used: dict[str, list[str]] = {}
-            for name, (k, _) in SHAPES.items():
+            for name, (k, n) in SHAPES.items():
                 shape_default = {
                     "fp8 GEMV": default_config(m, k),
-                    "w4a16": w4a16_default(m, k, GROUP, DT),
+                    "w4a16": w4a16_default(m, k, n, GROUP, DT),
                     "bf16 GEMV": default_config(m, k, dense=True),  # the engine: cuBLAS
                 }[kernel]
                 used.setdefault(str(shape_default), []).append(name)

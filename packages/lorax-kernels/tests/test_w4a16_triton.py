@@ -67,12 +67,12 @@ SMALL = [
 # The one-row kernel: groups of 32, 64, 128 inputs (an epilogue per group), 96 (three per group)
 # and one over all of K, act-order, K split, N not a multiple of its 32-column strips.
 ONE_ROW = [
-    (1, 64, 40, 32, False),
-    (1, 1024, 40, 128, True),  # K split, the last program sums the partials
-    (1, 192, 72, 64, True),
+    (1, 64, 48, 32, False),
+    (1, 1024, 48, 128, True),  # K split, the last program sums the partials
+    (1, 192, 80, 64, True),
     (1, 96, 16, 96, True),
-    (1, 256, 24, 256, False),  # one group, two 128-input epilogues
-    (1, 160, 8, 32, True),
+    (1, 256, 32, 256, False),  # one group, two 128-input epilogues
+    (1, 160, 16, 32, True),
 ]
 # bf16 runs in the interpreter here: the one-row kernel has no tl.dot there.
 ONE_ROW_DTYPES = [torch.float16, torch.bfloat16]
@@ -111,28 +111,40 @@ def test_w4a16_small_tiles_split_more(one_row: bool) -> None:
 
     cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8)
     _check(
-        1 if one_row else 3, 512, 40, 64, True, torch.float16, _one_row(1, 8) if one_row else cfg
+        1 if one_row else 3, 512, 48, 64, True, torch.float16, _one_row(1, 8) if one_row else cfg
     )
 
 
 @pytest.mark.parametrize(
-    ("m", "k", "group", "dtype", "match"),
+    ("m", "k", "n", "group", "dtype", "match"),
     [
-        (2, 64, 32, torch.float16, "one row, got 2"),
-        (1, 64, 32, torch.float32, "bf16/fp16"),
-        (1, 72, 8, torch.float16, "multiples of 32"),
+        (2, 64, 32, 32, torch.float16, "one row, got 2"),
+        (1, 64, 32, 32, torch.float32, "bf16/fp16"),
+        (1, 72, 32, 8, torch.float16, "K 72, N 32, group 8"),
+        (1, 64, 40, 32, torch.float16, "K 64, N 40, group 32"),
     ],
 )
 def test_w4a16_one_row_refuses_what_it_does_not_serve(
-    m: int, k: int, group: int, dtype: torch.dtype, match: str
+    m: int, k: int, n: int, group: int, dtype: torch.dtype, match: str
 ) -> None:
-    """A one-row tiling asked for on more rows, fp32 or 8-input groups is refused, not rerouted;
-    by default those shapes take the tl.dot tiling (test_w4a16_small)."""
+    """A one-row tiling asked for on more rows, fp32, 8-input groups or 40 outputs is refused, not
+    rerouted; by default those shapes take the tl.dot tiling (test_w4a16_small)."""
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
-    x, qweight, scales, zeros, perm = _case(m, k, 24, group, False, dtype, 0)
+    x, qweight, scales, zeros, perm = _case(m, k, n, group, False, dtype, 0)
     with pytest.raises(ValueError, match=match):
         w4a16_matmul(x, qweight, scales, zeros, perm, group, _one_row())
+
+
+def test_w4a16_one_row_unaligned_x() -> None:
+    """x at an offset that is not 16-byte aligned (a column slice) is served all the same."""
+    from lorax_kernels.w4a16.triton import w4a16_matmul
+
+    x, qweight, scales, zeros, perm = _case(1, 64, 32, 32, True, torch.float16, 3)
+    wider = torch.zeros(1, 65, device=x.device, dtype=x.dtype)
+    wider[:, 1:] = x
+    y = w4a16_matmul(wider[:, 1:], qweight, scales, zeros, perm, 32, _one_row())
+    torch.testing.assert_close(y, w4a16_matmul(x, qweight, scales, zeros, perm, 32, _one_row()))
 
 
 def test_w4a16_configs_validate() -> None:
@@ -187,7 +199,7 @@ def test_w4a16_decode_split_is_deterministic(one_row: bool) -> None:
 
     config = _one_row() if one_row else None
     dtype = torch.bfloat16 if CUDA else torch.float16
-    k, n = (14336, 4096) if CUDA else (512, 24)
+    k, n = (14336, 4096) if CUDA else (512, 32)
     x, qweight, scales, zeros, perm = _case(1 if one_row else 4, k, n, 128, True, dtype, 1)
     first = w4a16_matmul(x, qweight, scales, zeros, perm, 128, config)
     for _ in range(3):

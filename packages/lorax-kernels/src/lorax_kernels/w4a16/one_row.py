@@ -140,13 +140,15 @@ class OneRowConfig:
             raise ValueError("waves must be >= 1")
 
 
-def one_row_fits(k: int, group_size: int, dtype: torch.dtype) -> bool:
+def one_row_fits(k: int, n: int, group_size: int, dtype: torch.dtype) -> bool:
     """Whether the one-row kernel serves this weight: bf16 / fp16 x, K and the group size whole
-    32-input blocks."""
+    32-input blocks, N a multiple of 16 (rows of packed words 16-byte aligned: Triton then loads
+    them four words a lane, the layout the mma blocks take)."""
     return (
         dtype in (torch.bfloat16, torch.float16)
         and k % INPUT_BLOCK == 0
         and group_size % INPUT_BLOCK == 0
+        and n % 16 == 0
     )
 
 
@@ -283,13 +285,16 @@ def w4a16_one_row(
     n = qweight.shape[1]
     if x.shape[0] != 1:
         raise ValueError(f"the one-row kernel takes one row, got {x.shape[0]}")
-    if not one_row_fits(k, group_size, x.dtype):
+    if not one_row_fits(k, n, group_size, x.dtype):
         raise ValueError(
-            f"the one-row kernel takes bf16/fp16 and K, group size multiples of {INPUT_BLOCK}; "
-            f"got {x.dtype}, K {k}, group {group_size}"
+            f"the one-row kernel takes bf16/fp16, K and group size multiples of {INPUT_BLOCK} and "
+            f"N of 16; got {x.dtype}, K {k}, N {n}, group {group_size}"
         )
-    if x.stride(1) != 1 or x.data_ptr() % 4:
-        x = x.contiguous()  # x is read in 4-byte pairs
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if x.data_ptr() % 16:
+        # x is read in 16-byte octets; unaligned, Triton would load it in a layout of its own.
+        x = x.clone()
     y = torch.empty(1, n, device=x.device, dtype=x.dtype)
     epilogue = math.gcd(group_size, EPILOGUE_INPUTS)  # 32, 64 or 128: whole blocks of one group
     tiles_n = triton.cdiv(n, 32 * config.warps)

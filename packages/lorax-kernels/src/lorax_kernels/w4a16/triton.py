@@ -83,9 +83,11 @@ DEFAULT_DECODE = W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4)
 DEFAULT_PREFILL = W4Config(block_n=64, block_k=64, warps=4, stages=2, waves=1)
 
 
-def default_config(m: int, k: int, group_size: int, dtype: torch.dtype) -> W4Config | OneRowConfig:
-    """The tiling ``w4a16_matmul`` uses for ``m`` rows of ``dtype`` over ``k`` inputs."""
-    if m == 1 and one_row_fits(k, group_size, dtype):
+def default_config(
+    m: int, k: int, n: int, group_size: int, dtype: torch.dtype
+) -> W4Config | OneRowConfig:
+    """The tiling ``w4a16_matmul`` uses for ``m`` rows of ``dtype``, ``k`` inputs, ``n`` outputs."""
+    if m == 1 and one_row_fits(k, n, group_size, dtype):
         return DEFAULT_ONE_ROW
     return DEFAULT_DECODE if m <= GEMV_MAX_ROWS else DEFAULT_PREFILL
 
@@ -213,7 +215,7 @@ def w4a16_matmul(
         return torch.empty(0, n, device=x.device, dtype=x.dtype)
     if x.stride(1) != 1:
         x = x.contiguous()
-    cfg = config or default_config(m, k, group_size, x.dtype)
+    cfg = config or default_config(m, k, n, group_size, x.dtype)
     if isinstance(cfg, OneRowConfig):
         return w4a16_one_row(x, qweight, scales, zeros, perm, group_size, cfg)
     block_k = step_rows(group_size, cfg.block_k)
