@@ -126,9 +126,9 @@ _F16_X_SUM = tl.constexpr(_x_sum_block("f16", 0x3C003C00))
 
 @dataclass(slots=True, frozen=True)
 class OneRowConfig:
-    """The one-row kernel's tiling: ``warps`` per program, each streaming one 32-column strip
-    (one strip a lane row: with two, Triton 3.6 gave act-order's gathered x another layout than
-    the words', and the mma lanes wrong results); K split until about ``waves`` programs per SM."""
+    """The one-row kernel's tiling: ``warps`` per program, each streaming one 32-column strip (with
+    two strips a warp, Triton 3.6 gave act-order's gathered x a layout other than the words', and
+    the mma blocks the wrong lanes); K split until about ``waves`` programs per SM."""
 
     warps: int
     waves: int
