@@ -222,15 +222,14 @@ def _w4a16_one_row_kernel(
     # holds c = 0..3 (one 16-byte load). The only non-contiguous dimension is the rows, so
     # Triton lays lanes out along them whatever its tie-breaking between dimensions (a 4D
     # [strip, g, t, c] form got lanes in g + 8 t order from Triton 3.6); the asm relies on it.
-    BLOCK_N: tl.constexpr = 32 * STRIPS
-    ROWS: tl.constexpr = 32 * STRIPS
+    ROWS: tl.constexpr = 32 * STRIPS  # also the program's columns: 4 a lane, over 4 lanes t
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     lane_row = tl.arange(0, ROWS)[:, None]  # [ROWS, 1]
     c = tl.arange(0, 4)[None, :]  # [1, 4]
     t = lane_row % 4  # the lane's word row and x octet
     # [ROWS, 4]: columns 4 g .. 4 g + 3 of the lane's strip (32 s + 4 g = 4 (R // 4)).
-    rn = pid_n * BLOCK_N + 4 * (lane_row // 4) + c
+    rn = pid_n * ROWS + 4 * (lane_row // 4) + c
     n_mask = rn < N
     lane_pair = 4 * t + c  # the lane's x pair c: inputs 8 t + 2 c and 8 t + 2 c + 1
     x_pairs = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
@@ -290,8 +289,6 @@ def w4a16_one_row(
             f"the one-row kernel takes bf16/fp16, K and group size multiples of {INPUT_BLOCK} and "
             f"N of 16; got {x.dtype}, K {k}, N {n}, group {group_size}"
         )
-    if x.stride(1) != 1:
-        x = x.contiguous()
     if x.data_ptr() % 16:
         # x is read in 16-byte octets; unaligned, Triton would load it in a layout of its own.
         x = x.clone()
