@@ -55,6 +55,17 @@ INPUT_BLOCK = 32  # inputs per block: the lanes' word rows t = 0..3 of eight inp
 EPILOGUE_INPUTS = 128
 
 
+def _b_pairs(x0: int) -> list[str]:
+    """PTX: B's two k16 fragments (b0, b1 | b2, b3) from ``x[8 t .. 8 t + 7]`` in operands
+    ``$x0 .. $x0+3``, pairs in the nibbles' order: (x0, x4), (x1, x5) | (x2, x6), (x3, x7)."""
+    return [
+        f"prmt.b32 b0, ${x0}, ${x0 + 2}, 0x5410;",
+        f"prmt.b32 b1, ${x0}, ${x0 + 2}, 0x7632;",
+        f"prmt.b32 b2, ${x0 + 1}, ${x0 + 3}, 0x5410;",
+        f"prmt.b32 b3, ${x0 + 1}, ${x0 + 3}, 0x7632;",
+    ]
+
+
 def _mma_block(kind: str, magic: int) -> str:
     """PTX: one lane's 32-input block. Outputs $0..$3: D of the lane's four columns; inputs $4..$7
     the four words, $8..$11 ``x[8 t .. 8 t + 7]`` as pairs, $12..$15 D so far."""
@@ -62,11 +73,7 @@ def _mma_block(kind: str, magic: int) -> str:
         "{",
         ".reg .b32 b0, b1, b2, b3, u, p<16>;",
         ".reg .f32 e<4>, f<4>;",
-        # B pairs in the nibbles' order: (x0, x4), (x1, x5) | (x2, x6), (x3, x7).
-        "prmt.b32 b0, $8, $10, 0x5410;",
-        "prmt.b32 b1, $8, $10, 0x7632;",
-        "prmt.b32 b2, $9, $11, 0x5410;",
-        "prmt.b32 b3, $9, $11, 0x7632;",
+        *_b_pairs(8),
     ]
     # p[4 s + c]: word c's nibbles s and s + 4 as the pair (OFFSET + q_s, OFFSET + q_{s+4}).
     for s in range(4):
@@ -102,10 +109,7 @@ def _x_sum_block(kind: str, one: int) -> str:
             ".reg .b32 b0, b1, b2, b3, one;",
             ".reg .f32 e<4>;",
             f"mov.b32 one, {one:#x};",
-            "prmt.b32 b0, $4, $6, 0x5410;",
-            "prmt.b32 b1, $4, $6, 0x7632;",
-            "prmt.b32 b2, $5, $7, 0x5410;",
-            "prmt.b32 b3, $5, $7, 0x7632;",
+            *_b_pairs(4),
             f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{b0, b1}}, {{$8, $8, $8, $8}};",
             f"{mma} {{$0, e1, e2, e3}}, {{one, one, one, one}}, {{b2, b3}}, {{e0, e1, e2, e3}};",
             "mov.b32 $1, $0;",
