@@ -56,13 +56,15 @@ SMALL = [
     # (M, K, N, group size, act-order): M = 1 is decode; K, N not multiples of the tiles
     (1, 64, 40, 32, False),
     (3, 72, 24, 8, True),  # group 8: no 16-row step fits, one scale and zero per row
-    (17, 48, 72, 48, False),  # group 48: 16-row steps, K not a power of two
+    (17, 48, 72, 48, False),  # group 48: 16-row steps, K not a power of two; a 32-row tile
     (40, 96, 16, 96, True),  # one group (group_size -1), act-order permutation
     (2, 1024, 40, 128, True),  # decode GEMV: K split, the last program sums the partials
-    (16, 328, 24, 8, False),  # split, the last range short; 16 rows, the GEMV limit
+    (16, 328, 24, 8, False),  # split, the last range short; 16 rows, the most gathering x in-tile
     (5, 200, 40, 64, True),  # the last group short (200 = 3 * 64 + 8)
     (1, 240, 24, 24, False),  # group 24: per-row groups with 64-row steps
-    (33, 160, 24, 32, True),  # prefill tiles: two row tiles, one group per 32-row step
+    (33, 160, 24, 32, True),  # K split over a 64-row tile, one group per 32-row step
+    (64, 1024, 40, 128, False),  # split, 64 rows: the most in one split tile
+    (70, 160, 24, 32, True),  # prefill tiles: two row tiles, K whole
 ]
 # The one-row kernel: groups of 32, 64, 128 inputs (an epilogue per group), 96 (three per group)
 # and one over all of K, act-order, K split, N not a multiple of its 32-column strips.
@@ -221,7 +223,7 @@ def test_w4a16_replays_in_a_cuda_graph() -> None:
     from lorax_kernels.w4a16 import w4a16_matmul
 
     x, qweight, scales, zeros, perm = _case(4, 4096, 6144, 128, True, torch.bfloat16, 5)
-    x_big = torch.zeros(64, 4096, device=DEVICE, dtype=torch.bfloat16)
+    x_big = torch.zeros(96, 4096, device=DEVICE, dtype=torch.bfloat16)
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:
         w4a16_matmul(x, qweight, scales, zeros, perm, 128)
