@@ -28,7 +28,7 @@ from common import copy_bandwidth_gbs, markdown_table, time_graph_us
 from lorax_kernels.dense_gemv import dense_gemv
 from lorax_kernels.fp8_gemv import FP8, quantize_rows
 from lorax_kernels.fp8_gemv.triton import Fp8GemvConfig, default_config, fp8_gemv
-from lorax_kernels.w4a16.one_row import OneRowConfig
+from lorax_kernels.w4a16.few_rows import FewRowsConfig
 from lorax_kernels.w4a16.triton import DEFAULT_DECODE, W4Config, w4a16_matmul
 from lorax_kernels.w4a16.triton import default_config as w4a16_default
 
@@ -56,14 +56,14 @@ W4_CANDIDATES = [
     W4Config(block_n=32, block_k=128, warps=4, stages=4, waves=8),
     W4Config(block_n=128, block_k=128, warps=8, stages=3, waves=2),
     W4Config(block_n=128, block_k=64, warps=4, stages=3, waves=4),
-    # The one-row tensor-core kernel (M = 1): a 32-column strip per warp.
-    OneRowConfig(warps=4, waves=8),
-    OneRowConfig(warps=4, waves=4),
-    OneRowConfig(warps=4, waves=12),
-    OneRowConfig(warps=2, waves=8),
-    OneRowConfig(warps=2, waves=16),
-    OneRowConfig(warps=8, waves=4),
-    OneRowConfig(warps=8, waves=8),
+    # The few-rows tensor-core kernel (M <= 32): a 32-column strip per warp.
+    FewRowsConfig(warps=1, waves=32),
+    FewRowsConfig(warps=1, waves=16),
+    FewRowsConfig(warps=1, waves=8),
+    FewRowsConfig(warps=2, waves=16),
+    FewRowsConfig(warps=2, waves=8),
+    FewRowsConfig(warps=4, waves=8),
+    FewRowsConfig(warps=4, waves=4),
 ]
 
 
@@ -143,7 +143,7 @@ def run(copy_gbs: float, ms: tuple[int, ...] = (1, 4, 16, 64)) -> str:
 
 
 def _sweep_call(
-    kernel: str, cfg: Fp8GemvConfig | W4Config | OneRowConfig | None, w: Weights
+    kernel: str, cfg: Fp8GemvConfig | W4Config | FewRowsConfig | None, w: Weights
 ) -> tuple[Call, int]:
     """The call the sweep times for ``kernel`` at tiling ``cfg`` (None: cuBLAS), and its bytes."""
     if kernel == "bf16 GEMV":
@@ -160,21 +160,19 @@ def sweep(copy_gbs: float) -> str:
     weights = {name: Weights(k, n) for name, (k, n) in SHAPES.items()}
     out = []
     # Both kernels' tl.dot tiles are 16 rows whatever M; the fp8 GEMV's CUDA-core mode runs at
-    # M <= 4, w4a16's one-row kernel at M = 1.
+    # M <= 4, w4a16's few-rows kernel at M <= 32 (past 16 the tl.dot tiles split K up to 64).
     # "bf16 GEMV": the fp8 GEMV's tilings streaming bf16 weights (no scale), against cuBLAS at
     # M = 1,
     # the batch-1 decode shape where cuBLAS reads qkv and o at 60-70% of copy bandwidth.
     kernels = (
         ("fp8 GEMV", FP8_CANDIDATES, (1, 4, 16)),
-        ("w4a16", W4_CANDIDATES, (1, 4, 16)),
+        ("w4a16", W4_CANDIDATES, (1, 4, 16, 32)),
         ("bf16 GEMV", [None, *FP8_CANDIDATES], (1,)),
     )
     for kernel, candidates, ms in kernels:
         for m in ms:
             rows = []
             for cfg in candidates:
-                if isinstance(cfg, OneRowConfig) and m > 1:
-                    continue
                 if isinstance(cfg, Fp8GemvConfig) and not cfg.dot and m > 4:
                     continue  # the fp8 GEMV's CUDA-core rows unroll
                 label = "cuBLAS F.linear" if cfg is None else str(cfg).split("(", 1)[1].rstrip(")")

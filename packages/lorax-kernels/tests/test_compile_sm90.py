@@ -91,15 +91,21 @@ def _w4a16() -> None:
     qweight = torch.empty(4096 // 8, 4096, dtype=torch.int32)
     scales = torch.empty(32, 4096, dtype=BF16)
     perm = torch.arange(4096, dtype=torch.int32)
-    for rows in (1, 4, 64):  # one-row mma kernel, decode tl.dot, prefill tiles
+    for rows in (1, 4, 48, 96):  # few-rows mma kernel (one row, more), split tl.dot, prefill
         for act_order in (None, perm):
             w4a16_matmul(
                 torch.empty(rows, 4096, dtype=BF16), qweight, scales, scales, act_order, 128
             )
-    half_scales = torch.empty(32, 4096, dtype=torch.float16)  # the one-row kernel's fp16 PTX
-    w4a16_matmul(
-        torch.empty(1, 4096, dtype=torch.float16), qweight, half_scales, half_scales, None, 128
-    )
+    half_scales = torch.empty(32, 4096, dtype=torch.float16)  # the few-rows kernel's fp16 PTX
+    for rows in (1, 4):
+        w4a16_matmul(
+            torch.empty(rows, 4096, dtype=torch.float16),
+            qweight,
+            half_scales,
+            half_scales,
+            None,
+            128,
+        )
     # Group 24 (one row too: the tl.dot tiling): no power-of-two step fits in a group; one scale
     # and zero per word row.
     scales_24 = torch.empty(-(-4096 // 24), 4096, dtype=BF16)

@@ -66,18 +66,20 @@ SMALL = [
     (64, 1024, 40, 128, False),  # split, 64 rows: the most in one split tile
     (70, 160, 24, 32, True),  # prefill tiles: two row tiles, K whole
 ]
-# The one-row kernel: groups of 32, 64, 128 inputs (an epilogue per group), 96 (three per group)
-# and one over all of K, act-order, K split, N not a multiple of its 32-column strips.
-ONE_ROW = [
+# The few-rows kernel: groups of 32, 64, 128 inputs (an epilogue per group), 96 (three per group)
+# and one over all of K, act-order, K split, N not a multiple of its 32-column strips; one row,
+# part of a token group, whole groups and a last short one.
+FEW_ROWS = [
     (1, 64, 48, 32, False),
     (1, 1024, 48, 128, True),  # K split, the last program sums the partials
-    (1, 192, 80, 64, True),
-    (1, 96, 16, 96, True),
-    (1, 256, 32, 256, False),  # one group, two 128-input epilogues
-    (1, 160, 16, 32, True),
+    (2, 192, 80, 64, True),
+    (3, 96, 16, 96, True),
+    (8, 256, 32, 256, False),  # one group, two 128-input epilogues
+    (11, 1024, 48, 128, False),  # two token groups, K split
+    (32, 160, 16, 32, True),  # the most rows it takes
 ]
-# bf16 runs in the interpreter here: the one-row kernel has no tl.dot there.
-ONE_ROW_DTYPES = [torch.float16, torch.bfloat16]
+# bf16 runs in the interpreter here: the few-rows kernel has no tl.dot there.
+FEW_ROWS_DTYPES = [torch.float16, torch.bfloat16]
 LARGE = [
     (1, 4096, 4096, 128, False),
     (16, 4096, 4096, 128, True),
@@ -87,11 +89,11 @@ LARGE = [
 ]
 
 
-def _one_row(warps: int = 2, waves: int = 4):
-    """A tiling of the one-row kernel; imported here, as Triton must follow TRITON_INTERPRET."""
-    from lorax_kernels.w4a16.one_row import OneRowConfig
+def _few_rows(warps: int = 2, waves: int = 4):
+    """A tiling of the few-rows kernel; imported here, as Triton must follow TRITON_INTERPRET."""
+    from lorax_kernels.w4a16.few_rows import FewRowsConfig
 
-    return OneRowConfig(warps=warps, waves=waves)
+    return FewRowsConfig(warps=warps, waves=waves)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -100,65 +102,64 @@ def test_w4a16_small(m: int, k: int, n: int, group: int, act_order: bool, dtype)
     _check(m, k, n, group, act_order, dtype)
 
 
-@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
-@pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), ONE_ROW)
-def test_w4a16_small_one_row(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
-    _check(m, k, n, group, act_order, dtype, _one_row())
+@pytest.mark.parametrize("dtype", FEW_ROWS_DTYPES, ids=str)
+@pytest.mark.parametrize(("m", "k", "n", "group", "act_order"), FEW_ROWS)
+def test_w4a16_small_few_rows(m: int, k: int, n: int, group: int, act_order: bool, dtype) -> None:
+    _check(m, k, n, group, act_order, dtype, _few_rows())
 
 
-@pytest.mark.parametrize("one_row", [False, True])
-def test_w4a16_small_tiles_split_more(one_row: bool) -> None:
+@pytest.mark.parametrize("few_rows", [False, True])
+def test_w4a16_small_tiles_split_more(few_rows: bool) -> None:
     """Small tiles and many waves: several column tiles, each K split many ways."""
     from lorax_kernels.w4a16.triton import W4Config
 
     cfg = W4Config(block_n=16, block_k=32, warps=2, stages=1, waves=8)
-    _check(
-        1 if one_row else 3, 512, 48, 64, True, torch.float16, _one_row(1, 8) if one_row else cfg
-    )
+    _check(3, 512, 48, 64, True, torch.float16, _few_rows(1, 8) if few_rows else cfg)
 
 
 @pytest.mark.parametrize(
     ("m", "k", "n", "group", "dtype", "match"),
     [
-        (2, 64, 32, 32, torch.float16, "one row, got 2"),
+        (33, 64, 32, 32, torch.float16, "got 33 rows"),
         (1, 64, 32, 32, torch.float32, "bf16/fp16"),
         (1, 72, 32, 8, torch.float16, "K 72, N 32, group 8"),
         (1, 64, 40, 32, torch.float16, "K 64, N 40, group 32"),
     ],
 )
-def test_w4a16_one_row_refuses_what_it_does_not_serve(
+def test_w4a16_few_rows_refuses_what_it_does_not_serve(
     m: int, k: int, n: int, group: int, dtype: torch.dtype, match: str
 ) -> None:
-    """A one-row tiling asked for on more rows, fp32, 8-input groups or 40 outputs is refused, not
-    rerouted; by default those shapes take the tl.dot tiling (test_w4a16_small)."""
+    """A few-rows tiling asked for on more rows, fp32, 8-input groups or 40 outputs is refused,
+    not rerouted; by default those shapes take the tl.dot tiling (test_w4a16_small)."""
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
     x, qweight, scales, zeros, perm = _case(m, k, n, group, False, dtype, 0)
     with pytest.raises(ValueError, match=match):
-        w4a16_matmul(x, qweight, scales, zeros, perm, group, _one_row())
+        w4a16_matmul(x, qweight, scales, zeros, perm, group, _few_rows())
 
 
-def test_w4a16_one_row_unaligned_x() -> None:
+@pytest.mark.parametrize("m", [1, 3])
+def test_w4a16_few_rows_unaligned_x(m: int) -> None:
     """x at an offset that is not 16-byte aligned (a column slice) is served all the same."""
     from lorax_kernels.w4a16.triton import w4a16_matmul
 
-    x, qweight, scales, zeros, perm = _case(1, 64, 32, 32, True, torch.float16, 3)
-    wider = torch.zeros(1, 65, device=x.device, dtype=x.dtype)
+    x, qweight, scales, zeros, perm = _case(m, 64, 32, 32, True, torch.float16, 3)
+    wider = torch.zeros(m, 65, device=x.device, dtype=x.dtype)
     wider[:, 1:] = x
-    y = w4a16_matmul(wider[:, 1:], qweight, scales, zeros, perm, 32, _one_row())
-    torch.testing.assert_close(y, w4a16_matmul(x, qweight, scales, zeros, perm, 32, _one_row()))
+    y = w4a16_matmul(wider[:, 1:], qweight, scales, zeros, perm, 32, _few_rows())
+    torch.testing.assert_close(y, w4a16_matmul(x, qweight, scales, zeros, perm, 32, _few_rows()))
 
 
 def test_w4a16_configs_validate() -> None:
-    from lorax_kernels.w4a16.one_row import OneRowConfig
+    from lorax_kernels.w4a16.few_rows import FewRowsConfig
     from lorax_kernels.w4a16.triton import W4Config
 
     with pytest.raises(ValueError, match="need block_n >= 16"):
         W4Config(block_n=8, block_k=128, warps=4, stages=3, waves=4)
     with pytest.raises(ValueError, match="warps must be a power of two"):
-        OneRowConfig(warps=3, waves=4)
+        FewRowsConfig(warps=3, waves=4)
     with pytest.raises(ValueError, match="waves must be >= 1"):
-        OneRowConfig(warps=2, waves=0)
+        FewRowsConfig(warps=2, waves=0)
 
 
 @pytest.mark.gpu
@@ -169,40 +170,43 @@ def test_w4a16_real_shapes(m: int, k: int, n: int, group: int, act_order: bool, 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ONE_ROW_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", FEW_ROWS_DTYPES, ids=str)
 @pytest.mark.parametrize(
     ("m", "k", "n", "group", "act_order"),
     [
         (1, 4096, 4096, 128, False),
         (1, 14336, 4096, 128, True),
         (1, 4096, 28672, 128, True),
-        (1, 4096, 6144, 32, False),
-        (1, 4096, 4096, 4096, True),  # one group over K (GPTQ's group size -1)
+        (5, 4096, 6144, 32, False),
+        (8, 4096, 4096, 4096, True),  # one group over K (GPTQ's group size -1)
+        (13, 14336, 4096, 128, True),
+        (32, 4096, 28672, 128, False),
     ],
 )
-def test_w4a16_real_shapes_one_row(
+def test_w4a16_real_shapes_few_rows(
     m: int, k: int, n: int, group: int, act_order: bool, dtype
 ) -> None:
     _check(m, k, n, group, act_order, dtype)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 10])
 @pytest.mark.parametrize(("warps", "waves"), [(1, 16), (2, 16), (8, 4)])
-def test_w4a16_one_row_tilings_at_real_shapes(warps: int, waves: int) -> None:
+def test_w4a16_few_rows_tilings_at_real_shapes(m: int, warps: int, waves: int) -> None:
     """Every warp count lays the mma lanes out alike, act-order's gathered x included."""
-    _check(1, 4096, 6144, 128, True, torch.bfloat16, _one_row(warps, waves))
+    _check(m, 4096, 6144, 128, True, torch.bfloat16, _few_rows(warps, waves))
 
 
-@pytest.mark.parametrize("one_row", [False, True])
-def test_w4a16_decode_split_is_deterministic(one_row: bool) -> None:
+@pytest.mark.parametrize("few_rows", [False, True])
+def test_w4a16_decode_split_is_deterministic(few_rows: bool) -> None:
     """The split-K partials are summed in a fixed order: repeated calls agree bit for bit."""
     from lorax_kernels.device import split_counters
-    from lorax_kernels.w4a16.triton import w4a16_matmul
+    from lorax_kernels.w4a16.triton import DEFAULT_DECODE, w4a16_matmul
 
-    config = _one_row() if one_row else None
+    config = _few_rows() if few_rows else DEFAULT_DECODE
     dtype = torch.bfloat16 if CUDA else torch.float16
     k, n = (14336, 4096) if CUDA else (512, 32)
-    x, qweight, scales, zeros, perm = _case(1 if one_row else 4, k, n, 128, True, dtype, 1)
+    x, qweight, scales, zeros, perm = _case(4, k, n, 128, True, dtype, 1)
     first = w4a16_matmul(x, qweight, scales, zeros, perm, 128, config)
     for _ in range(3):
         assert torch.equal(w4a16_matmul(x, qweight, scales, zeros, perm, 128, config), first)

@@ -12,9 +12,9 @@ group: it loads one scale row and one zero row, dots x with the integer ``q - ze
 16 bits) and scales the ``[BLOCK_M, BLOCK_N]`` product. A group size no power-of-two tile
 divides (8, 24, 40, ...) falls back to one scale and zero per row of the tile.
 
-One row (batch-1 decode) has a kernel of its own (``w4a16.one_row``: the weights as the A
-operand of ``mma.sync`` with x as B, no 16-row padding), for bf16 / fp16 and groups of whole
-32-input blocks; other single rows take the decode tiling here.
+Up to 32 rows (decode batches) have a kernel of their own (``w4a16.few_rows``: the weights as
+the A operand of ``mma.sync`` with eight rows of x as B, no 16-row padding), for bf16 / fp16 and
+groups of whole 32-input blocks; other shapes take the tilings here.
 
 Decode batches (M <= 64) have too few output tiles to keep the GPU busy, so they also split K
 (GEMV-style): each program reduces one range of input rows into an fp32 partial, and the last
@@ -39,7 +39,12 @@ import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 from lorax_kernels.split_k_sum import last_split_total
-from lorax_kernels.w4a16.one_row import OneRowConfig, one_row_fits, w4a16_one_row
+from lorax_kernels.w4a16.few_rows import (
+    TOKEN_GROUP,
+    FewRowsConfig,
+    few_rows_fits,
+    w4a16_few_rows,
+)
 
 # Up to this many rows the K dimension is split across programs, in one tile of rows.
 SPLIT_K_MAX_ROWS = 64
@@ -74,24 +79,25 @@ class W4Config:
             raise ValueError("stages and waves must be >= 1")
 
 
-# One row (mma kernel), measured on the H200 (session 13, run 13: a layer's four GEMVs at Llama-3-8B
-# shapes, group 128, µs plain / act-order): 4 warps at 8 waves 66.7 / 81.5, against 89.2 / 96.9
-# for the CUDA-core kernel it replaced; 1 warp at 32 waves 59.2 / 78.2 (not yet run in the engine),
-# 4 waves 87.6 / 112.2.
+# Few rows (mma kernel), measured on the H200 (session 14: a Llama-3-8B layer's four projections,
+# group 128, µs): 1 warp at 32 waves 58.5 at one row (run 13's 4 warps at 8 waves: 67.6), 64-72 at
+# 2-8 rows against 138 for the tl.dot tiles; past 8 rows 16 waves: 106 at 16 rows against 141,
+# 169 at 32 against 186.
 # Decode tl.dot: a 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at
 # 4 warps, one 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K
 # per program.
-DEFAULT_ONE_ROW = OneRowConfig(warps=4, waves=8)
+DEFAULT_FEW_ROWS = FewRowsConfig(warps=1, waves=32)
+DEFAULT_FEW_ROWS_MORE = FewRowsConfig(warps=1, waves=16)  # past one token group (8 rows)
 DEFAULT_DECODE = W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4)
 DEFAULT_PREFILL = W4Config(block_n=64, block_k=64, warps=4, stages=2, waves=1)
 
 
 def default_config(
     m: int, k: int, n: int, group_size: int, dtype: torch.dtype
-) -> W4Config | OneRowConfig:
+) -> W4Config | FewRowsConfig:
     """The tiling ``w4a16_matmul`` uses for ``m`` rows of ``dtype``, ``k`` inputs, ``n`` outputs."""
-    if m == 1 and one_row_fits(k, n, group_size, dtype):
-        return DEFAULT_ONE_ROW
+    if few_rows_fits(m, k, n, group_size, dtype):
+        return DEFAULT_FEW_ROWS if m <= TOKEN_GROUP else DEFAULT_FEW_ROWS_MORE
     return DEFAULT_DECODE if m <= SPLIT_K_MAX_ROWS else DEFAULT_PREFILL
 
 
@@ -207,11 +213,11 @@ def w4a16_matmul(
     zeros: torch.Tensor,
     perm: torch.Tensor | None,
     group_size: int,
-    config: W4Config | OneRowConfig | None = None,
+    config: W4Config | FewRowsConfig | None = None,
 ) -> torch.Tensor:
     """Triton version of ``reference.w4a16_matmul_ref`` (same arguments, already validated);
-    ``config`` overrides the default tiling (the benchmark's sweep). A ``OneRowConfig`` runs the
-    one-row kernel, which refuses other shapes rather than silently running another kernel."""
+    ``config`` overrides the default tiling (the benchmark's sweep). A ``FewRowsConfig`` runs the
+    few-rows kernel, which refuses other shapes rather than silently running another kernel."""
     m, k = x.shape
     n = qweight.shape[1]
     if m == 0:
@@ -219,8 +225,8 @@ def w4a16_matmul(
     if x.stride(1) != 1:
         x = x.contiguous()
     cfg = config or default_config(m, k, n, group_size, x.dtype)
-    if isinstance(cfg, OneRowConfig):
-        return w4a16_one_row(x, qweight, scales, zeros, perm, group_size, cfg)
+    if isinstance(cfg, FewRowsConfig):
+        return w4a16_few_rows(x, qweight, scales, zeros, perm, group_size, cfg)
     block_k = step_rows(group_size, cfg.block_k)
     decode = m <= SPLIT_K_MAX_ROWS
     if perm is not None and m > GEMV_MAX_ROWS:
