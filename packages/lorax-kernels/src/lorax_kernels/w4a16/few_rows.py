@@ -174,7 +174,7 @@ def few_rows_fits(m: int, k: int, n: int, group_size: int, dtype: torch.dtype) -
 
 @triton.jit
 def _emulated_block(
-    x_ptr, perm_ptr, qw_ptr, stride_qk, rn, n_mask, k0, t, row_lo, row_hi, M, stride_xm,
+    x_ptr, perm_ptr, qw_ptr, stride_qk, rn, n_mask, k0, row_lo, row_hi, M, stride_xm,
     HAS_PERM: tl.constexpr, OFFSET: tl.constexpr,
 ):  # fmt: skip
     """The interpreter's D and X of one 32-input block for rows ``row_lo`` (2t of the token group)
@@ -285,7 +285,7 @@ def _w4a16_few_rows_kernel(
             k0 = e0 + 32 * b
             if EMULATE:
                 d_lo_b, d_hi_b, x_lo_b, x_hi_b = _emulated_block(
-                    x_ptr, perm_ptr, qw_ptr, stride_qk, rn, n_mask, k0, t,
+                    x_ptr, perm_ptr, qw_ptr, stride_qk, rn, n_mask, k0,
                     0 * row_lo if ONE_ROW else row_lo, 0 * row_lo if ONE_ROW else row_hi,
                     M, stride_xm, HAS_PERM, OFFSET,
                 )  # fmt: skip
