@@ -16,14 +16,22 @@ import triton.language as tl
 
 
 @triton.jit
+def arrived_last(counter_ptr, num_splits):
+    """Count this program in at ``counter_ptr`` once every thread has stored its partials; whether
+    it arrived last. The last one then (after a barrier) sums every split's partial in split order
+    and sets the counter back to 0."""
+    tl.debug_barrier()  # every thread's partial is stored before the release below
+    return tl.atomic_add(counter_ptr, 1, sem="acq_rel") == num_splits - 1
+
+
+@triton.jit
 def last_split_total(partial, part_ptrs, split_stride, split, num_splits, counter_ptr, mask):
     """Store this program's ``partial`` (fp32, the tile's shape) at ``part_ptrs + split *
     split_stride`` and count it in at ``counter_ptr``. Returns ``(last, total)``: whether this
     program arrived last, and then the sum of every split's partial in split order (zeros
     otherwise)."""
     tl.store(part_ptrs + split * split_stride, partial, mask=mask)
-    tl.debug_barrier()  # every thread's partial is stored before the release below
-    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel") == num_splits - 1
+    last = arrived_last(counter_ptr, num_splits)
     total = tl.zeros_like(partial)
     if last:
         tl.debug_barrier()

@@ -53,6 +53,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
+from lorax_kernels.split_k_sum import arrived_last
 
 INPUT_BLOCK = 32  # inputs per block: the lanes' word rows t = 0..3 of eight inputs each
 # Most inputs between two scale-and-zero epilogues: long groups (up to one over all of K) are
@@ -320,15 +321,14 @@ def _w4a16_few_rows_kernel(
         tl.store(y_lo_ptrs, y_lo.to(y_ptr.dtype.element_ty), mask=lo_mask)
         tl.store(y_lo_ptrs + stride_ym, y_hi.to(y_ptr.dtype.element_ty), mask=hi_mask)
     else:
-        # The last-arrival sum of ``split_k_sum``, over the two row halves under one counter:
+        # ``last_split_total`` for the two row halves under one counter (its loads interleaved):
         # partials [num_splits, M, N], summed in split order.
         split_stride = M * N
         part_lo = part_ptr + row_lo * N + rn
         tl.store(part_lo + split * split_stride, y_lo, mask=lo_mask)
         tl.store(part_lo + N + split * split_stride, y_hi, mask=hi_mask)
-        tl.debug_barrier()  # every thread's partials are stored before the release below
         counter = count_ptr + token_group * tl.num_programs(1) + pid_n
-        if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
+        if arrived_last(counter, num_splits):
             tl.debug_barrier()
             total_lo = tl.zeros((ROWS, 4), dtype=tl.float32)
             total_hi = tl.zeros((ROWS, 4), dtype=tl.float32)
