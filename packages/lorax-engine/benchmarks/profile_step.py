@@ -1,7 +1,10 @@
 """Where a decode step's time goes, on the random-weight Llama-3-8B shape (bf16, one GPU).
 
     PYTHONPATH=packages/lorax-kernels/src:packages/lorax-engine/src \
-        python3 packages/lorax-engine/benchmarks/profile_step.py [--batches 1,64,256]
+        python3 packages/lorax-engine/benchmarks/profile_step.py [--batches 1,64,256] \
+        [--method gptq]
+
+``--method``: the base matmuls quantized as ``bench_quant.py`` does (fp8, gptq, awq, gptq-act).
 
 Per batch size it prints one JSON line with the median wall time of each phase of
 ``EngineCore.step`` (host only, except ``complete_prior_step`` and ``process_sync_step``, which
@@ -23,7 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_common import QUANT_METHODS
 from bench_engine import LLAMA3_8B, NullTokenizer, add_no_pdl, apply_no_pdl, replay_ms
+from bench_quant import projections, quantize_
 from torch.profiler import ProfilerActivity, profile
 
 from lorax_engine.core.block_manager import BlockManager
@@ -153,6 +158,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--trace-steps", type=int, default=3)
+    ap.add_argument("--method", choices=[m for m in QUANT_METHODS if "bitsandbytes" not in m])
     add_no_pdl(ap)
     args = ap.parse_args()
     apply_no_pdl(args)
@@ -166,6 +172,13 @@ def main() -> None:
     total = args.input + extra + 8
     model = build_model(LLAMA3_8B, torch.bfloat16, dev, max_positions=total)
     init_random_(model, seed=0)
+    if args.method:
+        originals = {n: m.weight.data for n, m in projections(model) if m.weight is not None}
+        assert model.lm_head is not None  # Llama-3-8B's head is untied
+        originals["lm_head"] = model.lm_head.data
+        quantize_(model, originals, args.method, torch.bfloat16, group=128)
+        del originals
+        torch.cuda.empty_cache()
     bs = 16
     blocks = max_b * (-(-total // bs)) + 16
     kv = allocate_kv_cache(LLAMA3_8B, blocks, bs, torch.bfloat16, dev)
@@ -196,7 +209,13 @@ def main() -> None:
         kernels = eager_top_kernels(runner, core, args.top)
         print(
             json.dumps(
-                {"batch": b, "phase_ms_p50": phases, **timeline, "graph_gpu_ms": replay_ms(core, b)}
+                {
+                    "batch": b,
+                    "method": args.method or "bf16",
+                    "phase_ms_p50": phases,
+                    **timeline,
+                    "graph_gpu_ms": replay_ms(core, b),
+                }
             ),
             flush=True,
         )

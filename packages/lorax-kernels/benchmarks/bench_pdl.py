@@ -3,26 +3,31 @@ through 32 layers of Llama-3-8B projections (qkv, o, gate_up, down), each layer'
 to back in a CUDA graph, per layer µs and share of copy bandwidth for the weight bytes.
 
 Variants: cuBLAS (``F.linear``, bf16 only), our GEMV (``fp8_gemv``'s kernel, which also takes
-bf16 weights: ``dense_gemv``), and our GEMV launched with PDL, as the engine launches it on
-Hopper. The PDL chain's outputs are checked bit for bit against the plain chain. (Prefetching
+bf16 weights: ``dense_gemv``; for 4-bit weights, GPTQ layout with group 128, ``w4a16_matmul``'s
+few-rows kernel), and our GEMV launched with PDL, as the engine launches it on Hopper. The PDL chain's outputs are checked bit for bit against the plain chain. (Prefetching
 each program's weight into L2 before its wait did not pay: its whole slice, run 5, made the chain
 36% slower; its first one or two tiles, run 6, 1.5-5% slower.)
 
-    PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/bench_pdl.py
+    PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/bench_pdl.py \
+        [--formats bf16,fp8,w4]
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from common import copy_bandwidth_gbs, markdown_table, time_graph_us
 
+from lorax_kernels import pdl as pdl_launches
 from lorax_kernels.fp8_gemv import FP8
 from lorax_kernels.fp8_gemv.triton import fp8_gemv
+from lorax_kernels.w4a16.triton import w4a16_matmul
 
 LAYERS = 32
+W4_GROUP = 128
 # (out_features, in_features) of Llama-3-8B's fused projections.
 PROJECTIONS = {
     "qkv": (6144, 4096),
@@ -33,44 +38,66 @@ PROJECTIONS = {
 
 
 class Chain:
-    """32 layers of weights of one dtype, and one token's inputs (the GEMVs' x do not chain:
-    the data dependency does not change what PDL may overlap, the stream order does)."""
+    """32 layers of weights of one format (bf16, fp8 or 4-bit ``w4``), and one token's inputs
+    (the GEMVs' x do not chain: the data dependency does not change what PDL may overlap, the
+    stream order does)."""
 
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.layers = []
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.layers: list[list[tuple[torch.Tensor, ...]]] = []
         for _ in range(LAYERS):
-            layer: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-            for n, k in PROJECTIONS.values():
-                w = (torch.randn(n, k, device="cuda") / 64).to(dtype)
-                layer.append((w, torch.ones(n, device="cuda") if dtype == FP8 else None))
-            self.layers.append(layer)
+            self.layers.append([self._weight(n, k) for n, k in PROJECTIONS.values()])
+        self.layer_bytes = sum(
+            t.numel() * t.element_size() for weight in self.layers[0] for t in weight
+        )
         self.x = {k: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 14336)}
 
-    def weight_bytes(self) -> int:
-        """Bytes of one layer's weights."""
-        return sum(w.numel() * w.element_size() for w, _ in self.layers[0])
+    def _weight(self, n: int, k: int) -> tuple[torch.Tensor, ...]:
+        """One projection's tensors: (weight,) in bf16, (weight, scale) in fp8, (qweight,
+        scales, zeros) in 4 bits."""
+        if self.fmt == "w4":
+            groups = k // W4_GROUP
+            qweight = torch.randint(
+                -(2**31), 2**31 - 1, (k // 8, n), device="cuda", dtype=torch.int32
+            )
+            scales = torch.rand(groups, n, device="cuda", dtype=torch.bfloat16) / 64
+            return qweight, scales, torch.full_like(scales, 8.0)
+        w = torch.randn(n, k, device="cuda") / 64
+        if self.fmt == "fp8":
+            return w.to(FP8), torch.ones(n, device="cuda")
+        return (w.to(torch.bfloat16),)
 
     def gemv(self, layer: int, pdl: bool) -> list[torch.Tensor]:
-        return [
-            fp8_gemv(self.x[w.shape[1]], w, scale, None, pdl=pdl) for w, scale in self.layers[layer]
-        ]
+        if self.fmt != "w4":
+            return [
+                fp8_gemv(self.x[w[0].shape[1]], w[0], w[1] if len(w) > 1 else None, None, pdl=pdl)
+                for w in self.layers[layer]
+            ]
+        pdl_launches.set_enabled(pdl)
+        try:
+            return [
+                w4a16_matmul(self.x[qweight.shape[0] * 8], qweight, scales, zeros, None, W4_GROUP)
+                for qweight, scales, zeros in self.layers[layer]
+            ]
+        finally:
+            pdl_launches.set_enabled(True)
 
     def cublas(self, layer: int) -> list[torch.Tensor]:
-        return [F.linear(self.x[w.shape[1]], w) for w, _ in self.layers[layer]]
+        return [F.linear(self.x[w[0].shape[1]], w[0]) for w in self.layers[layer]]
 
 
 def _per_layer_us(chain: Chain, step: Callable[[int], object]) -> float:
     return time_graph_us([lambda i=i: step(i) for i in range(LAYERS)])
 
 
-def run(copy_gbs: float) -> str:
-    """Per layer µs of each variant, for bf16 and fp8 weights."""
+def run(copy_gbs: float, formats: list[str]) -> str:
+    """Per layer µs of each variant, for each of the weight ``formats`` (bf16, fp8, w4)."""
     rows = []
     exact_by_dtype = []
-    for name, dtype in (("bf16", torch.bfloat16), ("fp8", FP8)):
-        chain = Chain(dtype)
+    for name in formats:
+        chain = Chain(name)
         variants: list[tuple[str, Callable[[int], object]]] = []
-        if dtype == torch.bfloat16:
+        if name == "bf16":
             variants.append(("cuBLAS", chain.cublas))
         variants.append(("GEMV", lambda i, c=chain: c.gemv(i, pdl=False)))
         plain = [y.clone() for i in range(LAYERS) for y in chain.gemv(i, pdl=False)]
@@ -80,7 +107,7 @@ def run(copy_gbs: float) -> str:
         exact_by_dtype.append(f"{name}: {'yes' if exact else 'NO'}")
         for label, step in variants:
             us = _per_layer_us(chain, step)
-            rows.append([name, label, us, 100 * chain.weight_bytes() / us / 1e3 / copy_gbs])
+            rows.append([name, label, us, 100 * chain.layer_bytes / us / 1e3 / copy_gbs])
         del chain
         torch.cuda.empty_cache()
     out = f"### Decode GEMV chain, {LAYERS} layers × (qkv, o, gate_up, down), one token\n\n"
@@ -106,4 +133,6 @@ def _graph_outputs(chain: Chain) -> list[torch.Tensor]:
 
 
 if __name__ == "__main__":
-    print(run(copy_bandwidth_gbs()))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", default="bf16,fp8,w4", help="weight formats: bf16, fp8, w4")
+    print(run(copy_bandwidth_gbs(), ap.parse_args().formats.split(",")))
