@@ -37,7 +37,7 @@ _POINTEE = {
     torch.float8_e4m3fn: "fp8e4nv",
 }
 # Launch keywords that are compile options, not kernel arguments.
-_OPTIONS = ("num_warps", "num_stages", "launch_pdl")
+_OPTIONS = ("num_warps", "num_stages", "launch_pdl", "maxnreg")
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,8 +164,8 @@ LAUNCHERS: dict[str, Callable[[], None]] = {
 }
 
 
-# Launchers with kernels of the decode step, which are launched with PDL on Hopper.
-PDL_LAUNCHERS = [n for n in LAUNCHERS if n != "w4a16"]
+# Every launcher has kernels of the decode step, which are launched with PDL on Hopper.
+PDL_LAUNCHERS = list(LAUNCHERS)
 
 
 @pytest.mark.parametrize(

@@ -252,3 +252,46 @@ def test_w4a16_replays_in_a_cuda_graph() -> None:
         torch.cuda.synchronize()
         assert torch.equal(y, w4a16_matmul(x, qweight, scales, zeros, perm, 128))
         assert torch.equal(y_big, w4a16_matmul(x_big, qweight, scales, zeros, None, 128))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 8, 40], ids=lambda m: f"{m}rows")
+def test_w4a16_pdl_chain_waits_for_each_previous_output(m: int) -> None:
+    """w4a16 matmuls launched with PDL (the few-rows kernel at 1 and 8 rows, the split tl.dot
+    tiles at 40), each reading the previous one's output (a plain PyTorch add between some of
+    them), captured in a CUDA graph: every output is bit-identical to the same chain launched
+    plainly, so no kernel read its input, or reused the split counters, early."""
+    from lorax_kernels import pdl
+    from lorax_kernels.w4a16 import w4a16_matmul
+
+    if not pdl.pdl_supported(torch.device(DEVICE)):
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU")
+    weights = [_case(m, 4096, 4096, 128, i % 3 == 2, torch.bfloat16, i)[1:] for i in range(6)]
+    x = torch.zeros(m, 4096, device=DEVICE, dtype=torch.bfloat16)
+
+    def chain() -> list[torch.Tensor]:
+        outs, h = [], x
+        for i, (qweight, scales, zeros, perm) in enumerate(weights):
+            h = w4a16_matmul(h, qweight, scales, zeros, perm, 128)
+            if i % 2:
+                h = h + x  # a kernel launched without PDL inside the chain
+            outs.append(h)
+        return outs
+
+    assert pdl.enabled()
+    chain()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = chain()
+    for seed in (1, 2):
+        x.normal_(generator=torch.Generator(device=DEVICE).manual_seed(seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        pdl.set_enabled(False)
+        try:
+            plain = chain()
+        finally:
+            pdl.set_enabled(True)
+        for got, want in zip(captured, plain, strict=True):
+            assert torch.equal(got, want)

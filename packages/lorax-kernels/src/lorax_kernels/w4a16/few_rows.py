@@ -53,6 +53,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
+from lorax_kernels.pdl import launch_options, pdl_entry
 from lorax_kernels.split_k_sum import arrived_last
 
 INPUT_BLOCK = 32  # inputs per block: the lanes' word rows t = 0..3 of eight inputs each
@@ -60,6 +61,11 @@ INPUT_BLOCK = 32  # inputs per block: the lanes' word rows t = 0..3 of eight inp
 # taken in steps of this many, which is also the unit K is split in.
 EPILOGUE_INPUTS = 128
 TOKEN_GROUP = 8  # rows of x per program: the mma's B columns
+# Registers a thread may use: 32 one-warp programs per SM (the default 32 waves) all resident in
+# the 64K-register file. At one row ptxas would take 66, and only 28 fit.
+MAX_REGISTERS = 64
+# Partials the last program of a split loads per round trip (32 a lane at one warp).
+SUM_VALUES = tl.constexpr(512)
 # Most rows the kernel serves (H200, a Llama-3-8B layer's four projections, µs: at 32 rows 169
 # against 186 for the tl.dot tiles, at 64 rows 286 against 230).
 FEW_ROWS_MAX = 32
@@ -250,6 +256,7 @@ def _w4a16_few_rows_kernel(
     IS_FP16: tl.constexpr,
     OFFSET: tl.constexpr,
     EMULATE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # Tensors are [lane rows, c]: row R is lane R % 32 of warp R // 32 (the warp's strip) and
     # holds c = 0..3 (one 16-byte load). The only non-contiguous dimension is the rows, so
@@ -278,6 +285,26 @@ def _w4a16_few_rows_kernel(
     y_hi = tl.zeros((ROWS, 4), dtype=tl.float32)
     k_begin = split * k_per_split
     for e0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), EPILOGUE):
+        if not EMULATE:
+            # The epilogue's packed words (up to four blocks) first: the first epilogue's are read
+            # before the PDL wait (weights: no kernel in flight writes them), so they stream
+            # while the kernel ahead finishes.
+            words0 = tl.load(qw_ptr + (e0 // 8 + t) * stride_qk + rn, mask=n_mask, other=0)
+            words1 = words0
+            words2 = words0
+            words3 = words0
+            if EPILOGUE >= 64:
+                words1 = tl.load(qw_ptr + (e0 // 8 + 4 + t) * stride_qk + rn, mask=n_mask, other=0)
+            if EPILOGUE == 128:
+                words2 = tl.load(qw_ptr + (e0 // 8 + 8 + t) * stride_qk + rn, mask=n_mask, other=0)
+                words3 = tl.load(qw_ptr + (e0 // 8 + 12 + t) * stride_qk + rn, mask=n_mask, other=0)
+        # The group's scales and zeros with the words: loaded after the mma blocks (where they
+        # are used), they were a second DRAM round trip per epilogue.
+        gs = (e0 // GROUP_SIZE) * stride_sg + rn
+        s = tl.load(s_ptr + gs, mask=n_mask, other=0.0)  # 16-bit until used: fewer registers
+        z = tl.load(z_ptr + gs, mask=n_mask, other=0.0)
+        if e0 == k_begin:
+            pdl_entry(PDL)  # before x (the previous kernel's output), the counters or y
         d_lo = tl.zeros((ROWS, 4), dtype=tl.float32)
         d_hi = tl.zeros((ROWS, 4), dtype=tl.float32)
         x_lo = tl.zeros((ROWS, 4), dtype=tl.float32)
@@ -295,7 +322,13 @@ def _w4a16_few_rows_kernel(
                 x_lo += x_lo_b
                 x_hi += x_hi_b
             else:
-                words = tl.load(qw_ptr + (k0 // 8 + t) * stride_qk + rn, mask=n_mask, other=0)
+                words = words0
+                if b == 1:
+                    words = words1
+                if b == 2:
+                    words = words2
+                if b == 3:
+                    words = words3
                 if HAS_PERM:
                     x_row = x_ptr + b_row * stride_xm
                     lo = tl.load(x_row + tl.load(perm_ptr + k0 + 2 * lane_pair), b_mask, 0.0)
@@ -308,12 +341,11 @@ def _w4a16_few_rows_kernel(
                         x_pairs + b_row * stride_x_pairs + k0 // 2 + lane_pair, mask=b_mask, other=0
                     )
                 d_lo, d_hi, x_lo, x_hi = _mma_blocks(words, xr, d_lo, d_hi, x_lo, x_hi, IS_FP16)
-        gs = (e0 // GROUP_SIZE) * stride_sg + rn
-        s = tl.load(s_ptr + gs, mask=n_mask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + gs, mask=n_mask, other=0.0).to(tl.float32)
-        y_lo += s * (d_lo - (OFFSET + z) * x_lo)
+        s = s.to(tl.float32)
+        z = OFFSET + z.to(tl.float32)
+        y_lo += s * (d_lo - z * x_lo)
         if not ONE_ROW:
-            y_hi += s * (d_hi - (OFFSET + z) * x_hi)
+            y_hi += s * (d_hi - z * x_hi)
     lo_mask = n_mask & (row_lo < M)  # one row: t = 0 only
     hi_mask = n_mask & (row_hi < M)
     y_lo_ptrs = y_ptr + row_lo * stride_ym + rn
@@ -321,8 +353,7 @@ def _w4a16_few_rows_kernel(
         tl.store(y_lo_ptrs, y_lo.to(y_ptr.dtype.element_ty), mask=lo_mask)
         tl.store(y_lo_ptrs + stride_ym, y_hi.to(y_ptr.dtype.element_ty), mask=hi_mask)
     else:
-        # ``last_split_total`` for the two row halves under one counter (its loads interleaved):
-        # partials [num_splits, M, N], summed in split order.
+        # partials [num_splits, M, N]
         split_stride = M * N
         part_lo = part_ptr + row_lo * N + rn
         tl.store(part_lo + split * split_stride, y_lo, mask=lo_mask)
@@ -330,15 +361,29 @@ def _w4a16_few_rows_kernel(
         counter = count_ptr + token_group * tl.num_programs(1) + pid_n
         if arrived_last(counter, num_splits):
             tl.debug_barrier()
-            total_lo = tl.zeros((ROWS, 4), dtype=tl.float32)
-            total_hi = tl.zeros((ROWS, 4), dtype=tl.float32)
-            for i in range(num_splits):  # fixed order; .cg reads L2, where the other SMs wrote
-                part = part_lo + i * split_stride
-                total_lo += tl.load(part, mask=lo_mask, other=0.0, cache_modifier=".cg")
-                total_hi += tl.load(part + N, mask=hi_mask, other=0.0, cache_modifier=".cg")
+            # The group's partials as [splits, (row, column)] tiles of SUM_VALUES, all of a
+            # tile's loads in flight at once: summing them a split at a time (4 in flight after
+            # the compiler's unrolling) was 8 round trips to L2 at 32 splits, on the kernel's
+            # critical path. The reduction order is fixed, so the bits do not depend on which
+            # program arrived last.
+            SUM_COLS: tl.constexpr = ROWS if ONE_ROW else 8 * ROWS
+            SUM_SPLITS: tl.constexpr = max(SUM_VALUES // SUM_COLS, 1)
+            flat = tl.arange(0, SUM_COLS)
+            sum_row = token_group * 8 + flat // ROWS
+            sum_col = pid_n * ROWS + flat % ROWS
+            sum_mask = (sum_row < M) & (sum_col < N)
+            splits = tl.arange(0, SUM_SPLITS)[:, None]  # [SUM_SPLITS, 1]
+            parts = part_ptr + splits * split_stride + (sum_row * N + sum_col)[None, :]
+            tile = tl.zeros((SUM_SPLITS, SUM_COLS), dtype=tl.float32)
+            for i0 in range(0, num_splits, SUM_SPLITS):  # .cg: L2, where the other SMs wrote
+                in_range = sum_mask[None, :] & (i0 + splits < num_splits)
+                tile += tl.load(
+                    parts + i0 * split_stride, mask=in_range, other=0.0, cache_modifier=".cg"
+                )
             tl.atomic_xchg(counter, 0)  # re-armed for the next launch
-            tl.store(y_lo_ptrs, total_lo.to(y_ptr.dtype.element_ty), mask=lo_mask)
-            tl.store(y_lo_ptrs + stride_ym, total_hi.to(y_ptr.dtype.element_ty), mask=hi_mask)
+            total = tl.sum(tile, axis=0)  # [SUM_COLS]
+            y_tile = y_ptr + sum_row * stride_ym + sum_col
+            tl.store(y_tile, total.to(y_ptr.dtype.element_ty), mask=sum_mask)
 
 
 def w4a16_few_rows(
@@ -377,6 +422,7 @@ def w4a16_few_rows(
     if split > 1 and tiles_n * token_groups > SPLIT_COUNTERS:
         raise ValueError(f"{n} output features need more than {SPLIT_COUNTERS} column tiles")
     parts = torch.empty(split * m * n if split > 1 else 0, device=x.device, dtype=torch.float32)
+    pdl, launch = launch_options(x.device)
     _w4a16_few_rows_kernel[(token_groups, tiles_n, split)](
         x,
         qweight,
@@ -406,7 +452,10 @@ def w4a16_few_rows(
         # The magic exponents' values: 1024 + q is exact in fp16, 128 + q in bf16.
         OFFSET=1024.0 if x.dtype == torch.float16 else 128.0,
         EMULATE=os.environ.get("TRITON_INTERPRET") == "1",
+        PDL=pdl,
         num_warps=config.warps,
         num_stages=1,
+        maxnreg=MAX_REGISTERS,
+        **launch,
     )
     return y

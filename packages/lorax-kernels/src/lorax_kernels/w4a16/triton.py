@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
+from lorax_kernels.pdl import launch_options, pdl_entry
 from lorax_kernels.split_k_sum import last_split_total
 from lorax_kernels.w4a16.few_rows import (
     TOKEN_GROUP,
@@ -133,6 +134,7 @@ def _w4a16_kernel(
     HAS_PERM: tl.constexpr,
     GROUP_PER_STEP: tl.constexpr,
     IS_FP32: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
@@ -143,6 +145,7 @@ def _w4a16_kernel(
     shifts = tl.arange(0, 8) * 4  # [8] nibble j of a word: bits 4j .. 4j + 3
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_begin = split * k_per_split
+    pdl_entry(PDL)  # before x (the previous kernel's output), the counters or y are touched
     for k0 in range(k_begin, tl.minimum(k_begin + k_per_split, K), BLOCK_K):
         rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8] word rows
         words = tl.load(
@@ -251,6 +254,7 @@ def w4a16_matmul(
     if split > 1 and tiles_n > SPLIT_COUNTERS:
         raise ValueError(f"{n} output features need more than {SPLIT_COUNTERS} column tiles")
     parts = torch.empty(split * m * n if split > 1 else 0, device=x.device, dtype=torch.float32)
+    pdl, launch = launch_options(x.device)
     _w4a16_kernel[(triton.cdiv(m, block_m), tiles_n, split)](
         x,
         qweight,
@@ -277,7 +281,9 @@ def w4a16_matmul(
         HAS_PERM=perm is not None,
         GROUP_PER_STEP=group_size % block_k == 0,
         IS_FP32=x.dtype == torch.float32,
+        PDL=pdl,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
+        **launch,
     )
     return y
