@@ -61,7 +61,7 @@ INPUT_BLOCK = 32  # inputs per block: the lanes' word rows t = 0..3 of eight inp
 # taken in steps of this many, which is also the unit K is split in.
 EPILOGUE_INPUTS = 128
 TOKEN_GROUP = 8  # rows of x per program: the mma's B columns
-# Registers a thread may use: 32 one-warp programs per SM (the default 32 waves) all resident in
+# Registers a thread may use: 32 one-warp programs per SM (one row's default: 32 waves) resident in
 # the 64K-register file. At one row ptxas would take 66, and only 28 fit.
 MAX_REGISTERS = 64
 # Partials the last program of a split loads per round trip (32 a lane at one warp).

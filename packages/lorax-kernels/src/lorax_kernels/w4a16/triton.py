@@ -40,12 +40,7 @@ import triton.language as tl
 from lorax_kernels.device import SPLIT_COUNTERS, split_counters, split_k
 from lorax_kernels.pdl import launch_options, pdl_entry
 from lorax_kernels.split_k_sum import last_split_total
-from lorax_kernels.w4a16.few_rows import (
-    TOKEN_GROUP,
-    FewRowsConfig,
-    few_rows_fits,
-    w4a16_few_rows,
-)
+from lorax_kernels.w4a16.few_rows import FewRowsConfig, few_rows_fits, w4a16_few_rows
 
 # Up to this many rows the K dimension is split across programs, in one tile of rows.
 SPLIT_K_MAX_ROWS = 64
@@ -80,15 +75,16 @@ class W4Config:
             raise ValueError("stages and waves must be >= 1")
 
 
-# Few rows (mma kernel), measured on the H200 (session 14: a Llama-3-8B layer's four projections,
-# group 128, µs): 1 warp at 32 waves 58.5 at one row (run 13's 4 warps at 8 waves: 67.6), 64-72 at
-# 2-8 rows against 138 for the tl.dot tiles; past 8 rows 16 waves: 106 at 16 rows against 141,
-# 169 at 32 against 186.
+# Few rows (mma kernel), measured on the H200 (session 15, a chain of 32 Llama-3-8B layers' four
+# projections, group 128, PDL launches, µs a layer): one row 1 warp at 32 waves 50.3 (4 warps at
+# 8 waves: 53.0; run 13's tl.dot-era 67.6); 2-32 rows 4 warps at 8 waves: 59.6 / 60.7 / 64.4 at
+# 2 / 4 / 8 rows against 64.4 / 66.9 / 69.7 for 1 warp at 32, 94.4 at 16 rows and 160.4 at 32
+# against 98.2 and 161.3 for 1 warp at 16 (session 14's choice; the tl.dot tiles: 141 and 186).
 # Decode tl.dot: a 128-row step of 64 columns is 4 KiB of packed weight, 16 bytes per thread at
 # 4 warps, one 128-row group per step at the usual group size. Prefill: square-ish tiles, whole K
 # per program.
-DEFAULT_FEW_ROWS = FewRowsConfig(warps=1, waves=32)
-DEFAULT_FEW_ROWS_MORE = FewRowsConfig(warps=1, waves=16)  # past one token group (8 rows)
+DEFAULT_ONE_ROW = FewRowsConfig(warps=1, waves=32)
+DEFAULT_FEW_ROWS = FewRowsConfig(warps=4, waves=8)
 DEFAULT_DECODE = W4Config(block_n=64, block_k=128, warps=4, stages=3, waves=4)
 # 17-64 rows (what the few-rows kernel leaves): 64-row K steps, 4 stages. H200, session 14, a
 # layer's four projections at 64 rows: 208.5 µs against 231.2 for DEFAULT_DECODE (32: 175 / 188).
@@ -101,7 +97,7 @@ def default_config(
 ) -> W4Config | FewRowsConfig:
     """The tiling ``w4a16_matmul`` uses for ``m`` rows of ``dtype``, ``k`` inputs, ``n`` outputs."""
     if few_rows_fits(m, k, n, group_size, dtype):
-        return DEFAULT_FEW_ROWS if m <= TOKEN_GROUP else DEFAULT_FEW_ROWS_MORE
+        return DEFAULT_ONE_ROW if m == 1 else DEFAULT_FEW_ROWS
     if m <= GEMV_MAX_ROWS:
         return DEFAULT_DECODE
     return DEFAULT_DECODE_MORE if m <= SPLIT_K_MAX_ROWS else DEFAULT_PREFILL
