@@ -9,10 +9,11 @@ wait (``gdc_wait``) for the previous kernel to complete and its writes to become
 launch and the programs' start-up overlap the kernel ahead.
 
 On by default wherever supported (``set_enabled(False)`` for the plain launches): every kernel
-of the decode step (norms, rotary, KV write, decode attention and its merge, SiLU·up, the GEMVs,
-the fused LoRA kernel, the greedy choice) is launched with PDL and waits first thing
-(``pdl_entry``), so a step is one chain in which each kernel launches while the one ahead still
-runs; the engine also sends its 16-bit decode GEMVs of one or two rows to ``dense_gemv`` instead
+of the decode step (norms, rotary, KV write, decode attention and its merge, SiLU·up, the 16-bit,
+fp8 and 4-bit GEMVs, the fused LoRA kernel, the greedy choice) is launched with PDL and waits
+(``pdl_entry``) before it touches anything a kernel ahead may write (first thing, but for the
+4-bit few-rows kernel, which reads its first weights before), so a step is one chain in which
+each kernel launches while the one ahead still runs; the engine also sends its 16-bit decode GEMVs of one or two rows to ``dense_gemv`` instead
 of cuBLAS, whose kernels are not PDL-launched. Measured on the H200 (run 6, Llama-3-8B shape,
 batch 1): a bf16 step 4.65 -> 4.43 ms, an fp8 one 3.04 -> 2.94 ms. Prefetching a GEMV's weight
 into L2 before the wait did not pay: a program's whole slice made the chain 36% slower (run 5,
