@@ -13,11 +13,13 @@ of the decode step (norms, rotary, KV write, decode attention and its merge, SiL
 fp8 and 4-bit GEMVs, the fused LoRA kernel, the greedy choice) is launched with PDL and waits
 (``pdl_entry``) before it touches anything a kernel ahead may write (first thing, but for the
 4-bit few-rows kernel, which reads its first weights before), so a step is one chain in which
-each kernel launches while the one ahead still runs; the engine also sends its 16-bit decode GEMVs of one or two rows to ``dense_gemv`` instead
-of cuBLAS, whose kernels are not PDL-launched. Measured on the H200 (run 6, Llama-3-8B shape,
-batch 1): a bf16 step 4.65 -> 4.43 ms, an fp8 one 3.04 -> 2.94 ms. Prefetching a GEMV's weight
-into L2 before the wait did not pay: a program's whole slice made the chain 36% slower (run 5,
-L2 thrash), its first one or two tiles 1.5-5% slower (run 6).
+each kernel launches while the one ahead still runs; the engine also sends its 16-bit decode
+GEMVs of one or two rows to ``dense_gemv`` instead of cuBLAS, whose kernels are not
+PDL-launched. Measured on the H200 (run 6, Llama-3-8B shape, batch 1): a bf16 step 4.65 -> 4.43
+ms, an fp8 one 3.04 -> 2.94 ms (run 15: a GPTQ one 2.50 -> 2.35 with its 4-bit GEMVs joining
+the chain). Prefetching a GEMV's weight into L2 before the wait did not pay: a program's whole
+slice made the chain 36% slower (run 5, L2 thrash), its first one or two tiles 1.5-5% slower
+(run 6).
 
 The rule that keeps this safe: before ``gdc_wait`` a kernel reads only data no kernel in flight
 writes (weights), and writes nothing at all. ``gdc_wait`` waits for the whole previous grid,

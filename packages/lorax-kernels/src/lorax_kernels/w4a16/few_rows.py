@@ -69,7 +69,7 @@ TOKEN_GROUP = 8  # rows of x per program: the mma's B columns
 # Registers a thread may use: 32 one-warp programs per SM (one row's default: 32 waves) resident in
 # the 64K-register file. At one row ptxas would take 66, and only 28 fit.
 MAX_REGISTERS = 64
-# Partials the last program of a split loads per round trip (32 a lane at one warp).
+# Partials the last program of a split loads per round trip (16 a lane at one warp).
 SUM_VALUES = tl.constexpr(512)
 # Most rows the kernel serves (H200, a Llama-3-8B layer's four projections, µs: at 32 rows 169
 # against 186 for the tl.dot tiles, at 64 rows 286 against 230).
