@@ -4,9 +4,10 @@ to back in a CUDA graph, per layer µs and share of copy bandwidth for the weigh
 
 Variants: cuBLAS (``F.linear``, bf16 only), our GEMV (``fp8_gemv``'s kernel, which also takes
 bf16 weights: ``dense_gemv``; for 4-bit weights, GPTQ layout with group 128, ``w4a16_matmul``'s
-few-rows kernel), and our GEMV launched with PDL, as the engine launches it on Hopper. The PDL chain's outputs are checked bit for bit against the plain chain. (Prefetching
-each program's weight into L2 before its wait did not pay: its whole slice, run 5, made the chain
-36% slower; its first one or two tiles, run 6, 1.5-5% slower.)
+few-rows kernel), and our GEMV launched with PDL, as the engine launches it on Hopper. The PDL
+chain's outputs are checked bit for bit against the plain chain. (Prefetching each program's
+weight into L2 before its wait did not pay: its whole slice, run 5, made the chain 36% slower;
+its first one or two tiles, run 6, 1.5-5% slower.)
 
     PYTHONPATH=packages/lorax-kernels/src python3 packages/lorax-kernels/benchmarks/bench_pdl.py \
         [--formats bf16,fp8,w4]
@@ -73,14 +74,15 @@ class Chain:
                 fp8_gemv(self.x[w[0].shape[1]], w[0], w[1] if len(w) > 1 else None, None, pdl=pdl)
                 for w in self.layers[layer]
             ]
-        pdl_launches.set_enabled(pdl)
+        previous = pdl_launches.enabled()
+        pdl_launches.set_enabled(pdl)  # w4a16_matmul launches as the module says
         try:
             return [
                 w4a16_matmul(self.x[qweight.shape[0] * 8], qweight, scales, zeros, None, W4_GROUP)
                 for qweight, scales, zeros in self.layers[layer]
             ]
         finally:
-            pdl_launches.set_enabled(True)
+            pdl_launches.set_enabled(previous)
 
     def cublas(self, layer: int) -> list[torch.Tensor]:
         return [F.linear(self.x[w[0].shape[1]], w[0]) for w in self.layers[layer]]
@@ -135,4 +137,7 @@ def _graph_outputs(chain: Chain) -> list[torch.Tensor]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="bf16,fp8,w4", help="weight formats: bf16, fp8, w4")
-    print(run(copy_bandwidth_gbs(), ap.parse_args().formats.split(",")))
+    formats = ap.parse_args().formats.split(",")
+    if unknown := set(formats) - {"bf16", "fp8", "w4"}:
+        ap.error(f"unknown formats: {sorted(unknown)}")
+    print(run(copy_bandwidth_gbs(), formats))
