@@ -165,13 +165,10 @@ LAUNCHERS: dict[str, Callable[[], None]] = {
 
 
 # Every launcher has kernels of the decode step, which are launched with PDL on Hopper.
-PDL_LAUNCHERS = list(LAUNCHERS)
-
-
 @pytest.mark.parametrize(
     ("name", "pdl"),
-    [(n, False) for n in LAUNCHERS] + [(n, True) for n in PDL_LAUNCHERS],
-    ids=[*LAUNCHERS, *(f"{n}-pdl" for n in PDL_LAUNCHERS)],
+    [(n, False) for n in LAUNCHERS] + [(n, True) for n in LAUNCHERS],
+    ids=[*LAUNCHERS, *(f"{n}-pdl" for n in LAUNCHERS)],
 )
 def test_kernels_compile_for_sm90(name: str, pdl: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each launcher's kernels without PDL, and (``pdl``) with it, as on a Hopper GPU, where

@@ -18,8 +18,8 @@ import triton.language as tl
 @triton.jit
 def arrived_last(counter_ptr, num_splits):
     """Count this program in at ``counter_ptr`` once every thread has stored its partials; whether
-    it arrived last. The last one then (after a barrier) sums every split's partial in split order
-    and sets the counter back to 0."""
+    it arrived last. The last one then (after a barrier) sums every split's partial in a fixed
+    order and sets the counter back to 0."""
     tl.debug_barrier()  # every thread's partial is stored before the release below
     return tl.atomic_add(counter_ptr, 1, sem="acq_rel") == num_splits - 1
 
